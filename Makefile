@@ -1,0 +1,28 @@
+# outbox: PostgreSQL extension built with PGXS.
+MODULE_big = outbox
+OBJS = \
+	src/outbox.o \
+	src/snapshot.o \
+	src/subscription.o \
+	src/enqueue.o \
+	src/claim.o \
+	src/settle.o \
+	src/chain.o \
+	src/stats.o
+
+EXTENSION = outbox
+DATA = sql/outbox--1.0.sql
+PGFILEDESC = "outbox - transactional event delivery"
+
+# pg_regress inputs live in test/sql, expected output in expected/.
+REGRESS = setup subscribe enqueue claim settle ordering dedup privileges errors
+REGRESS_OPTS = --inputdir=test --outputdir=test/results --load-extension=outbox
+ISOLATION = claim_concurrency claim_rollback dedup_race ordering_race
+ISOLATION_OPTS = --inputdir=test --outputdir=test/output_iso
+
+# no JIT bitcode: nothing here is worth inlining, and it needs clang
+override with_llvm = no
+
+PG_CONFIG ?= pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)

@@ -1,0 +1,76 @@
+/*-------------------------------------------------------------------------
+ *
+ * chain.h
+ *		A subscription's position in the event stream: the folded cursor
+ *		plus the batch rows of claims after it (see chain.c).
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef OUTBOX_CHAIN_H
+#define OUTBOX_CHAIN_H
+
+#include "outbox.h"
+
+#include "storage/itemptr.h"
+
+/* one outbox.batch row as read with a dirty snapshot */
+typedef struct OutboxSlice
+{
+	int64		batch_no;
+	int64		delta;
+	OutboxSnap *lo;
+	OutboxSnap *hi;
+	int64		pos_from;
+	int64		pos_to;
+	bool		ended;
+	bool		settled;		/* committed, not being changed, no ids left */
+	int			nids;
+	int64	   *ids;
+	int			nkeys;
+	int64	   *key_hashes;		/* ordered subscriptions: hashes of keys */
+	bool		is_new;			/* written by this claim */
+} OutboxSlice;
+
+/* a part of a delta not yet handed out */
+typedef struct OutboxSegment
+{
+	int64		delta;
+	OutboxSnap *lo;
+	OutboxSnap *hi;
+	int64		from;			/* ids > from ... */
+	int64		to;				/* ... and <= to */
+	bool		to_end;			/* reaches the end of the delta */
+	bool		is_gap;			/* left by a claim that rolled back */
+	bool		new_delta;		/* a delta no claim has started yet */
+} OutboxSegment;
+
+typedef struct OutboxChain
+{
+	int32		sub_id;
+	/* the folded cursor */
+	int64		delta;
+	OutboxSnap *lo;
+	OutboxSnap *hi;
+	int64		pos;
+	bool		ended;
+	/* batch rows, in stream order */
+	int			nslices;
+	int			maxslices;
+	OutboxSlice *slices;
+	/* snapshot all reads of this claim use (registered) */
+	Snapshot	snapshot;
+	OutboxSnap *now;
+} OutboxChain;
+
+extern OutboxChain *outbox_chain_read(int32 sub_id);
+extern void outbox_chain_release(OutboxChain *chain);
+extern List *outbox_chain_segments(OutboxChain *chain);
+extern bool outbox_chain_pending(OutboxChain *chain, uint64 xid, int64 first,
+								 int64 last);
+extern void outbox_chain_add(OutboxChain *chain, OutboxSlice *slice);
+extern void outbox_chain_fold(OutboxChain *chain);
+extern bool outbox_segment_contains(const OutboxSegment *seg, int64 id);
+extern void outbox_lock_sub(int32 sub_id);
+extern void outbox_unlock_sub(int32 sub_id);
+
+#endif							/* OUTBOX_CHAIN_H */

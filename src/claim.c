@@ -1,0 +1,782 @@
+/*-------------------------------------------------------------------------
+ *
+ * claim.c
+ *		outbox.claim(): lease up to a batch of ready deliveries.
+ *
+ * A claim takes, oldest first: deliveries that are due in outbox.delivery
+ * (retries, delayed events, replays, ordered keys released), with FOR
+ * UPDATE SKIP LOCKED; then new events from the stream, by walking the
+ * subscription's chain (chain.c).  New events cost one outbox.batch row per
+ * claim, however many it leases.  Everything is written in the consumer's
+ * transaction: if it rolls back, the claim never happened.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "chain.h"
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "catalog/pg_type.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/hsearch.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+#include "utils/tuplestore.h"
+
+PG_FUNCTION_INFO_V1(outbox_claim);
+
+/* a new delta with nothing for us is still recorded past this many xids */
+#define IDLE_DELTA_XIDS 1024
+
+/* columns of the scan query */
+enum
+{
+	EV_ID = 1,
+	EV_TOPIC,
+	EV_KEY,
+	EV_PAYLOAD,
+	EV_HEADERS,
+	EV_DELIVER_AT,
+	EV_ENQUEUED_AT
+};
+
+typedef struct Candidate
+{
+	int64		id;
+	Datum		topic;
+	Datum		key;
+	bool		key_null;
+	Datum		payload;
+	Datum		headers;
+	bool		headers_null;
+	Datum		enqueued_at;
+} Candidate;
+
+typedef struct ClaimState
+{
+	OutboxSub  *sub;
+	OutboxChain *chain;
+	int			want;
+	int			got;
+	TimestampTz now;
+	TimestampTz lease_until;
+	Tuplestorestate *tupstore;
+	TupleDesc	tupdesc;
+	HTAB	   *busy;			/* ordered: hashes of keys in flight */
+	bool		made_waiting;
+} ClaimState;
+
+static void
+emit(ClaimState *st, Candidate *c, int32 attempt)
+{
+	Datum		values[7];
+	bool		nulls[7] = {false, false, false, false, false, false, false};
+
+	values[0] = Int64GetDatum(c->id);
+	values[1] = c->topic;
+	values[2] = c->key;
+	nulls[2] = c->key_null;
+	values[3] = c->payload;
+	values[4] = c->headers;
+	nulls[4] = c->headers_null;
+	values[5] = Int32GetDatum(attempt);
+	values[6] = c->enqueued_at;
+	tuplestore_putvalues(st->tupstore, st->tupdesc, values, nulls);
+	st->got++;
+}
+
+/*
+ * Lease due deliveries from outbox.delivery.
+ */
+static void
+claim_deliveries(ClaimState *st)
+{
+	static SPIPlanPtr plan = NULL;
+	Datum		args[4];
+	uint64		i;
+
+	if (st->got >= st->want)
+		return;
+	if (plan == NULL)
+	{
+		Oid			types[4] = {INT4OID, INT4OID, TIMESTAMPTZOID, TIMESTAMPTZOID};
+
+		plan = outbox_prepare(
+			"WITH c AS ("
+			" UPDATE outbox.delivery d SET state = 'leased',"
+			"  attempts = d.attempts OPERATOR(pg_catalog.+) 1, lease_until = $3"
+			" FROM (SELECT x.event_id FROM outbox.delivery x"
+			"  WHERE x.sub_id OPERATOR(pg_catalog.=) $1"
+			"  AND x.state OPERATOR(pg_catalog.=) ANY ('{ready,scheduled}'::pg_catalog.text[])"
+			"  AND x.visible_at OPERATOR(pg_catalog.<=) $4"
+			"  ORDER BY x.visible_at, x.event_id LIMIT $2"
+			"  FOR UPDATE SKIP LOCKED) AS p"
+			" WHERE d.sub_id OPERATOR(pg_catalog.=) $1"
+			"  AND d.event_id OPERATOR(pg_catalog.=) p.event_id"
+			" RETURNING d.event_id, d.attempts)"
+			" SELECT e.id, e.topic, e.key, e.payload, e.headers, c.attempts, e.enqueued_at"
+			" FROM c JOIN outbox.event e ON e.id OPERATOR(pg_catalog.=) c.event_id"
+			" ORDER BY e.id", 4, types);
+	}
+	args[0] = Int32GetDatum(st->sub->id);
+	args[1] = Int32GetDatum(st->want - st->got);
+	args[2] = TimestampTzGetDatum(st->lease_until);
+	args[3] = TimestampTzGetDatum(st->now);
+	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "claim of deliveries failed");
+	for (i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		Candidate	c;
+		bool		isnull;
+		int32		attempt;
+
+		c.id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+		c.topic = SPI_getbinval(tup, desc, 2, &isnull);
+		c.key = SPI_getbinval(tup, desc, 3, &c.key_null);
+		c.payload = SPI_getbinval(tup, desc, 4, &isnull);
+		c.headers = SPI_getbinval(tup, desc, 5, &c.headers_null);
+		attempt = DatumGetInt32(SPI_getbinval(tup, desc, 6, &isnull));
+		c.enqueued_at = SPI_getbinval(tup, desc, 7, &isnull);
+		emit(st, &c, attempt);
+	}
+}
+
+/*
+ * Ordered subscriptions: the keys that have a delivery in flight (leased,
+ * due, scheduled or waiting), seen with a dirty snapshot so that other
+ * claimers' uncommitted claims count too.
+ */
+static void
+load_busy_keys(ClaimState *st)
+{
+	HASHCTL		ctl;
+	Relation	rel;
+	SysScanDesc scan;
+	ScanKeyData skey;
+	SnapshotData dirty;
+	HeapTuple	tup;
+	int			i,
+				k;
+	bool		found;
+
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = sizeof(int64);
+	ctl.entrysize = sizeof(int64);
+	ctl.hcxt = CurrentMemoryContext;
+	st->busy = hash_create("outbox busy keys", 256, &ctl,
+						   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+
+	for (i = 0; i < st->chain->nslices; i++)
+	{
+		OutboxSlice *s = &st->chain->slices[i];
+
+		for (k = 0; k < s->nkeys; k++)
+			hash_search(st->busy, &s->key_hashes[k], HASH_ENTER, &found);
+	}
+
+	InitDirtySnapshot(dirty);
+	rel = table_open(outbox_relid("delivery"), AccessShareLock);
+	ScanKeyInit(&skey, 1, BTEqualStrategyNumber, F_INT4EQ,
+				Int32GetDatum(st->sub->id));
+	scan = systable_beginscan(rel, outbox_relid("delivery_key_idx"), true,
+							  &dirty, 1, &skey);
+	while (HeapTupleIsValid(tup = systable_getnext(scan)))
+	{
+		bool		isnull;
+		Datum		key = heap_getattr(tup, 7, RelationGetDescr(rel), &isnull);
+		int64		h;
+
+		if (isnull)
+			continue;
+		h = outbox_key_hash(TextDatumGetCString(key));
+		hash_search(st->busy, &h, HASH_ENTER, &found);
+	}
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+}
+
+static bool
+key_busy(ClaimState *st, int64 h)
+{
+	bool		found;
+
+	hash_search(st->busy, &h, HASH_FIND, &found);
+	return found;
+}
+
+static void
+set_busy(ClaimState *st, int64 h)
+{
+	bool		found;
+
+	hash_search(st->busy, &h, HASH_ENTER, &found);
+}
+
+/*
+ * The commit sequence of transaction xid for key hash h (0 when it was not
+ * recorded), and whether a transaction of the same key that committed
+ * earlier may still be ahead in the stream.  That happens when two
+ * producers of a key commit in the opposite order of their xids.
+ */
+static bool
+earlier_commit_pending(ClaimState *st, int64 h, uint64 xid, int64 *seq)
+{
+	static SPIPlanPtr plan = NULL;
+	Datum		args[2];
+	uint64		i;
+	int64		mine = 0;
+	bool		pending = false;
+	SPITupleTable *tab;
+	uint64		n;
+
+	if (plan == NULL)
+	{
+		Oid			types[2] = {INT8OID, XID8OID};
+
+		plan = outbox_prepare("SELECT xid, seq FROM outbox.key_commit"
+							  " WHERE key_hash OPERATOR(pg_catalog.=) $1"
+							  " AND xid OPERATOR(pg_catalog.>=) $2", 2, types);
+	}
+	args[0] = Int64GetDatum(h);
+	args[1] = FullTransactionIdGetDatum(FullTransactionIdFromU64(xid));
+	if (SPI_execute_snapshot(plan, args, NULL, st->chain->snapshot,
+							 InvalidSnapshot, true, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "key commit lookup failed");
+	tab = SPI_tuptable;
+	n = SPI_processed;
+	for (i = 0; i < n; i++)
+	{
+		bool		isnull;
+
+		if (U64FromFullTransactionId(DatumGetFullTransactionId(
+											  SPI_getbinval(tab->vals[i], tab->tupdesc, 1, &isnull))) == xid)
+			mine = DatumGetInt64(SPI_getbinval(tab->vals[i], tab->tupdesc, 2, &isnull));
+	}
+	for (i = 0; mine > 0 && !pending && i < n; i++)
+	{
+		bool		isnull;
+		uint64		other = U64FromFullTransactionId(DatumGetFullTransactionId(
+																SPI_getbinval(tab->vals[i], tab->tupdesc, 1, &isnull)));
+		int64		oseq = DatumGetInt64(SPI_getbinval(tab->vals[i], tab->tupdesc, 2, &isnull));
+
+		if (other != xid && oseq < mine &&
+			outbox_chain_pending(st->chain, other,
+								 OUTBOX_XID_FIRST_ID(other),
+								 OUTBOX_XID_FIRST_ID(other + 1) - 1))
+			pending = true;
+	}
+	SPI_freetuptable(tab);
+	*seq = mine;
+	return pending;
+}
+
+/*
+ * Move a stream event into outbox.delivery: 'scheduled' (delayed) or
+ * 'waiting' (held behind its key).  An existing row (an ack that came
+ * before the claim) wins.
+ */
+static void
+materialize(ClaimState *st, int64 id, const char *state, TimestampTz visible_at,
+			Datum key, bool key_null, int64 seq)
+{
+	static SPIPlanPtr plan = NULL;
+	Datum		args[6];
+	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
+
+	if (plan == NULL)
+	{
+		Oid			types[6] = {INT4OID, INT8OID, TEXTOID, TIMESTAMPTZOID, TEXTOID, INT8OID};
+
+		plan = outbox_prepare("INSERT INTO outbox.delivery"
+							  " (sub_id, event_id, state, attempts, visible_at, key, seq)"
+							  " VALUES ($1, $2, $3, 0, $4, $5, $6) ON CONFLICT DO NOTHING",
+							  6, types);
+	}
+	args[0] = Int32GetDatum(st->sub->id);
+	args[1] = Int64GetDatum(id);
+	args[2] = CStringGetTextDatum(state);
+	args[3] = TimestampTzGetDatum(visible_at);
+	nulls[3] = visible_at == 0 ? 'n' : ' ';
+	args[4] = key;
+	nulls[4] = key_null ? 'n' : ' ';
+	args[5] = Int64GetDatum(seq);
+	if (SPI_execute_plan(plan, args, nulls, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "delivery insert failed");
+}
+
+/*
+ * Ordered subscriptions: release the first waiting delivery of each key
+ * that has nothing in flight and no earlier-committed event still ahead.
+ */
+static void
+promote_waiting(ClaimState *st)
+{
+	static SPIPlanPtr sel = NULL;
+	static SPIPlanPtr upd = NULL;
+	Datum		args[3];
+	SPITupleTable *tab;
+	uint64		n,
+				i;
+	char	   *prev_key = NULL;
+
+	if (sel == NULL)
+	{
+		Oid			t1[1] = {INT4OID};
+		Oid			t3[3] = {INT4OID, INT8OID, TIMESTAMPTZOID};
+
+		sel = outbox_prepare("SELECT event_id, key, seq FROM outbox.delivery"
+							 " WHERE sub_id OPERATOR(pg_catalog.=) $1"
+							 " AND state OPERATOR(pg_catalog.=) 'waiting'"
+							 " ORDER BY key, seq, event_id", 1, t1);
+		upd = outbox_prepare("UPDATE outbox.delivery SET state = 'ready', visible_at = $3"
+							 " WHERE sub_id OPERATOR(pg_catalog.=) $1"
+							 " AND event_id OPERATOR(pg_catalog.=) $2"
+							 " AND state OPERATOR(pg_catalog.=) 'waiting'", 3, t3);
+	}
+	args[0] = Int32GetDatum(st->sub->id);
+	if (SPI_execute_plan(sel, args, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "waiting deliveries lookup failed");
+	tab = SPI_tuptable;
+	n = SPI_processed;
+	for (i = 0; i < n; i++)
+	{
+		bool		isnull;
+		int64		id = DatumGetInt64(SPI_getbinval(tab->vals[i], tab->tupdesc, 1, &isnull));
+		char	   *key = TextDatumGetCString(SPI_getbinval(tab->vals[i], tab->tupdesc, 2, &isnull));
+		int64		h = outbox_key_hash(key);
+		int64		seq;
+
+		if (prev_key != NULL && strcmp(prev_key, key) == 0)
+			continue;			/* only the first of each key */
+		prev_key = key;
+		if (key_busy(st, h))
+			continue;
+		if (earlier_commit_pending(st, h, OUTBOX_ID_XID(id), &seq))
+			continue;
+		args[1] = Int64GetDatum(id);
+		args[2] = TimestampTzGetDatum(st->now);
+		if (SPI_execute_plan(upd, args, NULL, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "waiting delivery release failed");
+		set_busy(st, h);
+	}
+	SPI_freetuptable(tab);
+}
+
+/*
+ * Drop candidates that already have a delivery row: events acked before
+ * any claim reached them.
+ */
+static int
+drop_settled_ahead(ClaimState *st, Candidate *cands, int n)
+{
+	static SPIPlanPtr plan = NULL;
+	Datum		args[3];
+	uint64		i;
+	int			j,
+				k;
+
+	if (n == 0)
+		return 0;
+	if (plan == NULL)
+	{
+		Oid			types[3] = {INT4OID, INT8OID, INT8OID};
+
+		plan = outbox_prepare("SELECT event_id FROM outbox.delivery"
+							  " WHERE sub_id OPERATOR(pg_catalog.=) $1"
+							  " AND event_id OPERATOR(pg_catalog.>=) $2"
+							  " AND event_id OPERATOR(pg_catalog.<=) $3", 3, types);
+	}
+	args[0] = Int32GetDatum(st->sub->id);
+	args[1] = Int64GetDatum(cands[0].id);
+	args[2] = Int64GetDatum(cands[n - 1].id);
+	if (SPI_execute_plan(plan, args, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "delivery lookup failed");
+	if (SPI_processed == 0)
+		return n;
+	for (i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+		int64		id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
+													 SPI_tuptable->tupdesc, 1, &isnull));
+
+		for (j = 0; j < n; j++)
+			if (cands[j].id == id)
+				cands[j].id = -1;
+	}
+	for (j = 0, k = 0; j < n; j++)
+		if (cands[j].id >= 0)
+			cands[k++] = cands[j];
+	return k;
+}
+
+/*
+ * Write the slice a segment scan produced.
+ */
+static void
+write_slice(ClaimState *st, OutboxSlice *s, Candidate *cands, int n)
+{
+	static SPIPlanPtr plan = NULL;
+	Datum		args[10];
+	char		nulls[10] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	Datum	   *ids = palloc(sizeof(Datum) * Max(n, 1));
+	Datum	   *keys = NULL;
+	bool	   *key_nulls = NULL;
+	int			i;
+
+	if (plan == NULL)
+	{
+		Oid			types[10] = {INT4OID, INT8OID, PG_SNAPSHOTOID, PG_SNAPSHOTOID,
+			INT8OID, INT8OID, BOOLOID, TIMESTAMPTZOID, INT8ARRAYOID,
+		TEXTARRAYOID};
+
+		plan = outbox_prepare(
+			"INSERT INTO outbox.batch (sub_id, batch_no, delta, lo, hi, pos_from,"
+			" pos_to, ended, lease_until, ids, keys) VALUES ($1,"
+			" pg_catalog.nextval('outbox.batch_no_seq'::pg_catalog.regclass),"
+			" $2, $3, $4, $5, $6, $7, $8, $9, $10)", 10, types);
+	}
+	if (st->sub->ordered)
+	{
+		keys = palloc(sizeof(Datum) * Max(n, 1));
+		key_nulls = palloc(sizeof(bool) * Max(n, 1));
+	}
+	for (i = 0; i < n; i++)
+	{
+		ids[i] = Int64GetDatum(cands[i].id);
+		if (keys)
+		{
+			keys[i] = cands[i].key;
+			key_nulls[i] = cands[i].key_null;
+		}
+	}
+	args[0] = Int32GetDatum(st->sub->id);
+	args[1] = Int64GetDatum(s->delta);
+	args[2] = PointerGetDatum(s->lo);
+	args[3] = PointerGetDatum(s->hi);
+	args[4] = Int64GetDatum(s->pos_from);
+	args[5] = Int64GetDatum(s->pos_to);
+	args[6] = BoolGetDatum(s->ended);
+	args[7] = TimestampTzGetDatum(st->lease_until);
+	args[8] = PointerGetDatum(construct_array(ids, n, INT8OID, 8, FLOAT8PASSBYVAL,
+											  TYPALIGN_DOUBLE));
+	if (keys)
+	{
+		int			dims[1] = {n};
+		int			lbs[1] = {1};
+
+		args[9] = PointerGetDatum(construct_md_array(keys, key_nulls, 1, dims, lbs,
+													 TEXTOID, -1, false, TYPALIGN_INT));
+	}
+	else
+		nulls[9] = 'n';
+	if (SPI_execute_plan(plan, args, nulls, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "batch insert failed");
+}
+
+/*
+ * Handle one event of a segment: lease it (add it to cands), or move it
+ * into outbox.delivery.  Returns true if it was leased.
+ */
+static bool
+take_event(ClaimState *st, Candidate *c, Datum deliver_at, bool deliver_at_null)
+{
+	int64		h = 0;
+
+	if (st->sub->ordered && !c->key_null)
+		h = outbox_key_hash(TextDatumGetCString(c->key));
+
+	if (!deliver_at_null && DatumGetTimestampTz(deliver_at) > st->now)
+	{
+		materialize(st, c->id, "scheduled", DatumGetTimestampTz(deliver_at),
+					c->key, c->key_null, 0);
+		if (h != 0)
+			set_busy(st, h);
+		return false;
+	}
+	if (h != 0)
+	{
+		int64		seq = 0;
+
+		if (key_busy(st, h) ||
+			earlier_commit_pending(st, h, OUTBOX_ID_XID(c->id), &seq))
+		{
+			if (seq == 0)
+				(void) earlier_commit_pending(st, h, OUTBOX_ID_XID(c->id), &seq);
+			materialize(st, c->id, "waiting", 0, c->key, c->key_null, seq);
+			set_busy(st, h);
+			st->made_waiting = true;
+			return false;
+		}
+		set_busy(st, h);
+	}
+	return true;
+}
+
+/*
+ * Scan one segment of the stream, leasing up to what the claim still
+ * wants, and record what it covered.
+ */
+static void
+scan_segment(ClaimState *st, OutboxSegment *seg)
+{
+	static SPIPlanPtr plan = NULL;
+	OutboxSnap *lo = seg->lo;
+	OutboxSnap *hi = seg->hi;
+	int64	   *starts;
+	int64	   *ends;
+	int			nranges = 0;
+	int			r;
+	uint32		i;
+	OutboxSlice slice;
+	int			idx;
+	int64		pos = seg->from;
+	bool		more = false;
+	bool		consumed = false;
+	Candidate  *cands;
+	int			ncands = 0;
+	int			room = st->want - st->got;
+
+	if (plan == NULL)
+	{
+		Oid			types[4] = {INT8OID, INT8OID, TEXTARRAYOID, INT8OID};
+
+		plan = outbox_prepare(
+			"SELECT id, topic, key, payload, headers, deliver_at, enqueued_at"
+			" FROM outbox.event"
+			" WHERE id OPERATOR(pg_catalog.>) $1 AND id OPERATOR(pg_catalog.<=) $2"
+			" AND ($3 IS NULL OR topic OPERATOR(pg_catalog.=) ANY ($3))"
+			" ORDER BY id LIMIT $4", 4, types);
+	}
+
+	/*
+	 * The delta's events have ids in the ranges of the transactions that
+	 * were running at "lo" and have committed by "hi", then in the range of
+	 * transactions started between the two.  Looking only there keeps a
+	 * long-running transaction from making every claim rescan what earlier
+	 * deltas handed out.
+	 */
+	starts = palloc(sizeof(int64) * (lo->nxip + 1));
+	ends = palloc(sizeof(int64) * (lo->nxip + 1));
+	for (i = 0; i < lo->nxip; i++)
+	{
+		uint64		x = U64FromFullTransactionId(lo->xip[i]);
+
+		if (outbox_snap_visible(hi, x))
+		{
+			starts[nranges] = OUTBOX_XID_FIRST_ID(x) - 1;
+			ends[nranges++] = OUTBOX_XID_FIRST_ID(x + 1) - 1;
+		}
+	}
+	if (U64FromFullTransactionId(hi->xmax) > U64FromFullTransactionId(lo->xmax))
+	{
+		starts[nranges] = OUTBOX_XID_FIRST_ID(U64FromFullTransactionId(lo->xmax)) - 1;
+		ends[nranges++] = OUTBOX_XID_FIRST_ID(U64FromFullTransactionId(hi->xmax)) - 1;
+	}
+
+	memset(&slice, 0, sizeof(slice));
+	slice.batch_no = -1;
+	slice.delta = seg->delta;
+	slice.lo = lo;
+	slice.hi = hi;
+	slice.pos_from = seg->from;
+	slice.pos_to = seg->from;
+	slice.is_new = true;
+	outbox_chain_add(st->chain, &slice);
+	idx = st->chain->nslices - 1;
+
+	cands = palloc(sizeof(Candidate) * (room + 1));
+	for (r = 0; r < nranges && !more; r++)
+	{
+		int64		cur = Max(starts[r], seg->from);
+		int64		end = Min(ends[r], seg->to);
+
+		while (cur < end && !more)
+		{
+			Datum		args[4];
+			char		nulls[4] = {' ', ' ', ' ', ' '};
+			int64		limit = room - ncands + 16;
+			uint64		n,
+						j;
+			SPITupleTable *tab;
+
+			args[0] = Int64GetDatum(cur);
+			args[1] = Int64GetDatum(end);
+			args[2] = st->sub->topics ? PointerGetDatum(st->sub->topics) : (Datum) 0;
+			nulls[2] = st->sub->topics ? ' ' : 'n';
+			args[3] = Int64GetDatum(limit);
+			if (SPI_execute_snapshot(plan, args, nulls, st->chain->snapshot,
+									 InvalidSnapshot, true, false, 0) != SPI_OK_SELECT)
+				elog(ERROR, "event scan failed");
+			tab = SPI_tuptable;
+			n = SPI_processed;
+			for (j = 0; j < n; j++)
+			{
+				HeapTuple	tup = tab->vals[j];
+				TupleDesc	desc = tab->tupdesc;
+				Candidate  *c = &cands[ncands];
+				bool		isnull;
+				bool		da_null;
+				Datum		deliver_at;
+
+				c->id = DatumGetInt64(SPI_getbinval(tup, desc, EV_ID, &isnull));
+				if (!outbox_segment_contains(seg, c->id))
+				{
+					cur = pos = c->id;
+					continue;
+				}
+				if (ncands >= room)
+				{
+					more = true;
+					break;
+				}
+				c->topic = SPI_getbinval(tup, desc, EV_TOPIC, &isnull);
+				c->key = SPI_getbinval(tup, desc, EV_KEY, &c->key_null);
+				c->payload = SPI_getbinval(tup, desc, EV_PAYLOAD, &isnull);
+				c->headers = SPI_getbinval(tup, desc, EV_HEADERS, &c->headers_null);
+				c->enqueued_at = SPI_getbinval(tup, desc, EV_ENQUEUED_AT, &isnull);
+				deliver_at = SPI_getbinval(tup, desc, EV_DELIVER_AT, &da_null);
+				consumed = true;
+				st->chain->slices[idx].pos_to = c->id;
+				if (take_event(st, c, deliver_at, da_null))
+					ncands++;
+				cur = pos = c->id;
+			}
+			if (n < (uint64) limit)
+				break;
+		}
+	}
+
+	slice = st->chain->slices[idx];
+	if (more)
+		slice.pos_to = pos;
+	else
+	{
+		slice.pos_to = seg->to;
+		slice.ended = seg->to_end;
+	}
+	st->chain->slices[idx] = slice;
+
+	ncands = drop_settled_ahead(st, cands, ncands);
+	for (i = 0; i < (uint32) ncands; i++)
+		emit(st, &cands[i], 1);
+
+	/*
+	 * Record the slice, except for a new delta that held nothing for us:
+	 * not writing then keeps idle polling free of writes, and the next
+	 * claim's delta simply starts at the same place.  Past a bound we
+	 * record it anyway, so that traffic on other topics is not rescanned
+	 * without end.
+	 */
+	if (consumed || seg->is_gap || !seg->new_delta ||
+		U64FromFullTransactionId(hi->xmax) - U64FromFullTransactionId(lo->xmax) >= IDLE_DELTA_XIDS)
+		write_slice(st, &slice, cands, ncands);
+	else
+		st->chain->nslices--;
+}
+
+/*
+ * outbox.claim(subscription, batch, lease)
+ */
+Datum
+outbox_claim(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	Oid			caller = GetUserId();
+	Oid			save_user;
+	int			save_sec;
+	char	   *name;
+	int32		batch;
+	Interval   *lease = NULL;
+	ClaimState	st;
+	List	   *segs;
+	ListCell   *lc;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("subscription must not be null")));
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("batch must not be null")));
+	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	outbox_check_name(name);
+	batch = PG_GETARG_INT32(1);
+	if (batch < 1 || batch > OUTBOX_MAX_BATCH)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("batch must be between 1 and %d", OUTBOX_MAX_BATCH),
+				 errdetail("The value given was %d.", batch)));
+	if (!PG_ARGISNULL(2))
+	{
+		lease = PG_GETARG_INTERVAL_P(2);
+		outbox_check_interval(lease, "lease");
+	}
+
+	InitMaterializedSRF(fcinfo, 0);
+
+	memset(&st, 0, sizeof(st));
+	st.want = batch;
+	st.tupstore = rsinfo->setResult;
+	st.tupdesc = rsinfo->setDesc;
+
+	SPI_connect();
+	outbox_become_owner(&save_user, &save_sec);
+	st.sub = outbox_lookup_sub(name);
+	outbox_check_consume(st.sub, caller);
+	if (st.sub->paused)
+	{
+		outbox_restore_user(save_user, save_sec);
+		SPI_finish();
+		return (Datum) 0;
+	}
+
+	st.now = GetCurrentTimestamp();
+	st.lease_until = DatumGetTimestampTz(
+		DirectFunctionCall2(timestamptz_pl_interval, TimestampTzGetDatum(st.now),
+							PointerGetDatum(lease ? lease : &st.sub->lease)));
+
+	outbox_lock_sub(st.sub->id);
+	st.chain = outbox_chain_read(st.sub->id);
+	outbox_chain_fold(st.chain);
+
+	if (st.sub->ordered)
+	{
+		load_busy_keys(&st);
+		promote_waiting(&st);
+	}
+	claim_deliveries(&st);
+
+	segs = outbox_chain_segments(st.chain);
+	foreach(lc, segs)
+	{
+		OutboxSegment *seg = lfirst(lc);
+
+		if (st.got >= st.want)
+			break;
+		if (seg->new_delta && outbox_snap_equal(seg->lo, seg->hi))
+			continue;
+		scan_segment(&st, seg);
+	}
+
+	/* events held behind an earlier commit of their key may be free now */
+	if (st.sub->ordered && st.made_waiting && st.got < st.want)
+	{
+		promote_waiting(&st);
+		claim_deliveries(&st);
+	}
+
+	outbox_unlock_sub(st.sub->id);
+	outbox_chain_release(st.chain);
+	outbox_restore_user(save_user, save_sec);
+	SPI_finish();
+	return (Datum) 0;
+}

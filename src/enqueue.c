@@ -1,0 +1,392 @@
+/*-------------------------------------------------------------------------
+ *
+ * enqueue.c
+ *		outbox.enqueue(), and the commit-order record of ordered keys.
+ *
+ * Enqueue adds exactly one row to outbox.event, whatever the number of
+ * subscriptions, so that it costs the application's transaction about what
+ * a plain INSERT costs.  The event id is built from the transaction's full
+ * xid (see outbox.h), which is what lets consumers read the stream by
+ * snapshot deltas.
+ *
+ * Ordered subscriptions need the order in which transactions of one key
+ * commit, which no snapshot records.  So a transaction that enqueued keyed
+ * events on a topic some ordered subscription reads takes, just before
+ * commit, an exclusive lock per key (in hash order, so two such transactions
+ * cannot deadlock) and writes one outbox.key_commit row per key with a
+ * sequence number.  The lock is held until the commit is visible, so for
+ * one key the sequence order is the commit order.  Nothing of this happens
+ * when no ordered subscription exists.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "outbox.h"
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "common/hashfn.h"
+#include "miscadmin.h"
+#include "storage/lock.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/inval.h"
+#include "utils/jsonb.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+PG_FUNCTION_INFO_V1(outbox_enqueue);
+
+/* lock tag field4 of the per-key commit locks; user advisory locks use 1, 2 */
+#define OUTBOX_KEY_LOCK_SPACE	0x4f42
+
+/* events enqueued so far by the current top-level transaction */
+static FullTransactionId counter_xid = {0};
+static int64 counter_next = 0;
+
+/* key hashes whose commit order must be recorded (TopTransactionContext) */
+static List *pending_keys = NIL;
+
+/* which topics ordered subscriptions read; rebuilt after invalidation */
+static bool ordered_valid = false;
+static bool ordered_all = false;
+static List *ordered_topics = NIL;	/* of char *, in TopMemoryContext */
+static Oid	ordered_relid = InvalidOid;
+
+static void
+ordered_invalidate(Datum arg, Oid relid)
+{
+	if (!OidIsValid(relid) || relid == ordered_relid)
+		ordered_valid = false;
+}
+
+/*
+ * Does some ordered subscription read this topic?  Cached per backend;
+ * subscribe() and unsubscribe() send a relcache invalidation on
+ * outbox.subscription, which transactions starting after their commit see.
+ */
+static bool
+topic_is_ordered(const char *topic)
+{
+	ListCell   *lc;
+
+	if (!ordered_valid)
+	{
+		static SPIPlanPtr plan = NULL;
+		MemoryContext oldcxt;
+		uint64		i;
+
+		list_free_deep(ordered_topics);
+		ordered_topics = NIL;
+		ordered_all = false;
+		ordered_relid = outbox_relid("subscription");
+		if (plan == NULL)
+			plan = outbox_prepare("SELECT topics FROM outbox.subscription WHERE ordered",
+								  0, NULL);
+		if (SPI_execute_plan(plan, NULL, NULL, true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "ordered subscription lookup failed");
+		oldcxt = MemoryContextSwitchTo(TopMemoryContext);
+		for (i = 0; i < SPI_processed; i++)
+		{
+			bool		isnull;
+			Datum		d = SPI_getbinval(SPI_tuptable->vals[i],
+										  SPI_tuptable->tupdesc, 1, &isnull);
+			Datum	   *elems;
+			int			n,
+						j;
+
+			if (isnull)
+			{
+				ordered_all = true;
+				continue;
+			}
+			deconstruct_array(DatumGetArrayTypeP(d), TEXTOID, -1, false,
+							  TYPALIGN_INT, &elems, NULL, &n);
+			for (j = 0; j < n; j++)
+				ordered_topics = lappend(ordered_topics,
+										 TextDatumGetCString(elems[j]));
+		}
+		MemoryContextSwitchTo(oldcxt);
+		ordered_valid = true;
+	}
+	if (ordered_all)
+		return true;
+	foreach(lc, ordered_topics)
+		if (strcmp((char *) lfirst(lc), topic) == 0)
+			return true;
+	return false;
+}
+
+/*
+ * The key hash that orders and locks a key: ordering is per key, across
+ * topics.
+ */
+int64
+outbox_key_hash(const char *key)
+{
+	return (int64) hash_bytes_extended((const unsigned char *) key,
+									   strlen(key), 0);
+}
+
+static int
+cmp_int64(const ListCell *a, const ListCell *b)
+{
+	int64		x = *(int64 *) lfirst(a);
+	int64		y = *(int64 *) lfirst(b);
+
+	return (x > y) - (x < y);
+}
+
+/*
+ * Just before commit: lock each pending key and record the commit sequence
+ * of this transaction for it.  Runs inside the transaction, so an error
+ * aborts it.
+ */
+static void
+record_key_commits(void)
+{
+	static SPIPlanPtr plan = NULL;
+	ListCell   *lc;
+	Datum	   *hashes;
+	int			n = 0;
+	int64		prev = 0;
+	Datum		args[2];
+	Oid			save_user;
+	int			save_sec;
+
+	list_sort(pending_keys, cmp_int64);
+	hashes = palloc(sizeof(Datum) * list_length(pending_keys));
+	foreach(lc, pending_keys)
+	{
+		int64		h = *(int64 *) lfirst(lc);
+		LOCKTAG		tag;
+
+		if (n > 0 && h == prev)
+			continue;
+		SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) ((uint64) h >> 32),
+							 (uint32) h, OUTBOX_KEY_LOCK_SPACE);
+		(void) LockAcquire(&tag, ExclusiveLock, false, false);
+		hashes[n++] = Int64GetDatum(h);
+		prev = h;
+	}
+
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	outbox_become_owner(&save_user, &save_sec);
+	if (plan == NULL)
+	{
+		Oid			types[2] = {INT8ARRAYOID, XID8OID};
+
+		plan = outbox_prepare(
+			"INSERT INTO outbox.key_commit (key_hash, xid, seq)"
+			" SELECT h, $2, s.seq FROM pg_catalog.unnest($1) AS h,"
+			" (SELECT pg_catalog.nextval('outbox.key_commit_seq'::pg_catalog.regclass) AS seq) AS s"
+			" ON CONFLICT DO NOTHING", 2, types);
+	}
+	args[0] = PointerGetDatum(construct_array(hashes, n, INT8OID, 8,
+											  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	args[1] = FullTransactionIdGetDatum(GetTopFullTransactionId());
+	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not record the commit order of ordered keys");
+	outbox_restore_user(save_user, save_sec);
+	PopActiveSnapshot();
+	SPI_finish();
+}
+
+static void
+enqueue_xact_callback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_PRE_COMMIT:
+		case XACT_EVENT_PRE_PREPARE:
+			if (pending_keys != NIL)
+				record_key_commits();
+			pending_keys = NIL;
+			break;
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+		case XACT_EVENT_PREPARE:
+			pending_keys = NIL;
+			break;
+		default:
+			break;
+	}
+}
+
+void
+outbox_enqueue_init(void)
+{
+	RegisterXactCallback(enqueue_xact_callback, NULL);
+	CacheRegisterRelcacheCallback(ordered_invalidate, (Datum) 0);
+}
+
+/*
+ * The next event id of this transaction.  The xid is assigned first, so an
+ * event of a transaction that a snapshot does not see has an id above
+ * anything that snapshot could see of it.
+ */
+static int64
+next_event_id(void)
+{
+	FullTransactionId fxid = GetTopFullTransactionId();
+
+	if (!FullTransactionIdEquals(fxid, counter_xid))
+	{
+		counter_xid = fxid;
+		counter_next = 0;
+	}
+	if (counter_next >= OUTBOX_MAX_PER_XACT)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("too many events in one transaction"),
+				 errdetail("A transaction can enqueue at most " INT64_FORMAT " events.",
+						   OUTBOX_MAX_PER_XACT),
+				 errhint("Commit in smaller transactions.")));
+	if (U64FromFullTransactionId(fxid) >= (uint64) OUTBOX_MAX_XID)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("transaction id too large for an outbox event id")));
+	return OUTBOX_XID_FIRST_ID(U64FromFullTransactionId(fxid)) + counter_next++;
+}
+
+static void
+null_argument(const char *what)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+			 errmsg("%s must not be null", what)));
+}
+
+/*
+ * If (topic, dedup_key) belongs to a retained event, return its id.
+ * Otherwise claim the pair for new_id and return new_id.  A concurrent
+ * enqueue of the same pair makes the unique index wait for its outcome.
+ */
+static int64
+dedup_claim(Datum topic, Datum dedup_key, int64 new_id)
+{
+	static SPIPlanPtr ins = NULL;
+	static SPIPlanPtr sel = NULL;
+	Datum		args[3] = {topic, dedup_key, Int64GetDatum(new_id)};
+	bool		isnull;
+
+	if (ins == NULL)
+	{
+		Oid			types[3] = {TEXTOID, TEXTOID, INT8OID};
+
+		ins = outbox_prepare("INSERT INTO outbox.dedup (topic, dedup_key, event_id)"
+							 " VALUES ($1, $2, $3) ON CONFLICT DO NOTHING", 3, types);
+		sel = outbox_prepare("SELECT event_id FROM outbox.dedup"
+							 " WHERE topic OPERATOR(pg_catalog.=) $1"
+							 " AND dedup_key OPERATOR(pg_catalog.=) $2", 2, types);
+	}
+	if (SPI_execute_plan(ins, args, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "dedup insert failed");
+	if (SPI_processed == 1)
+		return new_id;
+	if (SPI_execute_plan(sel, args, NULL, false, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "dedup key vanished during enqueue");
+	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+									   SPI_tuptable->tupdesc, 1, &isnull));
+}
+
+/*
+ * outbox.enqueue(topic, payload, key, headers, deliver_at, dedup_key)
+ */
+Datum
+outbox_enqueue(PG_FUNCTION_ARGS)
+{
+	static SPIPlanPtr plan = NULL;
+	text	   *topic;
+	int			topic_len;
+	char	   *topic_str;
+	int64		id;
+	Datum		args[7];
+	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	Oid			save_user;
+	int			save_sec;
+
+	if (PG_ARGISNULL(0))
+		null_argument("topic");
+	if (PG_ARGISNULL(1))
+		null_argument("payload");
+	topic = PG_GETARG_TEXT_PP(0);
+	topic_len = VARSIZE_ANY_EXHDR(topic);
+	if (topic_len == 0 || topic_len > OUTBOX_MAX_TOPIC_LEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("topic must be 1 to %d bytes long", OUTBOX_MAX_TOPIC_LEN),
+				 errdetail("The topic given was %d bytes long.", topic_len)));
+	if (!PG_ARGISNULL(3))
+	{
+		Jsonb	   *headers = PG_GETARG_JSONB_P(3);
+
+		if (!JB_ROOT_IS_OBJECT(headers) || JB_ROOT_IS_SCALAR(headers))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("headers must be a JSON object"),
+					 errhint("Pass NULL for no headers, or an object such as '{\"trace\": \"abc\"}'.")));
+	}
+
+	id = next_event_id();
+
+	SPI_connect();
+	outbox_become_owner(&save_user, &save_sec);
+
+	if (!PG_ARGISNULL(5))
+	{
+		int64		existing = dedup_claim(PointerGetDatum(topic),
+										   PG_GETARG_DATUM(5), id);
+
+		if (existing != id)
+		{
+			outbox_restore_user(save_user, save_sec);
+			SPI_finish();
+			PG_RETURN_INT64(existing);
+		}
+	}
+
+	if (plan == NULL)
+	{
+		Oid			types[7] = {INT8OID, TEXTOID, TEXTOID, JSONBOID, JSONBOID,
+		TIMESTAMPTZOID, TIMESTAMPTZOID};
+
+		plan = outbox_prepare(
+			"INSERT INTO outbox.event (id, topic, key, payload, headers, deliver_at, enqueued_at)"
+			" VALUES ($1, $2, $3, $4, $5, $6, $7)", 7, types);
+	}
+	args[0] = Int64GetDatum(id);
+	args[1] = PointerGetDatum(topic);
+	args[2] = PG_GETARG_DATUM(2);
+	nulls[2] = PG_ARGISNULL(2) ? 'n' : ' ';
+	args[3] = PG_GETARG_DATUM(1);
+	args[4] = PG_GETARG_DATUM(3);
+	nulls[4] = PG_ARGISNULL(3) ? 'n' : ' ';
+	args[5] = PG_GETARG_DATUM(4);
+	nulls[5] = PG_ARGISNULL(4) ? 'n' : ' ';
+	args[6] = TimestampTzGetDatum(GetCurrentTimestamp());
+	if (SPI_execute_plan(plan, args, nulls, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "event insert failed");
+
+	if (!PG_ARGISNULL(2))
+	{
+		topic_str = text_to_cstring(topic);
+		if (topic_is_ordered(topic_str))
+		{
+			MemoryContext oldcxt = MemoryContextSwitchTo(TopTransactionContext);
+			int64	   *h = palloc(sizeof(int64));
+
+			*h = outbox_key_hash(TextDatumGetCString(PG_GETARG_DATUM(2)));
+			pending_keys = lappend(pending_keys, h);
+			MemoryContextSwitchTo(oldcxt);
+		}
+	}
+
+	outbox_restore_user(save_user, save_sec);
+	SPI_finish();
+	PG_RETURN_INT64(id);
+}

@@ -1,0 +1,98 @@
+/*-------------------------------------------------------------------------
+ *
+ * outbox.h
+ *		Shared declarations of the outbox extension.
+ *
+ * Storage in brief (docs/design.md has the whole story): events live once in
+ * outbox.event, whose id encodes the enqueuing transaction's full xid in its
+ * high bits.  A subscription consumes the stream by snapshot deltas, as PgQ
+ * does; each claim records one outbox.batch row covering a range of a delta
+ * and the ids it leased.  Only exceptions (retries, delays, dead letters,
+ * ordered keys held back) get one outbox.delivery row per event.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef OUTBOX_H
+#define OUTBOX_H
+
+#include "postgres.h"
+
+#include "access/transam.h"
+#include "datatype/timestamp.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "utils/snapshot.h"
+#include "utils/xid8.h"
+
+/*
+ * Event ids: (full xid << OUTBOX_SEQ_BITS) | n, n counting the events of one
+ * transaction.  Id order is therefore (transaction, enqueue order), and the
+ * transaction of an event is known from its id alone.
+ */
+#define OUTBOX_SEQ_BITS			20
+#define OUTBOX_MAX_PER_XACT		(INT64CONST(1) << OUTBOX_SEQ_BITS)
+#define OUTBOX_MAX_XID			(INT64CONST(1) << (63 - OUTBOX_SEQ_BITS))
+#define OUTBOX_ID_XID(id)		((uint64) (id) >> OUTBOX_SEQ_BITS)
+#define OUTBOX_XID_FIRST_ID(x)	((int64) ((uint64) (x) << OUTBOX_SEQ_BITS))
+#define OUTBOX_POS_END			PG_INT64_MAX
+
+/* Limits from the SQL contract. */
+#define OUTBOX_MAX_BATCH		10000
+#define OUTBOX_MAX_TOPIC_LEN	200
+
+/*
+ * A transaction snapshot with 64-bit xids, laid out exactly like the core
+ * type pg_snapshot so that it can be stored in columns of that type.
+ */
+typedef struct OutboxSnap
+{
+	int32		vl_len_;
+	uint32		nxip;
+	FullTransactionId xmin;
+	FullTransactionId xmax;
+	FullTransactionId xip[FLEXIBLE_ARRAY_MEMBER];
+} OutboxSnap;
+
+/* A subscription's settings, as claim, ack and fail need them. */
+typedef struct OutboxSub
+{
+	int32		id;
+	char	   *name;
+	ArrayType  *topics;			/* NULL means every topic */
+	int32		max_attempts;
+	Interval	lease;
+	Interval	backoff_base;
+	Interval	backoff_max;
+	bool		ordered;
+	bool		paused;
+	struct OutboxSnap *origin;	/* what it saw as finished when created */
+} OutboxSub;
+
+/* snapshot.c */
+extern OutboxSnap *outbox_snap_from_snapshot(Snapshot snap);
+extern bool outbox_snap_visible(const OutboxSnap *snap, uint64 xid);
+extern bool outbox_snap_equal(const OutboxSnap *a, const OutboxSnap *b);
+extern OutboxSnap *outbox_snap_copy(const OutboxSnap *snap);
+
+/* subscription.c */
+extern void outbox_check_name(const char *name);
+extern OutboxSub *outbox_lookup_sub(const char *name);
+extern void outbox_check_consume(OutboxSub *sub, Oid caller);
+extern bool outbox_role_may_consume(Oid role, int32 sub_id);
+extern Oid	outbox_owner(void);
+extern void outbox_become_owner(Oid *save_userid, int *save_sec);
+extern void outbox_restore_user(Oid save_userid, int save_sec);
+extern Oid	outbox_relid(const char *relname);
+extern SPIPlanPtr outbox_prepare(const char *sql, int nargs, Oid *argtypes);
+extern int64 outbox_interval_usecs(const Interval *iv);
+extern void outbox_check_interval(const Interval *iv, const char *what);
+
+/* enqueue.c */
+extern int64 outbox_key_hash(const char *key);
+extern void outbox_enqueue_init(void);
+
+/* settle.c */
+extern TimestampTz outbox_backoff(OutboxSub *sub, int32 attempts,
+								  const Interval *retry_in);
+
+#endif							/* OUTBOX_H */

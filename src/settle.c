@@ -1,0 +1,557 @@
+/*-------------------------------------------------------------------------
+ *
+ * settle.c
+ *		outbox.ack() and outbox.fail(): settle leased deliveries.
+ *
+ * A delivery leased from the stream is an id in an outbox.batch row: ack
+ * removes it there (one row update per batch, not per event), fail moves it
+ * to outbox.delivery as 'scheduled' or 'dead'.  A delivery that already has
+ * an outbox.delivery row is updated in place.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "chain.h"
+
+#include "catalog/pg_type.h"
+#include <math.h>
+
+#include "common/pg_prng.h"
+#include "miscadmin.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/timestamp.h"
+
+PG_FUNCTION_INFO_V1(outbox_ack);
+PG_FUNCTION_INFO_V1(outbox_ack_many);
+PG_FUNCTION_INFO_V1(outbox_fail);
+
+static int
+cmp_int64(const void *a, const void *b)
+{
+	int64		x = *(const int64 *) a;
+	int64		y = *(const int64 *) b;
+
+	return (x > y) - (x < y);
+}
+
+/*
+ * Remove the given ids (sorted) from the batch rows of a subscription that
+ * hold them.  The rows are locked first, so concurrent settlements of one
+ * batch never lose each other's changes.  Marks found[] for each id that
+ * was removed and returns how many.  For fail, also returns the key of
+ * each removed id in keys[] (when the subscription is ordered).
+ */
+static int
+settle_from_batches(int32 sub_id, int64 *ids, int n, bool *found,
+					Datum *keys, bool *key_nulls)
+{
+	static SPIPlanPtr sel = NULL;
+	static SPIPlanPtr upd = NULL;
+	Datum		args[4];
+	char		nulls[4] = {' ', ' ', ' ', ' '};
+	SPITupleTable *tab;
+	uint64		nrows,
+				r;
+	int			removed = 0;
+	Datum	   *dids;
+	int			i;
+
+	if (sel == NULL)
+	{
+		Oid			t2[2] = {INT4OID, INT8ARRAYOID};
+		Oid			t4[4] = {INT4OID, INT8OID, INT8ARRAYOID, TEXTARRAYOID};
+
+		sel = outbox_prepare("SELECT batch_no, ids, keys FROM outbox.batch"
+							 " WHERE sub_id OPERATOR(pg_catalog.=) $1"
+							 " AND ids OPERATOR(pg_catalog.&&) $2 FOR UPDATE", 2, t2);
+		upd = outbox_prepare("UPDATE outbox.batch SET ids = $3, keys = $4"
+							 " WHERE sub_id OPERATOR(pg_catalog.=) $1"
+							 " AND batch_no OPERATOR(pg_catalog.=) $2", 4, t4);
+	}
+	dids = palloc(sizeof(Datum) * n);
+	for (i = 0; i < n; i++)
+		dids[i] = Int64GetDatum(ids[i]);
+	args[0] = Int32GetDatum(sub_id);
+	args[1] = PointerGetDatum(construct_array(dids, n, INT8OID, 8, FLOAT8PASSBYVAL,
+											  TYPALIGN_DOUBLE));
+	if (SPI_execute_plan(sel, args, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "batch lookup failed");
+	tab = SPI_tuptable;
+	nrows = SPI_processed;
+	for (r = 0; r < nrows; r++)
+	{
+		bool		isnull;
+		bool		keys_null;
+		int64		batch_no = DatumGetInt64(SPI_getbinval(tab->vals[r], tab->tupdesc, 1, &isnull));
+		ArrayType  *arr = DatumGetArrayTypeP(SPI_getbinval(tab->vals[r], tab->tupdesc, 2, &isnull));
+		Datum		kd = SPI_getbinval(tab->vals[r], tab->tupdesc, 3, &keys_null);
+		Datum	   *elems;
+		Datum	   *kelems = NULL;
+		bool	   *knulls = NULL;
+		int			nelems,
+					nk,
+					k,
+					kept = 0;
+		Datum	   *keep;
+		Datum	   *keepk = NULL;
+		bool	   *keepkn = NULL;
+
+		deconstruct_array(arr, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE,
+						  &elems, NULL, &nelems);
+		if (!keys_null)
+		{
+			deconstruct_array(DatumGetArrayTypeP(kd), TEXTOID, -1, false,
+							  TYPALIGN_INT, &kelems, &knulls, &nk);
+			keepk = palloc(sizeof(Datum) * Max(nelems, 1));
+			keepkn = palloc(sizeof(bool) * Max(nelems, 1));
+		}
+		keep = palloc(sizeof(Datum) * Max(nelems, 1));
+		for (k = 0; k < nelems; k++)
+		{
+			int64		id = DatumGetInt64(elems[k]);
+			int64	   *hit = bsearch(&id, ids, n, sizeof(int64), cmp_int64);
+
+			if (hit != NULL && !found[hit - ids])
+			{
+				int			pos = hit - ids;
+
+				found[pos] = true;
+				removed++;
+				if (keys)
+				{
+					keys[pos] = kelems ? kelems[k] : (Datum) 0;
+					key_nulls[pos] = kelems ? knulls[k] : true;
+				}
+				continue;
+			}
+			keep[kept] = elems[k];
+			if (keepk)
+			{
+				keepk[kept] = kelems[k];
+				keepkn[kept] = knulls[k];
+			}
+			kept++;
+		}
+		args[1] = Int64GetDatum(batch_no);
+		args[2] = PointerGetDatum(construct_array(keep, kept, INT8OID, 8,
+												  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+		if (keepk)
+		{
+			int			dims[1] = {kept};
+			int			lbs[1] = {1};
+
+			args[3] = PointerGetDatum(construct_md_array(keepk, keepkn, 1, dims, lbs,
+														 TEXTOID, -1, false, TYPALIGN_INT));
+			nulls[3] = ' ';
+		}
+		else
+			nulls[3] = 'n';
+		if (SPI_execute_plan(upd, args, nulls, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "batch update failed");
+	}
+	SPI_freetuptable(tab);
+	return removed;
+}
+
+/*
+ * Mark delivery rows done.  Marks found[] and returns how many changed.
+ */
+static int
+ack_deliveries(int32 sub_id, int64 *ids, int n, bool *found)
+{
+	static SPIPlanPtr plan = NULL;
+	Datum		args[2];
+	Datum	   *dids;
+	int			i,
+				m = 0,
+				done = 0;
+	uint64		r;
+
+	if (plan == NULL)
+	{
+		Oid			types[2] = {INT4OID, INT8ARRAYOID};
+
+		plan = outbox_prepare("UPDATE outbox.delivery SET state = 'done', lease_until = NULL,"
+							  " visible_at = NULL"
+							  " WHERE sub_id OPERATOR(pg_catalog.=) $1"
+							  " AND event_id OPERATOR(pg_catalog.=) ANY ($2)"
+							  " AND state OPERATOR(pg_catalog.<>) 'done'"
+							  " RETURNING event_id", 2, types);
+	}
+	dids = palloc(sizeof(Datum) * n);
+	for (i = 0; i < n; i++)
+		if (!found[i])
+			dids[m++] = Int64GetDatum(ids[i]);
+	if (m == 0)
+		return 0;
+	args[0] = Int32GetDatum(sub_id);
+	args[1] = PointerGetDatum(construct_array(dids, m, INT8OID, 8, FLOAT8PASSBYVAL,
+											  TYPALIGN_DOUBLE));
+	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_UPDATE_RETURNING)
+		elog(ERROR, "delivery ack failed");
+	for (r = 0; r < SPI_processed; r++)
+	{
+		bool		isnull;
+		int64		id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r],
+													 SPI_tuptable->tupdesc, 1, &isnull));
+		int64	   *hit = bsearch(&id, ids, n, sizeof(int64), cmp_int64);
+
+		if (hit != NULL && !found[hit - ids])
+		{
+			found[hit - ids] = true;
+			done++;
+		}
+	}
+	return done;
+}
+
+/*
+ * Ids that are in neither a batch nor a delivery row: events of this
+ * subscription that no claim has reached yet become done now.  Ids of
+ * unknown events, of other topics, or already settled are left alone.
+ * Takes the claim lock, so the check and the claims that follow agree.
+ */
+static int
+ack_ahead(OutboxSub *sub, int64 *ids, int n, bool *found)
+{
+	static SPIPlanPtr sel = NULL;
+	static SPIPlanPtr ins = NULL;
+	Datum		args[2];
+	Datum	   *dids;
+	int			i,
+				m = 0,
+				done = 0;
+	uint64		r;
+	OutboxChain *chain;
+	SPITupleTable *tab;
+	uint64		nrows;
+	Datum	   *topics = NULL;
+	int			ntopics = 0;
+
+	dids = palloc(sizeof(Datum) * n);
+	for (i = 0; i < n; i++)
+		if (!found[i] && !outbox_snap_visible(sub->origin, OUTBOX_ID_XID(ids[i])))
+			dids[m++] = Int64GetDatum(ids[i]);
+	if (m == 0)
+		return 0;
+
+	if (sel == NULL)
+	{
+		Oid			t1[1] = {INT8ARRAYOID};
+		Oid			t2[2] = {INT4OID, INT8OID};
+
+		sel = outbox_prepare("SELECT id, topic FROM outbox.event"
+							 " WHERE id OPERATOR(pg_catalog.=) ANY ($1)", 1, t1);
+		ins = outbox_prepare("INSERT INTO outbox.delivery (sub_id, event_id, state)"
+							 " VALUES ($1, $2, 'done') ON CONFLICT DO NOTHING", 2, t2);
+	}
+	if (sub->topics)
+		deconstruct_array(sub->topics, TEXTOID, -1, false, TYPALIGN_INT,
+						  &topics, NULL, &ntopics);
+
+	outbox_lock_sub(sub->id);
+	chain = outbox_chain_read(sub->id);
+	args[0] = PointerGetDatum(construct_array(dids, m, INT8OID, 8, FLOAT8PASSBYVAL,
+											  TYPALIGN_DOUBLE));
+	if (SPI_execute_snapshot(sel, args, NULL, chain->snapshot, InvalidSnapshot,
+							 true, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "event lookup failed");
+	tab = SPI_tuptable;
+	nrows = SPI_processed;
+	for (r = 0; r < nrows; r++)
+	{
+		bool		isnull;
+		int64		id = DatumGetInt64(SPI_getbinval(tab->vals[r], tab->tupdesc, 1, &isnull));
+		char	   *topic = TextDatumGetCString(SPI_getbinval(tab->vals[r], tab->tupdesc, 2, &isnull));
+		bool		match = (sub->topics == NULL);
+		int64	   *hit;
+
+		for (i = 0; !match && i < ntopics; i++)
+			match = strcmp(TextDatumGetCString(topics[i]), topic) == 0;
+		if (!match || !outbox_chain_pending(chain, OUTBOX_ID_XID(id), id, id))
+			continue;
+		args[0] = Int32GetDatum(sub->id);
+		args[1] = Int64GetDatum(id);
+		if (SPI_execute_plan(ins, args, NULL, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "delivery insert failed");
+		hit = bsearch(&id, ids, n, sizeof(int64), cmp_int64);
+		if (SPI_processed == 1 && hit != NULL && !found[hit - ids])
+		{
+			found[hit - ids] = true;
+			done++;
+		}
+	}
+	outbox_chain_release(chain);
+	outbox_unlock_sub(sub->id);
+	return done;
+}
+
+/*
+ * Ack sorted, distinct ids for a subscription; returns how many became done.
+ */
+static int
+ack_ids(OutboxSub *sub, int64 *ids, int n)
+{
+	bool	   *found = palloc0(sizeof(bool) * n);
+	int			done;
+
+	done = settle_from_batches(sub->id, ids, n, found, NULL, NULL);
+	if (done < n)
+		done += ack_deliveries(sub->id, ids, n, found);
+	if (done < n)
+		done += ack_ahead(sub, ids, n, found);
+	return done;
+}
+
+static OutboxSub *
+settle_begin(FunctionCallInfo fcinfo, Oid *save_user, int *save_sec)
+{
+	Oid			caller = GetUserId();
+	char	   *name;
+	OutboxSub  *sub;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("subscription must not be null")));
+	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	outbox_check_name(name);
+	SPI_connect();
+	outbox_become_owner(save_user, save_sec);
+	sub = outbox_lookup_sub(name);
+	outbox_check_consume(sub, caller);
+	return sub;
+}
+
+static void
+settle_end(Oid save_user, int save_sec)
+{
+	outbox_restore_user(save_user, save_sec);
+	SPI_finish();
+}
+
+/*
+ * outbox.ack(subscription, event_id) RETURNS boolean
+ */
+Datum
+outbox_ack(PG_FUNCTION_ARGS)
+{
+	Oid			save_user;
+	int			save_sec;
+	OutboxSub  *sub;
+	int64		id;
+	int			done;
+
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("event_id must not be null")));
+	sub = settle_begin(fcinfo, &save_user, &save_sec);
+	id = PG_GETARG_INT64(1);
+	done = ack_ids(sub, &id, 1);
+	settle_end(save_user, save_sec);
+	PG_RETURN_BOOL(done > 0);
+}
+
+/*
+ * outbox.ack(subscription, event_ids) RETURNS int
+ */
+Datum
+outbox_ack_many(PG_FUNCTION_ARGS)
+{
+	Oid			save_user;
+	int			save_sec;
+	OutboxSub  *sub;
+	ArrayType  *arr;
+	Datum	   *elems;
+	bool	   *enulls;
+	int			n,
+				i,
+				m = 0;
+	int64	   *ids;
+	int			done;
+
+	if (PG_ARGISNULL(1))
+	{
+		/* array_agg over an empty claim: nothing to ack */
+		if (PG_ARGISNULL(0))
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("subscription must not be null")));
+		PG_RETURN_INT32(0);
+	}
+	arr = PG_GETARG_ARRAYTYPE_P(1);
+	deconstruct_array(arr, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE,
+					  &elems, &enulls, &n);
+	for (i = 0; i < n; i++)
+		if (enulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("event_ids must not contain null")));
+	sub = settle_begin(fcinfo, &save_user, &save_sec);
+	if (n == 0)
+	{
+		settle_end(save_user, save_sec);
+		PG_RETURN_INT32(0);
+	}
+	ids = palloc(sizeof(int64) * n);
+	for (i = 0; i < n; i++)
+		ids[i] = DatumGetInt64(elems[i]);
+	qsort(ids, n, sizeof(int64), cmp_int64);
+	for (i = 0; i < n; i++)
+		if (m == 0 || ids[i] != ids[m - 1])
+			ids[m++] = ids[i];
+	done = ack_ids(sub, ids, m);
+	settle_end(save_user, save_sec);
+	PG_RETURN_INT32(done);
+}
+
+/*
+ * When a failed delivery is tried again: now() + retry_in if given, else
+ * now() + least(backoff_max, backoff_base * 2^(attempts-1)) * j, with j
+ * uniform in [0.5, 1.0] so that failures of one cause spread out.
+ */
+TimestampTz
+outbox_backoff(OutboxSub *sub, int32 attempts, const Interval *retry_in)
+{
+	TimestampTz now = GetCurrentTransactionStartTimestamp();
+	int64		delay;
+
+	if (retry_in != NULL)
+		return DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
+													   TimestampTzGetDatum(now),
+													   PointerGetDatum(retry_in)));
+	else
+	{
+		double		base = (double) outbox_interval_usecs(&sub->backoff_base);
+		double		max = (double) outbox_interval_usecs(&sub->backoff_max);
+		double		d = base * pow(2.0, (double) Max(attempts - 1, 0));
+		double		j = 0.5 + 0.5 * pg_prng_double(&pg_global_prng_state);
+
+		if (d > max)
+			d = max;
+		delay = (int64) (d * j);
+		return now + delay;
+	}
+}
+
+/*
+ * outbox.fail(subscription, event_id, error, retry_in, attempt) RETURNS text
+ */
+Datum
+outbox_fail(PG_FUNCTION_ARGS)
+{
+	static SPIPlanPtr ins = NULL;
+	static SPIPlanPtr sel = NULL;
+	static SPIPlanPtr upd = NULL;
+	Oid			save_user;
+	int			save_sec;
+	OutboxSub  *sub;
+	int64		id;
+	Interval   *retry_in = NULL;
+	bool		found = false;
+	Datum		key = (Datum) 0;
+	bool		key_null = true;
+	int32		attempts;
+	bool		dead;
+	TimestampTz visible_at;
+	Datum		args[7];
+	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	const char *state;
+
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("event_id must not be null")));
+	if (!PG_ARGISNULL(3))
+	{
+		retry_in = PG_GETARG_INTERVAL_P(3);
+		outbox_check_interval(retry_in, "retry_in");
+	}
+	sub = settle_begin(fcinfo, &save_user, &save_sec);
+	id = PG_GETARG_INT64(1);
+
+	if (ins == NULL)
+	{
+		Oid			t7[7] = {INT4OID, INT8OID, TEXTOID, INT4OID, TIMESTAMPTZOID,
+		TEXTOID, TEXTOID};
+		Oid			t2[2] = {INT4OID, INT8OID};
+		Oid			t5[5] = {INT4OID, INT8OID, TEXTOID, TIMESTAMPTZOID, TEXTOID};
+
+		ins = outbox_prepare("INSERT INTO outbox.delivery (sub_id, event_id, state, attempts,"
+							 " visible_at, last_error, key, dead_at)"
+							 " VALUES ($1, $2, $3, $4, $5, $6, $7,"
+							 "  CASE WHEN $3 OPERATOR(pg_catalog.=) 'dead' THEN pg_catalog.now() END)",
+							 7, t7);
+		sel = outbox_prepare("SELECT attempts FROM outbox.delivery"
+							 " WHERE sub_id OPERATOR(pg_catalog.=) $1"
+							 " AND event_id OPERATOR(pg_catalog.=) $2"
+							 " AND state OPERATOR(pg_catalog.=) 'leased' FOR UPDATE", 2, t2);
+		upd = outbox_prepare("UPDATE outbox.delivery SET state = $3, visible_at = $4,"
+							 " last_error = $5, lease_until = NULL,"
+							 " dead_at = CASE WHEN $3 OPERATOR(pg_catalog.=) 'dead' THEN pg_catalog.now() END"
+							 " WHERE sub_id OPERATOR(pg_catalog.=) $1"
+							 " AND event_id OPERATOR(pg_catalog.=) $2", 5, t5);
+	}
+
+	/* leased from the stream: first attempt */
+	attempts = 1;
+	if (PG_ARGISNULL(4) || PG_GETARG_INT32(4) == 1)
+	{
+		bool		hit = false;
+
+		found = settle_from_batches(sub->id, &id, 1, &hit, &key, &key_null) > 0;
+	}
+	if (!found)
+	{
+		bool		isnull;
+
+		args[0] = Int32GetDatum(sub->id);
+		args[1] = Int64GetDatum(id);
+		if (SPI_execute_plan(sel, args, NULL, false, 1) != SPI_OK_SELECT)
+			elog(ERROR, "delivery lookup failed");
+		if (SPI_processed == 0)
+		{
+			settle_end(save_user, save_sec);
+			PG_RETURN_NULL();
+		}
+		attempts = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0],
+											   SPI_tuptable->tupdesc, 1, &isnull));
+		if (!PG_ARGISNULL(4) && PG_GETARG_INT32(4) != attempts)
+		{
+			settle_end(save_user, save_sec);
+			PG_RETURN_NULL();
+		}
+	}
+
+	dead = attempts >= sub->max_attempts;
+	state = dead ? "dead" : "scheduled";
+	visible_at = dead ? 0 : outbox_backoff(sub, attempts, retry_in);
+
+	args[0] = Int32GetDatum(sub->id);
+	args[1] = Int64GetDatum(id);
+	args[2] = CStringGetTextDatum(state);
+	args[3] = Int32GetDatum(attempts);
+	args[4] = TimestampTzGetDatum(visible_at);
+	nulls[4] = dead ? 'n' : ' ';
+	args[5] = PG_ARGISNULL(2) ? (Datum) 0 : PG_GETARG_DATUM(2);
+	nulls[5] = PG_ARGISNULL(2) ? 'n' : ' ';
+	args[6] = key;
+	nulls[6] = key_null ? 'n' : ' ';
+	if (found)
+	{
+		if (SPI_execute_plan(ins, args, nulls, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "delivery insert failed");
+	}
+	else
+	{
+		Datum		uargs[5] = {args[0], args[1], args[2], args[4], args[5]};
+		char		unulls[5] = {' ', ' ', ' ', nulls[4], nulls[5]};
+
+		if (SPI_execute_plan(upd, uargs, unulls, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "delivery update failed");
+	}
+	settle_end(save_user, save_sec);
+	PG_RETURN_TEXT_P(cstring_to_text(state));
+}

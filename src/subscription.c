@@ -1,0 +1,340 @@
+/*-------------------------------------------------------------------------
+ *
+ * subscription.c
+ *		Subscription lookup, name rules, consumer privileges, and the
+ *		switch to the extension owner that the C functions run under.
+ *
+ * The API functions are ordinary (not SECURITY DEFINER) C functions: after
+ * checking the caller's right to the subscription they switch to the owner
+ * of the outbox tables for their SPI work, the way SECURITY DEFINER would,
+ * without paying for a search_path change on every call.  Every query they
+ * run is schema-qualified down to its operators, so the caller's
+ * search_path cannot change what it means.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "outbox.h"
+
+#include "access/htup_details.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_class.h"
+#include "miscadmin.h"
+#include "utils/acl.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/syscache.h"
+
+PG_FUNCTION_INFO_V1(outbox_channel);
+PG_FUNCTION_INFO_V1(outbox_may_consume);
+PG_FUNCTION_INFO_V1(outbox_check_name_sql);
+PG_FUNCTION_INFO_V1(outbox_subscriptions_changed);
+
+/*
+ * Subscription names: ^[a-z0-9_][a-z0-9_.-]{0,47}$, so that a channel name
+ * built from one fits PostgreSQL's 63-byte identifiers.
+ */
+void
+outbox_check_name(const char *name)
+{
+	size_t		len = strlen(name);
+	size_t		i;
+	bool		ok = len >= 1 && len <= 48;
+
+	for (i = 0; ok && i < len; i++)
+	{
+		char		c = name[i];
+
+		if ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_')
+			continue;
+		if (i > 0 && (c == '.' || c == '-'))
+			continue;
+		ok = false;
+	}
+	if (!ok)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid subscription name \"%s\"", name),
+				 errdetail("A subscription name is 1 to 48 characters from a-z, 0-9, \"_\", \".\" and \"-\", and does not start with \".\" or \"-\".")));
+}
+
+/*
+ * The oid of a table of the outbox schema.
+ */
+Oid
+outbox_relid(const char *relname)
+{
+	Oid			nsp = get_namespace_oid("outbox", false);
+	Oid			relid = get_relname_relid(relname, nsp);
+
+	if (!OidIsValid(relid))
+		elog(ERROR, "outbox relation \"%s\" is missing", relname);
+	return relid;
+}
+
+/*
+ * The role that owns the outbox tables: the extension's owner.
+ */
+Oid
+outbox_owner(void)
+{
+	Oid			relid = outbox_relid("subscription");
+	HeapTuple	tp;
+	Oid			owner;
+
+	tp = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	if (!HeapTupleIsValid(tp))
+		elog(ERROR, "cache lookup failed for relation %u", relid);
+	owner = ((Form_pg_class) GETSTRUCT(tp))->relowner;
+	ReleaseSysCache(tp);
+	return owner;
+}
+
+/*
+ * Run as the owner of the outbox tables until outbox_restore_user.  An error
+ * in between is cleaned up by (sub)transaction abort, which restores the
+ * user id and security context.
+ */
+void
+outbox_become_owner(Oid *save_userid, int *save_sec)
+{
+	GetUserIdAndSecContext(save_userid, save_sec);
+	SetUserIdAndSecContext(outbox_owner(),
+						   *save_sec | SECURITY_LOCAL_USERID_CHANGE);
+}
+
+void
+outbox_restore_user(Oid save_userid, int save_sec)
+{
+	SetUserIdAndSecContext(save_userid, save_sec);
+}
+
+/*
+ * SPI_prepare and keep a plan; for statics that live for the session.
+ */
+SPIPlanPtr
+outbox_prepare(const char *sql, int nargs, Oid *argtypes)
+{
+	SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
+
+	if (plan == NULL)
+		elog(ERROR, "SPI_prepare failed for \"%s\": %s",
+			 sql, SPI_result_code_string(SPI_result));
+	if (SPI_keepplan(plan) != 0)
+		elog(ERROR, "SPI_keepplan failed");
+	return plan;
+}
+
+static Interval *
+copy_interval(Datum d)
+{
+	Interval   *src = DatumGetIntervalP(d);
+	Interval   *res = palloc(sizeof(Interval));
+
+	memcpy(res, src, sizeof(Interval));
+	return res;
+}
+
+/*
+ * Look up a subscription by name; 42704 if there is none.  Requires SPI to
+ * be connected and the owner's rights.  Allocates in SPI's procedure
+ * context: the result lives until SPI_finish.
+ */
+OutboxSub *
+outbox_lookup_sub(const char *name)
+{
+	static SPIPlanPtr plan = NULL;
+	Datum		arg = CStringGetTextDatum(name);
+	OutboxSub  *sub;
+	HeapTuple	tup;
+	TupleDesc	desc;
+	bool		isnull;
+	Datum		d;
+
+	if (plan == NULL)
+	{
+		Oid			types[1] = {TEXTOID};
+
+		plan = outbox_prepare(
+			"SELECT id, topics, max_attempts, lease, backoff_base, backoff_max,"
+			" ordered, paused, origin FROM outbox.subscription"
+			" WHERE name OPERATOR(pg_catalog.=) $1", 1, types);
+	}
+	if (SPI_execute_plan(plan, &arg, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "subscription lookup failed");
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("subscription \"%s\" does not exist", name),
+				 errhint("Create it with outbox.subscribe().")));
+
+	tup = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	sub = palloc0(sizeof(OutboxSub));
+	sub->id = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
+	sub->name = pstrdup(name);
+	d = SPI_getbinval(tup, desc, 2, &isnull);
+	sub->topics = isnull ? NULL : DatumGetArrayTypePCopy(d);
+	sub->max_attempts = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
+	sub->lease = *copy_interval(SPI_getbinval(tup, desc, 4, &isnull));
+	sub->backoff_base = *copy_interval(SPI_getbinval(tup, desc, 5, &isnull));
+	sub->backoff_max = *copy_interval(SPI_getbinval(tup, desc, 6, &isnull));
+	sub->ordered = DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull));
+	sub->paused = DatumGetBool(SPI_getbinval(tup, desc, 8, &isnull));
+	sub->origin = outbox_snap_copy((OutboxSnap *)
+								   PG_DETOAST_DATUM(SPI_getbinval(tup, desc, 9, &isnull)));
+	return sub;
+}
+
+/*
+ * May this role consume subscription sub_id?  Superusers and members of the
+ * owner may; others need a grant_consume for a role whose privileges they
+ * have (PostgreSQL's inheritance rules apply).  Requires SPI and the
+ * owner's rights.
+ */
+bool
+outbox_role_may_consume(Oid role, int32 sub_id)
+{
+	static SPIPlanPtr plan = NULL;
+	Datum		arg = Int32GetDatum(sub_id);
+	uint64		i;
+
+	if (superuser_arg(role) || has_privs_of_role(role, outbox_owner()))
+		return true;
+	if (plan == NULL)
+	{
+		Oid			types[1] = {INT4OID};
+
+		plan = outbox_prepare("SELECT role FROM outbox.consumer"
+							  " WHERE sub_id OPERATOR(pg_catalog.=) $1",
+							  1, types);
+	}
+	if (SPI_execute_plan(plan, &arg, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "consumer lookup failed");
+	for (i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+		Oid			grantee = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i],
+															 SPI_tuptable->tupdesc,
+															 1, &isnull));
+
+		if (has_privs_of_role(role, grantee))
+			return true;
+	}
+	return false;
+}
+
+/*
+ * Raise 42501 unless the caller (the user before outbox_become_owner) may
+ * consume this subscription.
+ */
+void
+outbox_check_consume(OutboxSub *sub, Oid caller)
+{
+	if (!outbox_role_may_consume(caller, sub->id))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied for subscription \"%s\"", sub->name),
+				 errhint("The owner grants it with outbox.grant_consume().")));
+}
+
+/*
+ * outbox._may_consume(sub_id): the row filter of the views.
+ */
+Datum
+outbox_may_consume(PG_FUNCTION_ARGS)
+{
+	Oid			caller = GetUserId();
+	Oid			save_user;
+	int			save_sec;
+	bool		result;
+
+	if (PG_ARGISNULL(0))
+		PG_RETURN_BOOL(false);
+	SPI_connect();
+	outbox_become_owner(&save_user, &save_sec);
+	result = outbox_role_may_consume(caller, PG_GETARG_INT32(0));
+	outbox_restore_user(save_user, save_sec);
+	SPI_finish();
+	PG_RETURN_BOOL(result);
+}
+
+/*
+ * outbox.channel(subscription): the LISTEN channel of a subscription.
+ */
+Datum
+outbox_channel(PG_FUNCTION_ARGS)
+{
+	Oid			caller = GetUserId();
+	Oid			save_user;
+	int			save_sec;
+	char	   *name;
+	OutboxSub  *sub;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("subscription must not be null")));
+	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	outbox_check_name(name);
+	SPI_connect();
+	outbox_become_owner(&save_user, &save_sec);
+	sub = outbox_lookup_sub(name);
+	outbox_check_consume(sub, caller);
+	outbox_restore_user(save_user, save_sec);
+	SPI_finish();
+	PG_RETURN_TEXT_P(cstring_to_text(psprintf("outbox.%s", name)));
+}
+
+/*
+ * outbox._check_name(subscription): the name rule, for the SQL functions.
+ */
+Datum
+outbox_check_name_sql(PG_FUNCTION_ARGS)
+{
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("subscription must not be null")));
+	outbox_check_name(text_to_cstring(PG_GETARG_TEXT_PP(0)));
+	PG_RETURN_VOID();
+}
+
+/*
+ * outbox._subscriptions_changed(): at commit, tell every backend to drop
+ * what it cached about subscriptions (enqueue caches which topics have
+ * ordered subscriptions).
+ */
+Datum
+outbox_subscriptions_changed(PG_FUNCTION_ARGS)
+{
+	CacheInvalidateRelcacheByRelid(outbox_relid("subscription"));
+	PG_RETURN_VOID();
+}
+
+/*
+ * An interval in microseconds, months counted as 30 days.  Saturates rather
+ * than overflowing.
+ */
+int64
+outbox_interval_usecs(const Interval *iv)
+{
+	double		us = (double) iv->time +
+		((double) iv->day + (double) iv->month * DAYS_PER_MONTH) * USECS_PER_DAY;
+
+	if (us >= (double) PG_INT64_MAX)
+		return PG_INT64_MAX;
+	if (us <= (double) PG_INT64_MIN)
+		return PG_INT64_MIN;
+	return (int64) us;
+}
+
+void
+outbox_check_interval(const Interval *iv, const char *what)
+{
+	if (outbox_interval_usecs(iv) < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must not be negative", what)));
+}
