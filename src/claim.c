@@ -68,7 +68,8 @@ typedef struct ClaimState
 	TimestampTz lease_until;
 	Tuplestorestate *tupstore;
 	TupleDesc	tupdesc;
-	HTAB	   *busy;			/* ordered: hashes of keys in flight */
+	HTAB	   *busy;			/* ordered: keys with anything not settled */
+	HTAB	   *inflight;		/* ordered: keys leased, due or scheduled */
 	bool		made_waiting;
 } ClaimState;
 
@@ -149,10 +150,33 @@ claim_deliveries(ClaimState *st)
 	}
 }
 
+static bool
+key_in(HTAB *set, int64 h)
+{
+	bool		found;
+
+	hash_search(set, &h, HASH_FIND, &found);
+	return found;
+}
+
 /*
- * Ordered subscriptions: the keys that have a delivery in flight (leased,
- * due, scheduled or waiting), seen with a dirty snapshot so that other
- * claimers' uncommitted claims count too.
+ * Note a key as busy: its later events wait.  In flight (leased, due or
+ * scheduled) also keeps its waiting deliveries waiting.
+ */
+static void
+set_busy(ClaimState *st, int64 h, bool inflight)
+{
+	bool		found;
+
+	hash_search(st->busy, &h, HASH_ENTER, &found);
+	if (inflight)
+		hash_search(st->inflight, &h, HASH_ENTER, &found);
+}
+
+/*
+ * Ordered subscriptions: the keys that have deliveries not settled, seen
+ * with a dirty snapshot so that other claimers' uncommitted claims count
+ * too.
  */
 static void
 load_busy_keys(ClaimState *st)
@@ -165,7 +189,6 @@ load_busy_keys(ClaimState *st)
 	HeapTuple	tup;
 	int			i,
 				k;
-	bool		found;
 
 	memset(&ctl, 0, sizeof(ctl));
 	ctl.keysize = sizeof(int64);
@@ -173,13 +196,15 @@ load_busy_keys(ClaimState *st)
 	ctl.hcxt = CurrentMemoryContext;
 	st->busy = hash_create("outbox busy keys", 256, &ctl,
 						   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	st->inflight = hash_create("outbox keys in flight", 256, &ctl,
+							   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 
 	for (i = 0; i < st->chain->nslices; i++)
 	{
 		OutboxSlice *s = &st->chain->slices[i];
 
 		for (k = 0; k < s->nkeys; k++)
-			hash_search(st->busy, &s->key_hashes[k], HASH_ENTER, &found);
+			set_busy(st, s->key_hashes[k], true);
 	}
 
 	InitDirtySnapshot(dirty);
@@ -192,32 +217,16 @@ load_busy_keys(ClaimState *st)
 	{
 		bool		isnull;
 		Datum		key = heap_getattr(tup, 7, RelationGetDescr(rel), &isnull);
-		int64		h;
+		char	   *state;
 
 		if (isnull)
 			continue;
-		h = outbox_key_hash(TextDatumGetCString(key));
-		hash_search(st->busy, &h, HASH_ENTER, &found);
+		state = TextDatumGetCString(heap_getattr(tup, 3, RelationGetDescr(rel), &isnull));
+		set_busy(st, outbox_key_hash(TextDatumGetCString(key)),
+				 strcmp(state, "waiting") != 0);
 	}
 	systable_endscan(scan);
 	table_close(rel, AccessShareLock);
-}
-
-static bool
-key_busy(ClaimState *st, int64 h)
-{
-	bool		found;
-
-	hash_search(st->busy, &h, HASH_FIND, &found);
-	return found;
-}
-
-static void
-set_busy(ClaimState *st, int64 h)
-{
-	bool		found;
-
-	hash_search(st->busy, &h, HASH_ENTER, &found);
 }
 
 /*
@@ -357,7 +366,7 @@ promote_waiting(ClaimState *st)
 		if (prev_key != NULL && strcmp(prev_key, key) == 0)
 			continue;			/* only the first of each key */
 		prev_key = key;
-		if (key_busy(st, h))
+		if (key_in(st->inflight, h))
 			continue;
 		if (earlier_commit_pending(st, h, OUTBOX_ID_XID(id), &seq))
 			continue;
@@ -365,7 +374,7 @@ promote_waiting(ClaimState *st)
 		args[2] = TimestampTzGetDatum(st->now);
 		if (SPI_execute_plan(upd, args, NULL, false, 0) != SPI_OK_UPDATE)
 			elog(ERROR, "waiting delivery release failed");
-		set_busy(st, h);
+		set_busy(st, h, true);
 	}
 	SPI_freetuptable(tab);
 }
@@ -498,24 +507,24 @@ take_event(ClaimState *st, Candidate *c, Datum deliver_at, bool deliver_at_null)
 		materialize(st, c->id, "scheduled", DatumGetTimestampTz(deliver_at),
 					c->key, c->key_null, 0);
 		if (h != 0)
-			set_busy(st, h);
+			set_busy(st, h, true);
 		return false;
 	}
 	if (h != 0)
 	{
 		int64		seq = 0;
 
-		if (key_busy(st, h) ||
+		if (key_in(st->busy, h) ||
 			earlier_commit_pending(st, h, OUTBOX_ID_XID(c->id), &seq))
 		{
 			if (seq == 0)
 				(void) earlier_commit_pending(st, h, OUTBOX_ID_XID(c->id), &seq);
 			materialize(st, c->id, "waiting", 0, c->key, c->key_null, seq);
-			set_busy(st, h);
+			set_busy(st, h, false);
 			st->made_waiting = true;
 			return false;
 		}
-		set_busy(st, h);
+		set_busy(st, h, true);
 	}
 	return true;
 }
