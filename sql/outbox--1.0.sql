@@ -39,20 +39,35 @@ CREATE TABLE outbox.cursor (
 );
 
 -- Events, one row each whatever the number of subscriptions.  The id holds
--- the enqueuing transaction's xid in its high bits (see src/outbox.h), so
--- the table is partitioned by id ranges that are ranges of transactions:
--- retention drops whole partitions.
+-- the enqueuing transaction's xid in its high bits (see src/outbox.h).
+-- Events go into one of four buckets, as PgQ's rotating tables: enqueue
+-- writes to the current bucket; retention empties a whole old bucket with
+-- TRUNCATE once every subscription is done with it, so the event tables
+-- never hold dead tuples.  Which bucket an event is in does not matter to
+-- consumers: they read the parent by id.
 CREATE TABLE outbox.event (
 	id				bigint NOT NULL,
+	bucket			smallint NOT NULL,
 	topic			text NOT NULL,
 	key				text,
 	payload			jsonb NOT NULL,
 	headers			jsonb,
 	deliver_at		timestamptz,
 	enqueued_at		timestamptz NOT NULL
-) PARTITION BY RANGE (id);
-CREATE TABLE outbox.event_default PARTITION OF outbox.event DEFAULT;
-ALTER TABLE outbox.event ADD PRIMARY KEY (id);
+) PARTITION BY LIST (bucket);
+CREATE TABLE outbox.event_0 PARTITION OF outbox.event FOR VALUES IN (0);
+CREATE TABLE outbox.event_1 PARTITION OF outbox.event FOR VALUES IN (1);
+CREATE TABLE outbox.event_2 PARTITION OF outbox.event FOR VALUES IN (2);
+CREATE TABLE outbox.event_3 PARTITION OF outbox.event FOR VALUES IN (3);
+CREATE INDEX event_id_idx ON outbox.event (id);
+
+-- Which bucket enqueue writes to.
+CREATE TABLE outbox.state (
+	one				boolean PRIMARY KEY DEFAULT true CHECK (one),
+	bucket			smallint NOT NULL DEFAULT 0 CHECK (bucket BETWEEN 0 AND 3),
+	bucket_since	timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+INSERT INTO outbox.state DEFAULT VALUES;
 
 -- Dedup keys of retained events.  A unique index makes concurrent enqueues
 -- of one key wait for each other.
@@ -377,10 +392,15 @@ DECLARE
 	n integer;
 BEGIN
 	sid := outbox._sub_id(subscription);
+	-- In an ordered subscription a replayed event queues behind whatever
+	-- of its key is in flight: claim releases it when the key is free.
 	UPDATE outbox.delivery d
-	   SET state = 'ready', attempts = 0, visible_at = pg_catalog.now(),
+	   SET state = CASE WHEN s.ordered AND d.key IS NOT NULL THEN 'waiting' ELSE 'ready' END,
+		   attempts = 0, visible_at = CASE WHEN s.ordered AND d.key IS NOT NULL THEN NULL ELSE pg_catalog.now() END,
 		   lease_until = NULL, last_error = NULL, dead_at = NULL
-	 WHERE d.sub_id OPERATOR(pg_catalog.=) sid AND d.state OPERATOR(pg_catalog.=) 'dead'
+	  FROM outbox.subscription s
+	 WHERE s.id OPERATOR(pg_catalog.=) sid
+	   AND d.sub_id OPERATOR(pg_catalog.=) sid AND d.state OPERATOR(pg_catalog.=) 'dead'
 	   AND (replay.event_id IS NULL OR d.event_id OPERATOR(pg_catalog.=) replay.event_id);
 	GET DIAGNOSTICS n = ROW_COUNT;
 	RETURN n;

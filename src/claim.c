@@ -289,8 +289,8 @@ earlier_commit_pending(ClaimState *st, int64 h, uint64 xid, int64 *seq)
 
 /*
  * Move a stream event into outbox.delivery: 'scheduled' (delayed) or
- * 'waiting' (held behind its key).  An existing row (an ack that came
- * before the claim) wins.
+ * 'waiting' (held behind its key; visible_at then keeps its deliver_at).
+ * An existing row (an ack that came before the claim) wins.
  */
 static void
 materialize(ClaimState *st, int64 id, const char *state, TimestampTz visible_at,
@@ -345,7 +345,10 @@ promote_waiting(ClaimState *st)
 							 " WHERE sub_id OPERATOR(pg_catalog.=) $1"
 							 " AND state OPERATOR(pg_catalog.=) 'waiting'"
 							 " ORDER BY key, seq, event_id", 1, t1);
-		upd = outbox_prepare("UPDATE outbox.delivery SET state = 'ready', visible_at = $3"
+		upd = outbox_prepare("UPDATE outbox.delivery SET"
+							 " state = CASE WHEN visible_at OPERATOR(pg_catalog.>) $3"
+							 "  THEN 'scheduled' ELSE 'ready' END,"
+							 " visible_at = GREATEST(visible_at, $3)"
 							 " WHERE sub_id OPERATOR(pg_catalog.=) $1"
 							 " AND event_id OPERATOR(pg_catalog.=) $2"
 							 " AND state OPERATOR(pg_catalog.=) 'waiting'", 3, t3);
@@ -497,34 +500,33 @@ write_slice(ClaimState *st, OutboxSlice *s, Candidate *cands, int n)
 static bool
 take_event(ClaimState *st, Candidate *c, Datum deliver_at, bool deliver_at_null)
 {
-	int64		h = 0;
+	bool		delayed = !deliver_at_null && DatumGetTimestampTz(deliver_at) > st->now;
+	TimestampTz due = delayed ? DatumGetTimestampTz(deliver_at) : 0;
 
 	if (st->sub->ordered && !c->key_null)
-		h = outbox_key_hash(TextDatumGetCString(c->key));
-
-	if (!deliver_at_null && DatumGetTimestampTz(deliver_at) > st->now)
 	{
-		materialize(st, c->id, "scheduled", DatumGetTimestampTz(deliver_at),
-					c->key, c->key_null, 0);
-		if (h != 0)
-			set_busy(st, h, true);
-		return false;
-	}
-	if (h != 0)
-	{
+		int64		h = outbox_key_hash(TextDatumGetCString(c->key));
 		int64		seq = 0;
+		bool		blocked = key_in(st->busy, h);
 
-		if (key_in(st->busy, h) ||
-			earlier_commit_pending(st, h, OUTBOX_ID_XID(c->id), &seq))
+		if (!blocked)
+			blocked = earlier_commit_pending(st, h, OUTBOX_ID_XID(c->id), &seq);
+		else
+			(void) earlier_commit_pending(st, h, OUTBOX_ID_XID(c->id), &seq);
+		if (blocked)
 		{
-			if (seq == 0)
-				(void) earlier_commit_pending(st, h, OUTBOX_ID_XID(c->id), &seq);
-			materialize(st, c->id, "waiting", 0, c->key, c->key_null, seq);
+			/* behind its key; a delay, if any, still applies once released */
+			materialize(st, c->id, "waiting", due, c->key, c->key_null, seq);
 			set_busy(st, h, false);
 			st->made_waiting = true;
 			return false;
 		}
 		set_busy(st, h, true);
+	}
+	if (delayed)
+	{
+		materialize(st, c->id, "scheduled", due, c->key, c->key_null, 0);
+		return false;
 	}
 	return true;
 }

@@ -47,6 +47,10 @@ static int64 counter_next = 0;
 /* key hashes whose commit order must be recorded (TopTransactionContext) */
 static List *pending_keys = NIL;
 
+/* the bucket enqueue writes to (outbox.state); -1 after invalidation */
+static int	current_bucket = -1;
+static Oid	state_relid = InvalidOid;
+
 /* which topics ordered subscriptions read; rebuilt after invalidation */
 static bool ordered_valid = false;
 static bool ordered_all = false;
@@ -54,10 +58,39 @@ static List *ordered_topics = NIL;	/* of char *, in TopMemoryContext */
 static Oid	ordered_relid = InvalidOid;
 
 static void
-ordered_invalidate(Datum arg, Oid relid)
+enqueue_invalidate(Datum arg, Oid relid)
 {
 	if (!OidIsValid(relid) || relid == ordered_relid)
 		ordered_valid = false;
+	if (!OidIsValid(relid) || relid == state_relid)
+		current_bucket = -1;
+}
+
+/*
+ * The bucket new events go to.  Cached per backend; the worker's rotation
+ * sends a relcache invalidation on outbox.state.  A stale value is
+ * harmless: consumers find events by id in whatever bucket holds them, and
+ * retention empties a bucket only once nothing in it is still needed.
+ */
+static int
+bucket_for_enqueue(void)
+{
+	static SPIPlanPtr plan = NULL;
+	bool		isnull;
+
+	if (current_bucket >= 0)
+		return current_bucket;
+	state_relid = outbox_relid("state");
+	if (plan == NULL)
+		plan = outbox_prepare("SELECT bucket FROM outbox.state", 0, NULL);
+	if (SPI_execute_plan(plan, NULL, NULL, true, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "outbox.state is missing its row");
+	current_bucket = DatumGetInt16(SPI_getbinval(SPI_tuptable->vals[0],
+												 SPI_tuptable->tupdesc, 1, &isnull));
+	if (current_bucket < 0 || current_bucket >= OUTBOX_BUCKETS)
+		elog(ERROR, "invalid outbox bucket %d", current_bucket);
+	return current_bucket;
 }
 
 /*
@@ -220,7 +253,7 @@ void
 outbox_enqueue_init(void)
 {
 	RegisterXactCallback(enqueue_xact_callback, NULL);
-	CacheRegisterRelcacheCallback(ordered_invalidate, (Datum) 0);
+	CacheRegisterRelcacheCallback(enqueue_invalidate, (Datum) 0);
 }
 
 /*
@@ -300,7 +333,9 @@ dedup_claim(Datum topic, Datum dedup_key, int64 new_id)
 Datum
 outbox_enqueue(PG_FUNCTION_ARGS)
 {
-	static SPIPlanPtr plan = NULL;
+	static SPIPlanPtr plans[OUTBOX_BUCKETS];
+	SPIPlanPtr	plan;
+	int			bucket;
 	text	   *topic;
 	int			topic_len;
 	char	   *topic_str;
@@ -350,15 +385,18 @@ outbox_enqueue(PG_FUNCTION_ARGS)
 		}
 	}
 
-	if (plan == NULL)
+	bucket = bucket_for_enqueue();
+	if (plans[bucket] == NULL)
 	{
 		Oid			types[7] = {INT8OID, TEXTOID, TEXTOID, JSONBOID, JSONBOID,
 		TIMESTAMPTZOID, TIMESTAMPTZOID};
 
-		plan = outbox_prepare(
-			"INSERT INTO outbox.event (id, topic, key, payload, headers, deliver_at, enqueued_at)"
-			" VALUES ($1, $2, $3, $4, $5, $6, $7)", 7, types);
+		plans[bucket] = outbox_prepare(psprintf(
+			"INSERT INTO outbox.event_%d (id, bucket, topic, key, payload, headers,"
+			" deliver_at, enqueued_at) VALUES ($1, %d, $2, $3, $4, $5, $6, $7)",
+			bucket, bucket), 7, types);
 	}
+	plan = plans[bucket];
 	args[0] = Int64GetDatum(id);
 	args[1] = PointerGetDatum(topic);
 	args[2] = PG_GETARG_DATUM(2);

@@ -36,6 +36,9 @@
 #define OUTBOX_XID_FIRST_ID(x)	((int64) ((uint64) (x) << OUTBOX_SEQ_BITS))
 #define OUTBOX_POS_END			PG_INT64_MAX
 
+/* rotating event tables, outbox.event_0 .. _3 */
+#define OUTBOX_BUCKETS			4
+
 /* Limits from the SQL contract. */
 #define OUTBOX_MAX_BATCH		10000
 #define OUTBOX_MAX_TOPIC_LEN	200

@@ -372,13 +372,11 @@ outbox_ack_many(PG_FUNCTION_ARGS)
 	int64	   *ids;
 	int			done;
 
+	sub = settle_begin(fcinfo, &save_user, &save_sec);
 	if (PG_ARGISNULL(1))
 	{
 		/* array_agg over an empty claim: nothing to ack */
-		if (PG_ARGISNULL(0))
-			ereport(ERROR,
-					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-					 errmsg("subscription must not be null")));
+		settle_end(save_user, save_sec);
 		PG_RETURN_INT32(0);
 	}
 	arr = PG_GETARG_ARRAYTYPE_P(1);
@@ -389,7 +387,6 @@ outbox_ack_many(PG_FUNCTION_ARGS)
 			ereport(ERROR,
 					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 					 errmsg("event_ids must not contain null")));
-	sub = settle_begin(fcinfo, &save_user, &save_sec);
 	if (n == 0)
 	{
 		settle_end(save_user, save_sec);

@@ -17,6 +17,7 @@
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
+#include "utils/hsearch.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
@@ -29,7 +30,35 @@ typedef struct Counts
 	int64		leased;
 	int64		dead;
 	TimestampTz oldest;			/* 0: none */
+	HTAB	   *keys;			/* ordered: keys a claim could not take now */
 } Counts;
+
+/*
+ * Ordered subscriptions: a claim takes at most one event per key, and none
+ * of a key with a delivery in flight.  Returns true if an event of this key
+ * counts as ready, and marks the key so that its later events do not.
+ */
+static bool
+key_takes(Counts *c, const char *key)
+{
+	int64		h;
+	bool		found;
+
+	if (c->keys == NULL || key == NULL)
+		return true;
+	h = outbox_key_hash(key);
+	hash_search(c->keys, &h, HASH_ENTER, &found);
+	return !found;
+}
+
+static void
+key_block(Counts *c, const char *key)
+{
+	int64		h = outbox_key_hash(key);
+	bool		found;
+
+	hash_search(c->keys, &h, HASH_ENTER, &found);
+}
 
 static void
 note_ready(Counts *c, TimestampTz since)
@@ -43,10 +72,9 @@ note_ready(Counts *c, TimestampTz since)
  * Count the events of the stream that no claim has reached.
  */
 static void
-count_stream(OutboxSub *sub, Counts *c, TimestampTz now)
+count_stream(OutboxSub *sub, OutboxChain *chain, Counts *c, TimestampTz now)
 {
 	static SPIPlanPtr plan = NULL;
-	OutboxChain *chain;
 	List	   *segs;
 	ListCell   *lc;
 
@@ -54,12 +82,11 @@ count_stream(OutboxSub *sub, Counts *c, TimestampTz now)
 	{
 		Oid			types[3] = {INT8OID, INT8OID, TEXTARRAYOID};
 
-		plan = outbox_prepare("SELECT id, deliver_at, enqueued_at FROM outbox.event"
+		plan = outbox_prepare("SELECT id, deliver_at, enqueued_at, key FROM outbox.event"
 							  " WHERE id OPERATOR(pg_catalog.>) $1 AND id OPERATOR(pg_catalog.<=) $2"
 							  " AND ($3 IS NULL OR topic OPERATOR(pg_catalog.=) ANY ($3))"
 							  " ORDER BY id", 3, types);
 	}
-	chain = outbox_chain_read(sub->id);
 	segs = outbox_chain_segments(chain);
 	foreach(lc, segs)
 	{
@@ -95,10 +122,15 @@ count_stream(OutboxSub *sub, Counts *c, TimestampTz now)
 							da_null;
 				int64		id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
 				Datum		da = SPI_getbinval(tup, desc, 2, &da_null);
+				bool		key_null;
+				Datum		key;
 
 				if (!outbox_segment_contains(seg, id))
 					continue;
-				if (!da_null && DatumGetTimestampTz(da) > now)
+				key = SPI_getbinval(tup, desc, 4, &key_null);
+				if (!key_takes(c, key_null ? NULL : TextDatumGetCString(key)))
+					c->scheduled++;		/* held behind an earlier event of its key */
+				else if (!da_null && DatumGetTimestampTz(da) > now)
 					c->scheduled++;
 				else
 					note_ready(c, da_null ?
@@ -109,17 +141,41 @@ count_stream(OutboxSub *sub, Counts *c, TimestampTz now)
 		}
 		SPI_cursor_close(portal);
 	}
-	outbox_chain_release(chain);
 }
 
 /*
  * Counts of outbox.delivery and of ids leased from the stream.
  */
+/*
+ * Ids leased from the stream and not settled yet.
+ */
+static void
+count_batches(OutboxSub *sub, Counts *c)
+{
+	static SPIPlanPtr plan = NULL;
+	Datum		args[1] = {Int32GetDatum(sub->id)};
+	bool		isnull;
+	Datum		d;
+
+	if (plan == NULL)
+	{
+		Oid			types[1] = {INT4OID};
+
+		plan = outbox_prepare(
+			"SELECT pg_catalog.sum(pg_catalog.cardinality(ids))::pg_catalog.int8"
+			" FROM outbox.batch WHERE sub_id OPERATOR(pg_catalog.=) $1", 1, types);
+	}
+	if (SPI_execute_plan(plan, args, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "batch count failed");
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (!isnull)
+		c->leased += DatumGetInt64(d);
+}
+
 static void
 count_rows(OutboxSub *sub, Counts *c, TimestampTz now)
 {
 	static SPIPlanPtr dplan = NULL;
-	static SPIPlanPtr bplan = NULL;
 	Datum		args[2] = {Int32GetDatum(sub->id), TimestampTzGetDatum(now)};
 	HeapTuple	tup;
 	TupleDesc	desc;
@@ -141,9 +197,6 @@ count_rows(OutboxSub *sub, Counts *c, TimestampTz now)
 			" pg_catalog.min(visible_at) FILTER (WHERE state OPERATOR(pg_catalog.=) 'ready'"
 			"  OR (state OPERATOR(pg_catalog.=) 'scheduled' AND visible_at OPERATOR(pg_catalog.<=) $2))"
 			" FROM outbox.delivery WHERE sub_id OPERATOR(pg_catalog.=) $1", 2, types);
-		bplan = outbox_prepare(
-			"SELECT pg_catalog.sum(pg_catalog.cardinality(ids))::pg_catalog.int8"
-			" FROM outbox.batch WHERE sub_id OPERATOR(pg_catalog.=) $1", 1, types);
 	}
 	if (SPI_execute_plan(dplan, args, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "delivery count failed");
@@ -157,11 +210,83 @@ count_rows(OutboxSub *sub, Counts *c, TimestampTz now)
 	if (!isnull && (c->oldest == 0 || DatumGetTimestampTz(d) < c->oldest))
 		c->oldest = DatumGetTimestampTz(d);
 
-	if (SPI_execute_plan(bplan, args, NULL, true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "batch count failed");
-	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	if (!isnull)
-		c->leased += DatumGetInt64(d);
+	count_batches(sub, c);
+}
+
+/*
+ * Ordered subscriptions: outbox.delivery row by row, since whether a
+ * waiting delivery is ready depends on what else of its key is in flight.
+ * Keys in flight are marked in c->keys for the stream count that follows.
+ */
+static void
+count_rows_ordered(OutboxSub *sub, OutboxChain *chain, Counts *c, TimestampTz now)
+{
+	static SPIPlanPtr plan = NULL;
+	Datum		args[1] = {Int32GetDatum(sub->id)};
+	uint64		i;
+	int			j,
+				k;
+
+	for (j = 0; j < chain->nslices; j++)
+		for (k = 0; k < chain->slices[j].nkeys; k++)
+		{
+			bool		found;
+
+			hash_search(c->keys, &chain->slices[j].key_hashes[k], HASH_ENTER, &found);
+		}
+
+	if (plan == NULL)
+	{
+		Oid			types[1] = {INT4OID};
+
+		plan = outbox_prepare(
+			"SELECT d.state, d.key, d.visible_at, e.enqueued_at"
+			" FROM outbox.delivery d"
+			" LEFT JOIN outbox.event e ON e.id OPERATOR(pg_catalog.=) d.event_id"
+			" WHERE d.sub_id OPERATOR(pg_catalog.=) $1"
+			" AND d.state OPERATOR(pg_catalog.<>) 'done'"
+			" ORDER BY d.state OPERATOR(pg_catalog.=) 'waiting', d.key, d.seq, d.event_id",
+			1, types);
+	}
+	if (SPI_execute_plan(plan, args, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "delivery count failed");
+	for (i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull,
+					key_null,
+					va_null,
+					ea_null;
+		char	   *state = TextDatumGetCString(SPI_getbinval(tup, desc, 1, &isnull));
+		Datum		key = SPI_getbinval(tup, desc, 2, &key_null);
+		Datum		va = SPI_getbinval(tup, desc, 3, &va_null);
+		Datum		ea = SPI_getbinval(tup, desc, 4, &ea_null);
+		bool		due = va_null || DatumGetTimestampTz(va) <= now;
+
+		if (strcmp(state, "dead") == 0)
+		{
+			c->dead++;
+			continue;
+		}
+		if (strcmp(state, "waiting") == 0)
+		{
+			if (!key_takes(c, key_null ? NULL : TextDatumGetCString(key)) || !due)
+				c->scheduled++;
+			else
+				note_ready(c, !va_null ? DatumGetTimestampTz(va) :
+						   !ea_null ? DatumGetTimestampTz(ea) : now);
+			continue;
+		}
+		if (!key_null)
+			key_block(c, TextDatumGetCString(key));
+		if (strcmp(state, "leased") == 0)
+			c->leased++;
+		else if (due)
+			note_ready(c, va_null ? now : DatumGetTimestampTz(va));
+		else
+			c->scheduled++;
+	}
 }
 
 /*
@@ -194,6 +319,7 @@ outbox_stats(PG_FUNCTION_ARGS)
 		bool		isnull;
 		char	   *name = TextDatumGetCString(SPI_getbinval(tab->vals[i], tab->tupdesc, 1, &isnull));
 		OutboxSub  *sub = outbox_lookup_sub(name);
+		OutboxChain *chain;
 		Counts		c;
 		Datum		values[7];
 		bool		nulls[7] = {false, false, false, false, false, false, false};
@@ -201,8 +327,24 @@ outbox_stats(PG_FUNCTION_ARGS)
 		if (!outbox_role_may_consume(caller, sub->id))
 			continue;
 		memset(&c, 0, sizeof(c));
-		count_rows(sub, &c, now);
-		count_stream(sub, &c, now);
+		chain = outbox_chain_read(sub->id);
+		if (sub->ordered)
+		{
+			HASHCTL		ctl;
+
+			memset(&ctl, 0, sizeof(ctl));
+			ctl.keysize = sizeof(int64);
+			ctl.entrysize = sizeof(int64);
+			ctl.hcxt = CurrentMemoryContext;
+			c.keys = hash_create("outbox stats keys", 256, &ctl,
+								 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+			count_rows_ordered(sub, chain, &c, now);
+			count_batches(sub, &c);
+		}
+		else
+			count_rows(sub, &c, now);
+		count_stream(sub, chain, &c, now);
+		outbox_chain_release(chain);
 		values[0] = CStringGetTextDatum(name);
 		values[1] = Int64GetDatum(c.ready);
 		values[2] = Int64GetDatum(c.scheduled);
