@@ -313,9 +313,6 @@ BEGIN
 	PERFORM outbox._check_interval(lease, 'lease');
 	PERFORM outbox._check_interval(backoff_base, 'backoff_base');
 	PERFORM outbox._check_interval(backoff_max, 'backoff_max');
-	IF lease OPERATOR(pg_catalog.=) interval '0' THEN
-		RAISE EXCEPTION 'lease must be longer than zero' USING ERRCODE = 'invalid_parameter_value';
-	END IF;
 
 	IF topics OPERATOR(pg_catalog.=) ARRAY['*'] THEN
 		stored := NULL;
