@@ -8,7 +8,11 @@ OBJS = \
 	src/claim.o \
 	src/settle.o \
 	src/chain.o \
-	src/stats.o
+	src/stats.o \
+	src/shmem.o \
+	src/launcher.o \
+	src/worker.o \
+	src/maintain.o
 
 EXTENSION = outbox
 DATA = sql/outbox--1.0.sql

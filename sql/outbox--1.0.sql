@@ -59,6 +59,9 @@ CREATE TABLE outbox.event_0 PARTITION OF outbox.event FOR VALUES IN (0);
 CREATE TABLE outbox.event_1 PARTITION OF outbox.event FOR VALUES IN (1);
 CREATE TABLE outbox.event_2 PARTITION OF outbox.event FOR VALUES IN (2);
 CREATE TABLE outbox.event_3 PARTITION OF outbox.event FOR VALUES IN (3);
+-- Copies of events whose bucket was emptied while a dead letter still
+-- needed them; removed when the dead letter goes.
+CREATE TABLE outbox.event_kept PARTITION OF outbox.event FOR VALUES IN (4);
 CREATE INDEX event_id_idx ON outbox.event (id);
 
 -- Which bucket enqueue writes to.
@@ -119,6 +122,8 @@ CREATE INDEX delivery_key_idx ON outbox.delivery (sub_id, key)
 	WHERE key IS NOT NULL AND state IN ('ready', 'scheduled', 'leased', 'waiting');
 CREATE INDEX delivery_lease_idx ON outbox.delivery (lease_until)
 	WHERE state = 'leased';
+CREATE INDEX delivery_visible_idx ON outbox.delivery (visible_at)
+	WHERE state IN ('ready', 'scheduled');
 CREATE INDEX delivery_dead_idx ON outbox.delivery (sub_id, event_id)
 	WHERE state = 'dead';
 
@@ -214,6 +219,22 @@ LANGUAGE C IMMUTABLE PARALLEL SAFE;
 CREATE FUNCTION outbox._subscriptions_changed()
 RETURNS void
 AS 'MODULE_PATHNAME', 'outbox_subscriptions_changed'
+LANGUAGE C VOLATILE;
+
+-- Wake the worker after commit, to notify every subscription.
+CREATE FUNCTION outbox._wake()
+RETURNS void
+AS 'MODULE_PATHNAME', 'outbox_wake_sql'
+LANGUAGE C VOLATILE;
+
+CREATE FUNCTION outbox.start_worker()
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'outbox_start_worker'
+LANGUAGE C VOLATILE;
+
+CREATE FUNCTION outbox._worker_on_create()
+RETURNS void
+AS 'MODULE_PATHNAME', 'outbox_worker_on_create'
 LANGUAGE C VOLATILE;
 
 --
@@ -376,6 +397,7 @@ AS $$
 BEGIN
 	UPDATE outbox.subscription s SET paused = false
 	 WHERE s.id OPERATOR(pg_catalog.=) outbox._sub_id(subscription);
+	PERFORM outbox._wake();
 END
 $$;
 
@@ -400,6 +422,9 @@ BEGIN
 	   AND d.sub_id OPERATOR(pg_catalog.=) sid AND d.state OPERATOR(pg_catalog.=) 'dead'
 	   AND (replay.event_id IS NULL OR d.event_id OPERATOR(pg_catalog.=) replay.event_id);
 	GET DIAGNOSTICS n = ROW_COUNT;
+	IF n OPERATOR(pg_catalog.>) 0 THEN
+		PERFORM outbox._wake();
+	END IF;
 	RETURN n;
 END
 $$;
@@ -561,3 +586,6 @@ REVOKE ALL ON ALL TABLES IN SCHEMA outbox FROM PUBLIC;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA outbox FROM PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA outbox FROM PUBLIC;
 REVOKE ALL ON SCHEMA outbox FROM PUBLIC;
+
+-- This database gets its worker when CREATE EXTENSION commits.
+SELECT outbox._worker_on_create();

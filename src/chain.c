@@ -34,8 +34,6 @@
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
 
-/* fold once this many settled slices lead the chain */
-#define FOLD_MIN_SLICES 8
 
 /* columns of outbox.batch */
 enum
@@ -63,6 +61,14 @@ outbox_lock_sub(int32 sub_id)
 {
 	LockDatabaseObject(outbox_relid("subscription"), (Oid) sub_id, 0,
 					   ExclusiveLock);
+}
+
+/* The claim lock if nobody holds it; for the worker, which can come back. */
+bool
+outbox_try_lock_sub(int32 sub_id)
+{
+	return ConditionalLockDatabaseObject(outbox_relid("subscription"),
+										 (Oid) sub_id, 0, ExclusiveLock);
 }
 
 void
@@ -434,12 +440,12 @@ outbox_chain_pending(OutboxChain *chain, uint64 xid, int64 first, int64 last)
 
 /*
  * Fold the settled slices that lead the chain into outbox.cursor, if there
- * are enough of them and no other transaction is folding.  Runs in the
+ * are at least min_slices of them and no other transaction is folding.  Runs in the
  * claimer's transaction, under the claim lock; the slices it deletes have
  * no ids left, so nothing else updates them.
  */
 void
-outbox_chain_fold(OutboxChain *chain)
+outbox_chain_fold(OutboxChain *chain, int min_slices)
 {
 	static SPIPlanPtr lock_plan = NULL;
 	static SPIPlanPtr upd_plan = NULL;
@@ -478,10 +484,10 @@ outbox_chain_fold(OutboxChain *chain)
 		w.pos = s->pos_to;
 		w.ended = s->ended;
 	}
-	if (n < FOLD_MIN_SLICES)
+	if (n < min_slices || n == 0)
 		return;
 
-	if (lock_plan == NULL)
+	if (del_plan == NULL)
 	{
 		Oid			t1[1] = {INT4OID};
 		Oid			t6[6] = {INT4OID, INT8OID, PG_SNAPSHOTOID, PG_SNAPSHOTOID,

@@ -68,7 +68,11 @@ extern List *outbox_chain_segments(OutboxChain *chain);
 extern bool outbox_chain_pending(OutboxChain *chain, uint64 xid, int64 first,
 								 int64 last);
 extern void outbox_chain_add(OutboxChain *chain, OutboxSlice *slice);
-extern void outbox_chain_fold(OutboxChain *chain);
+extern void outbox_chain_fold(OutboxChain *chain, int min_slices);
+extern bool outbox_try_lock_sub(int32 sub_id);
+
+/* claims fold once this many settled slices lead the chain */
+#define OUTBOX_FOLD_MIN_SLICES 8
 extern bool outbox_segment_contains(const OutboxSegment *seg, int64 id);
 extern void outbox_lock_sub(int32 sub_id);
 extern void outbox_unlock_sub(int32 sub_id);

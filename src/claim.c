@@ -336,7 +336,7 @@ promote_waiting(ClaimState *st)
 				i;
 	char	   *prev_key = NULL;
 
-	if (sel == NULL)
+	if (upd == NULL)
 	{
 		Oid			t1[1] = {INT4OID};
 		Oid			t3[3] = {INT4OID, INT8OID, TIMESTAMPTZOID};
@@ -604,6 +604,7 @@ scan_segment(ClaimState *st, OutboxSegment *seg)
 	idx = st->chain->nslices - 1;
 
 	cands = palloc(sizeof(Candidate) * (room + 1));
+	/* room 0 (outbox_claim_advance): cover what precedes the first event */
 	for (r = 0; r < nranges && !more; r++)
 	{
 		int64		cur = Max(starts[r], seg->from);
@@ -686,8 +687,10 @@ scan_segment(ClaimState *st, OutboxSegment *seg)
 	 * record it anyway, so that traffic on other topics is not rescanned
 	 * without end.
 	 */
-	if (consumed || seg->is_gap || !seg->new_delta ||
-		U64FromFullTransactionId(hi->xmax) - U64FromFullTransactionId(lo->xmax) >= IDLE_DELTA_XIDS)
+	if (slice.pos_to == seg->from && !slice.ended)
+		st->chain->nslices--;	/* covered nothing */
+	else if (consumed || seg->is_gap || !seg->new_delta ||
+			 U64FromFullTransactionId(hi->xmax) - U64FromFullTransactionId(lo->xmax) >= IDLE_DELTA_XIDS)
 		write_slice(st, &slice, cands, ncands);
 	else
 		st->chain->nslices--;
@@ -757,7 +760,7 @@ outbox_claim(PG_FUNCTION_ARGS)
 
 	outbox_lock_sub(st.sub->id);
 	st.chain = outbox_chain_read(st.sub->id);
-	outbox_chain_fold(st.chain);
+	outbox_chain_fold(st.chain, OUTBOX_FOLD_MIN_SLICES);
 
 	if (st.sub->ordered)
 	{
@@ -790,4 +793,42 @@ outbox_claim(PG_FUNCTION_ARGS)
 	outbox_restore_user(save_user, save_sec);
 	SPI_finish();
 	return (Datum) 0;
+}
+
+/*
+ * For the worker: move an idle subscription's chain past everything that is
+ * not for it, and fold what is settled, so that retention is not held back
+ * by a subscription that nobody claims from.  Leases nothing.  Skips the
+ * subscription if a claim holds its lock.  Caller is connected to SPI as
+ * the owner, in a transaction.
+ */
+void
+outbox_claim_advance(OutboxSub *sub)
+{
+	ClaimState	st;
+	List	   *segs;
+	ListCell   *lc;
+
+	if (!outbox_try_lock_sub(sub->id))
+		return;
+	memset(&st, 0, sizeof(st));
+	st.sub = sub;
+	st.want = 0;
+	st.now = GetCurrentTimestamp();
+	st.lease_until = st.now;
+	st.chain = outbox_chain_read(sub->id);
+	if (sub->ordered)
+		load_busy_keys(&st);
+	segs = outbox_chain_segments(st.chain);
+	foreach(lc, segs)
+	{
+		OutboxSegment *seg = lfirst(lc);
+
+		if (seg->new_delta && outbox_snap_equal(seg->lo, seg->hi))
+			continue;
+		scan_segment(&st, seg);
+	}
+	outbox_chain_fold(st.chain, 1);
+	outbox_unlock_sub(sub->id);
+	outbox_chain_release(st.chain);
 }

@@ -21,6 +21,7 @@
  *-------------------------------------------------------------------------
  */
 #include "outbox.h"
+#include "shmem.h"
 
 #include "access/xact.h"
 #include "catalog/pg_type.h"
@@ -306,7 +307,7 @@ dedup_claim(Datum topic, Datum dedup_key, int64 new_id)
 	Datum		args[3] = {topic, dedup_key, Int64GetDatum(new_id)};
 	bool		isnull;
 
-	if (ins == NULL)
+	if (sel == NULL)
 	{
 		Oid			types[3] = {TEXTOID, TEXTOID, INT8OID};
 
@@ -409,10 +410,11 @@ outbox_enqueue(PG_FUNCTION_ARGS)
 	args[6] = TimestampTzGetDatum(GetCurrentTimestamp());
 	if (SPI_execute_plan(plan, args, nulls, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "event insert failed");
+	topic_str = text_to_cstring(topic);
+	outbox_wake_after_commit(outbox_topic_bit(topic_str));
 
 	if (!PG_ARGISNULL(2))
 	{
-		topic_str = text_to_cstring(topic);
 		if (topic_is_ordered(topic_str))
 		{
 			MemoryContext oldcxt = MemoryContextSwitchTo(TopTransactionContext);

@@ -1,11 +1,17 @@
 /*-------------------------------------------------------------------------
  *
  * outbox.c
- *		Module entry point: registers what the other files need.
+ *		Module entry point: GUCs, shared memory and the launcher when
+ *		preloaded, and the callbacks the other files need.
  *
  *-------------------------------------------------------------------------
  */
-#include "outbox.h"
+#include "shmem.h"
+
+#include <limits.h>
+
+#include "miscadmin.h"
+#include "utils/guc.h"
 
 PG_MODULE_MAGIC;
 
@@ -14,5 +20,28 @@ void		_PG_init(void);
 void
 _PG_init(void)
 {
+	DefineCustomIntVariable("outbox.retention",
+							"How long done deliveries and finished events are kept.",
+							"Events every subscription is done with, and done deliveries, are removed once older than this. Dead letters stay until replayed.",
+							&outbox_retention,
+							7 * 24 * 3600, 1, INT_MAX,
+							PGC_SIGHUP, GUC_UNIT_S,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("outbox.naptime",
+							"The longest the outbox worker sleeps between rounds.",
+							"The worker also wakes when a commit makes deliveries ready, and when a lease or a delayed delivery falls due.",
+							&outbox_naptime,
+							1000, 10, 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+	MarkGUCPrefixReserved("outbox");
+
+	if (process_shared_preload_libraries_in_progress)
+	{
+		outbox_shmem_init();
+		outbox_launcher_register();
+	}
+	outbox_launcher_init();
+	outbox_wake_init();
 	outbox_enqueue_init();
 }

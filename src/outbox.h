@@ -94,6 +94,9 @@ extern void outbox_check_interval(const Interval *iv, const char *what);
 extern int64 outbox_key_hash(const char *key);
 extern void outbox_enqueue_init(void);
 
+/* claim.c */
+extern void outbox_claim_advance(OutboxSub *sub);
+
 /* settle.c */
 extern TimestampTz outbox_backoff(OutboxSub *sub, int32 attempts,
 								  const Interval *retry_in);

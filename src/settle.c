@@ -11,6 +11,7 @@
  *-------------------------------------------------------------------------
  */
 #include "chain.h"
+#include "shmem.h"
 
 #include "catalog/pg_type.h"
 #include <math.h>
@@ -57,7 +58,7 @@ settle_from_batches(int32 sub_id, int64 *ids, int n, bool *found,
 	Datum	   *dids;
 	int			i;
 
-	if (sel == NULL)
+	if (upd == NULL)
 	{
 		Oid			t2[2] = {INT4OID, INT8ARRAYOID};
 		Oid			t4[4] = {INT4OID, INT8OID, INT8ARRAYOID, TEXTARRAYOID};
@@ -236,7 +237,7 @@ ack_ahead(OutboxSub *sub, int64 *ids, int n, bool *found)
 	if (m == 0)
 		return 0;
 
-	if (sel == NULL)
+	if (ins == NULL)
 	{
 		Oid			t1[1] = {INT8ARRAYOID};
 		Oid			t2[2] = {INT4OID, INT8OID};
@@ -301,6 +302,9 @@ ack_ids(OutboxSub *sub, int64 *ids, int n)
 		done += ack_deliveries(sub->id, ids, n, found);
 	if (done < n)
 		done += ack_ahead(sub, ids, n, found);
+	/* an ordered key may be free now: tell the consumers after commit */
+	if (done > 0 && sub->ordered)
+		outbox_wake_after_commit(OUTBOX_WAKE_ALL);
 	return done;
 }
 
@@ -469,7 +473,7 @@ outbox_fail(PG_FUNCTION_ARGS)
 	sub = settle_begin(fcinfo, &save_user, &save_sec);
 	id = PG_GETARG_INT64(1);
 
-	if (ins == NULL)
+	if (upd == NULL)
 	{
 		Oid			t7[7] = {INT4OID, INT8OID, TEXTOID, INT4OID, TIMESTAMPTZOID,
 		TEXTOID, TEXTOID};

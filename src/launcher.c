@@ -1,0 +1,436 @@
+/*-------------------------------------------------------------------------
+ *
+ * launcher.c
+ *		The outbox launcher: keeps one worker per database that has the
+ *		extension, and outbox.start_worker() for when there is no launcher.
+ *
+ * With shared_preload_libraries = 'outbox' the postmaster starts the
+ * launcher, connected to no database.  It reads pg_database and starts a
+ * worker for every database that allows connections and is not a
+ * template.  A worker that finds no extension in its database says so in
+ * its slot and exits; the launcher looks again only rarely, or at once
+ * when CREATE EXTENSION outbox commits there.  Workers never restart
+ * themselves: the launcher restarts one that died, after a growing delay
+ * if it keeps failing, and never into a database that is gone or being
+ * dropped.
+ *
+ * DROP DATABASE refuses while the worker is connected, so a utility hook
+ * marks the database as being dropped and stops its worker first.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "shmem.h"
+
+#include "access/genam.h"
+#include "access/heapam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/xact.h"
+#include "catalog/pg_database.h"
+#include "commands/dbcommands.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "tcop/utility.h"
+#include "utils/builtins.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+PG_FUNCTION_INFO_V1(outbox_start_worker);
+PG_FUNCTION_INFO_V1(outbox_worker_on_create);
+
+/* how often the launcher looks at databases whose worker found no outbox */
+#define RECHECK_NO_EXTENSION_MS	(60 * 1000)
+/* how long a database being dropped gets no worker */
+#define DROPPING_MS				(30 * 1000)
+
+static ProcessUtility_hook_type prev_utility_hook = NULL;
+
+/*
+ * Register the launcher; from _PG_init under shared_preload_libraries.
+ */
+void
+outbox_launcher_register(void)
+{
+	BackgroundWorker worker;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = 1;
+	snprintf(worker.bgw_library_name, BGW_MAXLEN, "outbox");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "outbox_launcher_main");
+	snprintf(worker.bgw_name, BGW_MAXLEN, "outbox launcher");
+	snprintf(worker.bgw_type, BGW_MAXLEN, "outbox launcher");
+	RegisterBackgroundWorker(&worker);
+}
+
+/*
+ * Ask the postmaster for a worker in a database.  With wait, wait until it
+ * has started (or failed to).  Returns whether it was registered.
+ */
+static bool
+register_worker(Oid dboid, bool notify_me, BackgroundWorkerHandle **handle)
+{
+	BackgroundWorker worker;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = BGW_NEVER_RESTART;
+	snprintf(worker.bgw_library_name, BGW_MAXLEN, "outbox");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "outbox_worker_main");
+	snprintf(worker.bgw_name, BGW_MAXLEN, "outbox worker");
+	snprintf(worker.bgw_type, BGW_MAXLEN, "outbox worker");
+	worker.bgw_main_arg = ObjectIdGetDatum(dboid);
+	worker.bgw_notify_pid = notify_me ? MyProcPid : 0;
+	return RegisterDynamicBackgroundWorker(&worker, handle);
+}
+
+bool
+outbox_start_worker_for(Oid dboid, bool wait)
+{
+	BackgroundWorkerHandle *handle = NULL;
+	pid_t		pid;
+
+	if (!register_worker(dboid, wait, wait ? &handle : NULL))
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("could not start an outbox worker"),
+				 errhint("Raise max_worker_processes.")));
+	if (wait && WaitForBackgroundWorkerStartup(handle, &pid) != BGWH_STARTED)
+		return false;
+	return true;
+}
+
+/* Is an outbox worker connected to this database? */
+static bool
+worker_running_here(void)
+{
+	bool		running = false;
+	int			ret;
+
+	SPI_connect();
+	ret = SPI_execute("SELECT 1 FROM pg_catalog.pg_stat_activity"
+					  " WHERE backend_type OPERATOR(pg_catalog.=) 'outbox worker'"
+					  " AND datid OPERATOR(pg_catalog.=) "
+					  "(SELECT oid FROM pg_catalog.pg_database"
+					  "  WHERE datname OPERATOR(pg_catalog.=) pg_catalog.current_database())",
+					  true, 1);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "pg_stat_activity lookup failed");
+	running = SPI_processed > 0;
+	SPI_finish();
+	return running;
+}
+
+/*
+ * outbox.start_worker() RETURNS boolean: start this database's worker if
+ * none runs; true if this call started one.
+ */
+Datum
+outbox_start_worker(PG_FUNCTION_ARGS)
+{
+	LOCKTAG		tag;
+
+	/* one caller at a time per database decides */
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, 0, 0, 0x4f43);
+	(void) LockAcquire(&tag, ExclusiveLock, false, false);
+	if (worker_running_here())
+		PG_RETURN_BOOL(false);
+	if (outbox_shared != NULL)
+	{
+		OutboxDbSlot *slot;
+
+		LWLockAcquire(outbox_shared->lock, LW_EXCLUSIVE);
+		slot = outbox_slot_get(MyDatabaseId);
+		if (slot != NULL)
+		{
+			slot->no_extension = false;
+			slot->failures = 0;
+			slot->retry_at = 0;
+			slot->starting = true;
+		}
+		LWLockRelease(outbox_shared->lock);
+	}
+	PG_RETURN_BOOL(outbox_start_worker_for(MyDatabaseId, true));
+}
+
+/* After CREATE EXTENSION outbox commits: get this database a worker. */
+static void
+create_xact_callback(XactEvent event, void *arg)
+{
+	if (event == XACT_EVENT_COMMIT)
+	{
+		if (outbox_shared != NULL)
+		{
+			OutboxDbSlot *slot;
+			Latch	   *latch;
+
+			LWLockAcquire(outbox_shared->lock, LW_EXCLUSIVE);
+			slot = outbox_slot_get(MyDatabaseId);
+			if (slot != NULL)
+			{
+				slot->no_extension = false;
+				slot->failures = 0;
+				slot->retry_at = 0;
+			}
+			latch = outbox_shared->launcher_latch;
+			LWLockRelease(outbox_shared->lock);
+			if (latch != NULL)
+				SetLatch(latch);
+		}
+		else
+		{
+			/* no launcher: a worker of its own, if the postmaster has room */
+			if (!register_worker(MyDatabaseId, false, NULL))
+				ereport(WARNING,
+						(errmsg("could not start an outbox worker"),
+						 errhint("Raise max_worker_processes, then call outbox.start_worker().")));
+		}
+	}
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT ||
+		event == XACT_EVENT_PARALLEL_ABORT || event == XACT_EVENT_PREPARE)
+		UnregisterXactCallback(create_xact_callback, NULL);
+}
+
+/*
+ * outbox._worker_on_create(): called by the install script.
+ */
+Datum
+outbox_worker_on_create(PG_FUNCTION_ARGS)
+{
+	RegisterXactCallback(create_xact_callback, NULL);
+	PG_RETURN_VOID();
+}
+
+/*
+ * Before DROP DATABASE: keep the launcher away from it and stop its
+ * worker, so that the drop does not find it connected.
+ */
+static void
+stop_worker_for_drop(const char *dbname)
+{
+	Oid			dboid = get_database_oid(dbname, true);
+	OutboxDbSlot *slot;
+	pid_t		pid = 0;
+	int			i;
+
+	if (!OidIsValid(dboid) || outbox_shared == NULL)
+		return;
+	LWLockAcquire(outbox_shared->lock, LW_EXCLUSIVE);
+	slot = outbox_slot_find(dboid);
+	if (slot != NULL)
+	{
+		slot->dropping_until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+														   DROPPING_MS);
+		pid = slot->pid;
+	}
+	LWLockRelease(outbox_shared->lock);
+	if (pid == 0)
+		return;
+	kill(pid, SIGTERM);
+	/* DROP DATABASE itself waits up to 5 s for others to go; wait as long */
+	for (i = 0; i < 500; i++)
+	{
+		bool		gone;
+
+		LWLockAcquire(outbox_shared->lock, LW_SHARED);
+		slot = outbox_slot_find(dboid);
+		gone = slot == NULL || slot->pid != pid;
+		LWLockRelease(outbox_shared->lock);
+		if (gone)
+			break;
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 10, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
+}
+
+static void
+outbox_utility_hook(PlannedStmt *pstmt, const char *queryString,
+					bool readOnlyTree, ProcessUtilityContext context,
+					ParamListInfo params, QueryEnvironment *queryEnv,
+					DestReceiver *dest, QueryCompletion *qc)
+{
+	if (IsA(pstmt->utilityStmt, DropdbStmt))
+		stop_worker_for_drop(((DropdbStmt *) pstmt->utilityStmt)->dbname);
+	if (prev_utility_hook)
+		prev_utility_hook(pstmt, queryString, readOnlyTree, context, params,
+						  queryEnv, dest, qc);
+	else
+		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context,
+								params, queryEnv, dest, qc);
+}
+
+void
+outbox_launcher_init(void)
+{
+	prev_utility_hook = ProcessUtility_hook;
+	ProcessUtility_hook = outbox_utility_hook;
+}
+
+/* handles of the workers this launcher started, by slot */
+static BackgroundWorkerHandle *handles[OUTBOX_MAX_DATABASES];
+
+/*
+ * One pass: forget dropped databases, notice workers that stopped, start
+ * the workers that are missing.
+ */
+static void
+launcher_pass(void)
+{
+	Relation	rel;
+	TableScanDesc scan;
+	HeapTuple	tup;
+	Oid			dbs[OUTBOX_MAX_DATABASES];
+	int			ndbs = 0;
+	int			i;
+	TimestampTz now = GetCurrentTimestamp();
+
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	rel = table_open(DatabaseRelationId, AccessShareLock);
+	scan = table_beginscan_catalog(rel, 0, NULL);
+	while ((tup = heap_getnext(scan, ForwardScanDirection)) != NULL &&
+		   ndbs < OUTBOX_MAX_DATABASES)
+	{
+		Form_pg_database db = (Form_pg_database) GETSTRUCT(tup);
+
+		if (db->datallowconn && !db->datistemplate)
+			dbs[ndbs++] = db->oid;
+	}
+	table_endscan(scan);
+	table_close(rel, AccessShareLock);
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+
+	LWLockAcquire(outbox_shared->lock, LW_EXCLUSIVE);
+
+	/* slots of databases that are gone */
+	for (i = 0; i < OUTBOX_MAX_DATABASES; i++)
+	{
+		OutboxDbSlot *slot = &outbox_shared->slots[i];
+		int			j;
+		bool		present = false;
+
+		if (slot->dboid == InvalidOid)
+			continue;
+		for (j = 0; j < ndbs && !present; j++)
+			present = dbs[j] == slot->dboid;
+		if (!present && slot->pid == 0 && !slot->starting)
+			slot->dboid = InvalidOid;
+	}
+
+	/* workers that stopped */
+	for (i = 0; i < OUTBOX_MAX_DATABASES; i++)
+	{
+		OutboxDbSlot *slot = &outbox_shared->slots[i];
+		pid_t		pid;
+
+		if (handles[i] == NULL)
+			continue;
+		if (GetBackgroundWorkerPid(handles[i], &pid) != BGWH_STOPPED)
+			continue;
+		pfree(handles[i]);
+		handles[i] = NULL;
+		slot->starting = false;
+	}
+
+	for (i = 0; i < ndbs; i++)
+	{
+		OutboxDbSlot *slot = outbox_slot_get(dbs[i]);
+		int			n;
+
+		if (slot == NULL)
+			break;				/* table full: more databases than we serve */
+		n = slot - outbox_shared->slots;
+		if (slot->pid != 0 || slot->starting || handles[n] != NULL)
+			continue;
+		if (slot->dropping_until > now || slot->retry_at > now)
+			continue;
+		if (slot->no_extension &&
+			!TimestampDifferenceExceeds(slot->checked_at, now, RECHECK_NO_EXTENSION_MS))
+			continue;
+		if (register_worker(slot->dboid, true, &handles[n]))
+			slot->starting = true;
+		else
+		{
+			handles[n] = NULL;
+			slot->retry_at = TimestampTzPlusMilliseconds(now, 10 * 1000);
+			ereport(LOG,
+					(errmsg("outbox launcher could not start a worker for database %u", slot->dboid),
+					 errhint("Raise max_worker_processes.")));
+		}
+	}
+	LWLockRelease(outbox_shared->lock);
+}
+
+static void
+launcher_detach(int code, Datum arg)
+{
+	LWLockAcquire(outbox_shared->lock, LW_EXCLUSIVE);
+	if (outbox_shared->launcher_pid == MyProcPid)
+	{
+		outbox_shared->launcher_pid = 0;
+		outbox_shared->launcher_latch = NULL;
+	}
+	LWLockRelease(outbox_shared->lock);
+}
+
+void
+outbox_launcher_main(Datum arg)
+{
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
+
+	if (outbox_shared == NULL)
+		elog(FATAL, "outbox launcher started without outbox in shared_preload_libraries");
+
+	LWLockAcquire(outbox_shared->lock, LW_EXCLUSIVE);
+	outbox_shared->launcher_pid = MyProcPid;
+	outbox_shared->launcher_latch = MyLatch;
+	LWLockRelease(outbox_shared->lock);
+	on_shmem_exit(launcher_detach, 0);
+
+	ereport(LOG, (errmsg("outbox launcher started")));
+
+	for (;;)
+	{
+		MemoryContext cxt = CurrentMemoryContext;
+
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+
+		/* an error here is logged; the launcher carries on */
+		PG_TRY();
+		{
+			launcher_pass();
+		}
+		PG_CATCH();
+		{
+			MemoryContextSwitchTo(cxt);
+			EmitErrorReport();
+			FlushErrorState();
+			AbortCurrentTransaction();
+			if (LWLockHeldByMe(outbox_shared->lock))
+				LWLockRelease(outbox_shared->lock);
+		}
+		PG_END_TRY();
+
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 Min(outbox_naptime, 5000), PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
+}

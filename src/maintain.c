@@ -1,0 +1,543 @@
+/*-------------------------------------------------------------------------
+ *
+ * maintain.c
+ *		What the worker does in a round: notifications, lease expiry,
+ *		retention.
+ *
+ * Every unit runs in a transaction of its own, connected to SPI as the
+ * worker (the bootstrap superuser), with search_path pinned by the worker.
+ * Units work in small steps: no statement touches more than a bounded
+ * number of rows, and the only strong lock, on a bucket being emptied, is
+ * taken without waiting.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "shmem.h"
+#include "maintain.h"
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "commands/async.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "storage/lmgr.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/inval.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+/* rows a single cleanup statement touches at most */
+#define STEP_ROWS	1000
+
+/* batches of expired leases returned per round */
+#define EXPIRE_BATCHES 100
+
+static void
+unit_begin(const char *what)
+{
+	pgstat_report_activity(STATE_RUNNING, what);
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+}
+
+static void
+unit_end(void)
+{
+	PopActiveSnapshot();
+	SPI_finish();
+	CommitTransactionCommand();
+}
+
+TimestampTz
+outbox_earliest(TimestampTz a, TimestampTz b)
+{
+	if (a == 0)
+		return b;
+	if (b == 0)
+		return a;
+	return Min(a, b);
+}
+
+static void
+notify_sub(const char *name)
+{
+	char		channel[NAMEDATALEN];
+
+	snprintf(channel, sizeof(channel), "outbox.%s", name);
+	Async_Notify(channel, name);
+}
+
+/*
+ * Notify the subscriptions (not paused) that read any of the topics whose
+ * bits are set.  Without shared memory there are no bits: look at the
+ * events and ready deliveries that appeared since the last round instead.
+ */
+void
+outbox_notify_ready(uint64 bits)
+{
+	static SPIPlanPtr subs_plan = NULL;
+	static SPIPlanPtr new_topics_plan = NULL;
+	static SPIPlanPtr ready_plan = NULL;
+	static int64 seen_id = -1;
+	uint64		i;
+	SPITupleTable *tab;
+	uint64		n;
+
+	unit_begin("outbox: notify");
+	if (ready_plan == NULL)
+	{
+		Oid			t1[1] = {INT8OID};
+
+		subs_plan = outbox_prepare("SELECT name, topics FROM outbox.subscription"
+								   " WHERE NOT paused", 0, NULL);
+		new_topics_plan = outbox_prepare("SELECT DISTINCT topic, max(id) OVER ()"
+										 " FROM outbox.event WHERE id > $1", 1, t1);
+		ready_plan = outbox_prepare("SELECT DISTINCT d.sub_id FROM outbox.delivery d"
+									" WHERE d.state = 'ready'", 0, NULL);
+	}
+
+	if (outbox_shared == NULL)
+	{
+		Datum		arg;
+
+		if (seen_id < 0)
+		{
+			/* first round: anything may be waiting */
+			bits = OUTBOX_WAKE_ALL;
+			seen_id = 0;
+		}
+		arg = Int64GetDatum(seen_id);
+		if (SPI_execute_plan(new_topics_plan, &arg, NULL, true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "new events lookup failed");
+		for (i = 0; i < SPI_processed; i++)
+		{
+			bool		isnull;
+
+			bits |= outbox_topic_bit(TextDatumGetCString(
+				SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull)));
+			seen_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
+												  SPI_tuptable->tupdesc, 2, &isnull));
+		}
+		if (SPI_execute_plan(ready_plan, NULL, NULL, true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "ready deliveries lookup failed");
+		if (SPI_processed > 0)
+			bits = OUTBOX_WAKE_ALL;
+	}
+
+	if (bits != 0)
+	{
+		if (SPI_execute_plan(subs_plan, NULL, NULL, true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "subscription lookup failed");
+		tab = SPI_tuptable;
+		n = SPI_processed;
+		for (i = 0; i < n; i++)
+		{
+			bool		isnull;
+			char	   *name = TextDatumGetCString(SPI_getbinval(tab->vals[i], tab->tupdesc, 1, &isnull));
+			Datum		topics = SPI_getbinval(tab->vals[i], tab->tupdesc, 2, &isnull);
+			bool		wanted = (bits == OUTBOX_WAKE_ALL) || isnull;
+
+			if (!wanted)
+			{
+				Datum	   *elems;
+				int			nelems,
+							j;
+
+				deconstruct_array(DatumGetArrayTypeP(topics), TEXTOID, -1, false,
+								  TYPALIGN_INT, &elems, NULL, &nelems);
+				for (j = 0; j < nelems && !wanted; j++)
+					wanted = (outbox_topic_bit(TextDatumGetCString(elems[j])) & bits) != 0;
+			}
+			if (wanted)
+				notify_sub(name);
+		}
+	}
+	unit_end();
+}
+
+/*
+ * Leases that passed, of claims that committed, are treated as
+ * fail(..., error => 'lease expired'): scheduled at the backoff, or dead
+ * at max_attempts.  A claim whose transaction is still open is invisible
+ * here, so its leases are not touched.  Returns when the next known lease
+ * ends.
+ */
+TimestampTz
+outbox_expire_leases(void)
+{
+	static SPIPlanPtr dplan = NULL;
+	static SPIPlanPtr bsel = NULL;
+	static SPIPlanPtr bins = NULL;
+	static SPIPlanPtr bupd = NULL;
+	static SPIPlanPtr next_plan = NULL;
+	SPITupleTable *tab;
+	uint64		n,
+				i;
+	TimestampTz next = 0;
+	bool		isnull;
+	Datum		d;
+
+	unit_begin("outbox: expire leases");
+	if (next_plan == NULL)
+	{
+		Oid			t4[4] = {INT4OID, INT8ARRAYOID, TEXTARRAYOID, INT8OID};
+		Oid			t2[2] = {INT4OID, INT8OID};
+
+		/* the backoff of fail(), in SQL: 2^(attempts-1) capped to stay finite */
+		dplan = outbox_prepare(
+			"WITH due AS ("
+			" SELECT d.sub_id, d.event_id FROM outbox.delivery d"
+			" WHERE d.state = 'leased' AND d.lease_until < pg_catalog.clock_timestamp()"
+			" ORDER BY d.lease_until LIMIT 1000 FOR UPDATE SKIP LOCKED)"
+			" UPDATE outbox.delivery d SET"
+			"  state = CASE WHEN d.attempts >= s.max_attempts THEN 'dead' ELSE 'scheduled' END,"
+			"  visible_at = CASE WHEN d.attempts >= s.max_attempts THEN NULL ELSE"
+			"   now() + LEAST(s.backoff_max, s.backoff_base * power(2, LEAST(d.attempts - 1, 30)))"
+			"   * (0.5 + random() * 0.5) END,"
+			"  dead_at = CASE WHEN d.attempts >= s.max_attempts THEN now() END,"
+			"  lease_until = NULL, last_error = 'lease expired'"
+			" FROM due, outbox.subscription s"
+			" WHERE d.sub_id = due.sub_id AND d.event_id = due.event_id AND s.id = d.sub_id",
+			0, NULL);
+		bsel = outbox_prepare(
+			"SELECT sub_id, batch_no, ids, keys FROM outbox.batch"
+			" WHERE lease_until < pg_catalog.clock_timestamp() AND cardinality(ids) > 0"
+			" ORDER BY lease_until LIMIT " CppAsString2(EXPIRE_BATCHES)
+			" FOR UPDATE SKIP LOCKED", 0, NULL);
+		bins = outbox_prepare(
+			"INSERT INTO outbox.delivery"
+			" (sub_id, event_id, state, attempts, visible_at, key, last_error, dead_at)"
+			" SELECT $1, u.id, CASE WHEN s.max_attempts <= 1 THEN 'dead' ELSE 'scheduled' END, 1,"
+			"  CASE WHEN s.max_attempts <= 1 THEN NULL ELSE"
+			"   now() + LEAST(s.backoff_max, s.backoff_base) * (0.5 + random() * 0.5) END,"
+			"  u.key, 'lease expired', CASE WHEN s.max_attempts <= 1 THEN now() END"
+			" FROM unnest($2, $3) AS u(id, key), outbox.subscription s"
+			" WHERE s.id = $1 AND u.id IS NOT NULL"
+			" ON CONFLICT (sub_id, event_id) DO NOTHING", 3, t4);
+		bupd = outbox_prepare(
+			"UPDATE outbox.batch SET ids = '{}',"
+			" keys = CASE WHEN keys IS NULL THEN NULL ELSE '{}'::text[] END"
+			" WHERE sub_id = $1 AND batch_no = $2", 2, t2);
+		next_plan = outbox_prepare(
+			"SELECT LEAST((SELECT min(lease_until) FROM outbox.delivery WHERE state = 'leased'),"
+			" (SELECT min(lease_until) FROM outbox.batch WHERE cardinality(ids) > 0))",
+			0, NULL);
+	}
+
+	if (SPI_execute_plan(dplan, NULL, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "lease expiry of deliveries failed");
+
+	if (SPI_execute_plan(bsel, NULL, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "lease expiry lookup failed");
+	tab = SPI_tuptable;
+	n = SPI_processed;
+	for (i = 0; i < n; i++)
+	{
+		Datum		args[3];
+		char		nulls[3] = {' ', ' ', ' '};
+		bool		knull;
+
+		args[0] = SPI_getbinval(tab->vals[i], tab->tupdesc, 1, &isnull);
+		args[1] = SPI_getbinval(tab->vals[i], tab->tupdesc, 3, &isnull);
+		args[2] = SPI_getbinval(tab->vals[i], tab->tupdesc, 4, &knull);
+		if (knull)
+		{
+			/* unordered: no keys, but unnest needs an array to pair with */
+			args[2] = PointerGetDatum(construct_empty_array(TEXTOID));
+		}
+		if (SPI_execute_plan(bins, args, nulls, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "lease expiry insert failed");
+		args[1] = SPI_getbinval(tab->vals[i], tab->tupdesc, 2, &isnull);
+		if (SPI_execute_plan(bupd, args, NULL, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "lease expiry update failed");
+	}
+
+	if (SPI_execute_plan(next_plan, NULL, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "next lease lookup failed");
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (!isnull)
+		next = DatumGetTimestampTz(d);
+	unit_end();
+
+	/* what was returned comes due later: outbox_notify_due tells then */
+	return next;
+}
+
+/*
+ * Notify the subscriptions whose delayed or retried deliveries came due
+ * since the last round.  Returns when the next one comes due.
+ */
+TimestampTz
+outbox_notify_due(void)
+{
+	static SPIPlanPtr due_plan = NULL;
+	static SPIPlanPtr next_plan = NULL;
+	static TimestampTz last = 0;
+	TimestampTz now = GetCurrentTimestamp();
+	TimestampTz next = 0;
+	Datum		args[2];
+	uint64		i;
+	bool		isnull;
+	Datum		d;
+
+	unit_begin("outbox: notify due");
+	if (next_plan == NULL)
+	{
+		Oid			t2[2] = {TIMESTAMPTZOID, TIMESTAMPTZOID};
+		Oid			t1[1] = {TIMESTAMPTZOID};
+
+		due_plan = outbox_prepare(
+			"SELECT DISTINCT s.name FROM outbox.delivery d"
+			" JOIN outbox.subscription s ON s.id = d.sub_id"
+			" WHERE d.state IN ('ready', 'scheduled')"
+			" AND d.visible_at > $1 AND d.visible_at <= $2 AND NOT s.paused", 2, t2);
+		next_plan = outbox_prepare(
+			"SELECT min(visible_at) FROM outbox.delivery"
+			" WHERE state IN ('ready', 'scheduled') AND visible_at > $1", 1, t1);
+	}
+	args[0] = TimestampTzGetDatum(last);
+	args[1] = TimestampTzGetDatum(now);
+	if (SPI_execute_plan(due_plan, args, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "due deliveries lookup failed");
+	for (i = 0; i < SPI_processed; i++)
+		notify_sub(TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[i],
+													 SPI_tuptable->tupdesc, 1, &isnull)));
+	if (SPI_execute_plan(next_plan, &args[1], NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "next due lookup failed");
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (!isnull)
+		next = DatumGetTimestampTz(d);
+	unit_end();
+	last = now;
+	return next;
+}
+
+/*
+ * Move every subscription's chain past what is not for it and fold what
+ * is settled, each subscription in its own short transaction.
+ */
+static void
+advance_subscriptions(void)
+{
+	static SPIPlanPtr plan = NULL;
+	List	   *names = NIL;
+	ListCell   *lc;
+	uint64		i;
+	MemoryContext outer = CurrentMemoryContext;
+
+	unit_begin("outbox: advance");
+	if (plan == NULL)
+		plan = outbox_prepare("SELECT name FROM outbox.subscription ORDER BY id", 0, NULL);
+	if (SPI_execute_plan(plan, NULL, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "subscription list failed");
+	for (i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+		MemoryContext old = MemoryContextSwitchTo(outer);
+
+		names = lappend(names, TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[i],
+																 SPI_tuptable->tupdesc, 1, &isnull)));
+		MemoryContextSwitchTo(old);
+	}
+	unit_end();
+
+	foreach(lc, names)
+	{
+		unit_begin("outbox: advance");
+		PG_TRY();
+		{
+			outbox_claim_advance(outbox_lookup_sub((char *) lfirst(lc)));
+		}
+		PG_CATCH();
+		{
+			/* unsubscribed meanwhile: nothing to do */
+			if (geterrcode() != ERRCODE_UNDEFINED_OBJECT)
+				PG_RE_THROW();
+			FlushErrorState();
+			AbortCurrentTransaction();
+			continue;
+		}
+		PG_END_TRY();
+		unit_end();
+	}
+}
+
+/*
+ * Delete, a step at a time: done markers behind their subscription's
+ * cursor, commit-order records no chain can need, and kept copies of
+ * events that no longer have a dead letter.
+ */
+static void
+clean_up(void)
+{
+	static SPIPlanPtr done_plan = NULL;
+	static SPIPlanPtr keys_plan = NULL;
+	static SPIPlanPtr kept_plan = NULL;
+
+	unit_begin("outbox: clean up");
+	if (kept_plan == NULL)
+	{
+		done_plan = outbox_prepare(
+			"DELETE FROM outbox.delivery WHERE ctid IN ("
+			" SELECT d.ctid FROM outbox.delivery d JOIN outbox.cursor c ON c.sub_id = d.sub_id"
+			" WHERE d.state = 'done'"
+			" AND pg_visible_in_snapshot(((d.event_id >> " CppAsString2(OUTBOX_SEQ_BITS) ")::text)::xid8, c.lo)"
+			" LIMIT " CppAsString2(STEP_ROWS) ")", 0, NULL);
+		keys_plan = outbox_prepare(
+			"DELETE FROM outbox.key_commit WHERE ctid IN ("
+			" SELECT ctid FROM outbox.key_commit WHERE xid < COALESCE("
+			"  (SELECT min(pg_snapshot_xmin(lo)) FROM outbox.cursor),"
+			"  pg_snapshot_xmin(pg_current_snapshot()))"
+			" LIMIT " CppAsString2(STEP_ROWS) ")", 0, NULL);
+		kept_plan = outbox_prepare(
+			"DELETE FROM outbox.event_kept k WHERE ctid IN ("
+			" SELECT ctid FROM outbox.event_kept k WHERE NOT EXISTS ("
+			"  SELECT 1 FROM outbox.delivery d WHERE d.event_id = k.id AND d.state <> 'done')"
+			" LIMIT " CppAsString2(STEP_ROWS) ")", 0, NULL);
+	}
+	if (SPI_execute_plan(done_plan, NULL, NULL, false, 0) != SPI_OK_DELETE ||
+		SPI_execute_plan(keys_plan, NULL, NULL, false, 0) != SPI_OK_DELETE ||
+		SPI_execute_plan(kept_plan, NULL, NULL, false, 0) != SPI_OK_DELETE)
+		elog(ERROR, "clean-up failed");
+	unit_end();
+}
+
+static int64
+int8_result(const char *sql)
+{
+	bool		isnull;
+	Datum		d;
+
+	if (SPI_execute(sql, false, 1) < 0)
+		elog(ERROR, "query failed: %s", sql);
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	return isnull ? -1 : DatumGetInt64(d);
+}
+
+/*
+ * Can bucket b be emptied?  Every subscription's folded cursor must be past
+ * its newest event, no delivery may still need one of its events (dead
+ * letters excepted: those events are kept), and its newest event must be
+ * older than outbox.retention.
+ */
+static bool
+bucket_done(int b, int64 max_id, TimestampTz now)
+{
+	char	   *sql;
+
+	sql = psprintf("SELECT count(*) FROM outbox.event_%d WHERE id = " INT64_FORMAT
+				   " AND enqueued_at > now() - make_interval(secs => %d)",
+				   b, max_id, outbox_retention);
+	if (int8_result(sql) != 0)
+		return false;
+	sql = psprintf("SELECT count(*) FROM outbox.cursor"
+				   " WHERE NOT ('" UINT64_FORMAT "'::xid8 < pg_snapshot_xmin(lo))",
+				   OUTBOX_ID_XID(max_id));
+	if (int8_result(sql) != 0)
+		return false;
+	sql = psprintf("SELECT count(*) FROM (SELECT 1 FROM outbox.delivery d"
+				   " JOIN outbox.event_%d e ON e.id = d.event_id"
+				   " WHERE d.state IN ('ready', 'scheduled', 'leased', 'waiting') LIMIT 1) x", b);
+	if (int8_result(sql) != 0)
+		return false;
+	return true;
+}
+
+/*
+ * Empty the buckets nothing needs any more, and rotate the current bucket
+ * when it is old enough and the next one is empty.  Buckets rotate every
+ * half retention, so about three of the four hold events.
+ */
+static void
+rotate_and_truncate(void)
+{
+	int			current;
+	TimestampTz since;
+	TimestampTz now = GetCurrentTimestamp();
+	int			b;
+	bool		isnull;
+	bool		next_empty = false;
+	Oid			state_relid;
+
+	unit_begin("outbox: retention");
+	if (SPI_execute("SELECT bucket, bucket_since FROM outbox.state FOR UPDATE", false, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "outbox.state is missing its row");
+	current = DatumGetInt16(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	since = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+
+	for (b = 0; b < OUTBOX_BUCKETS; b++)
+	{
+		char		relname[NAMEDATALEN];
+		Oid			relid;
+		int64		max_id;
+
+		if (b == current)
+			continue;
+		max_id = int8_result(psprintf("SELECT max(id) FROM outbox.event_%d", b));
+		if (max_id < 0)
+		{
+			if (b == (current + 1) % OUTBOX_BUCKETS)
+				next_empty = true;
+			continue;
+		}
+		if (!bucket_done(b, max_id, now))
+			continue;
+		snprintf(relname, sizeof(relname), "event_%d", b);
+		relid = outbox_relid(relname);
+		/* a claim or a late enqueue is using it: next round */
+		if (!ConditionalLockRelationOid(relid, AccessExclusiveLock))
+			continue;
+		/* a late enqueue may have added events before we locked */
+		if (int8_result(psprintf("SELECT max(id) FROM outbox.event_%d", b)) != max_id ||
+			!bucket_done(b, max_id, now))
+			continue;
+		if (SPI_execute(psprintf("INSERT INTO outbox.event_kept"
+								 " SELECT id, 4, topic, key, payload, headers, deliver_at, enqueued_at"
+								 " FROM outbox.event_%d e WHERE EXISTS (SELECT 1 FROM outbox.delivery d"
+								 "  WHERE d.event_id = e.id AND d.state = 'dead')", b), false, 0) != SPI_OK_INSERT ||
+			SPI_execute(psprintf("DELETE FROM outbox.dedup WHERE event_id IN"
+								 " (SELECT id FROM outbox.event_%d)", b), false, 0) != SPI_OK_DELETE ||
+			SPI_execute(psprintf("DELETE FROM outbox.delivery WHERE state = 'done' AND event_id IN"
+								 " (SELECT id FROM outbox.event_%d)", b), false, 0) != SPI_OK_DELETE ||
+			SPI_execute(psprintf("TRUNCATE outbox.event_%d", b), false, 0) != SPI_OK_UTILITY)
+			elog(ERROR, "emptying bucket %d failed", b);
+		ereport(DEBUG1, (errmsg("outbox emptied bucket %d", b)));
+		if (b == (current + 1) % OUTBOX_BUCKETS)
+			next_empty = true;
+	}
+
+	if (next_empty &&
+		TimestampDifferenceExceeds(since, now, Max(outbox_retention / 2, 1) * 1000) &&
+		int8_result(psprintf("SELECT count(*) FROM (SELECT 1 FROM outbox.event_%d LIMIT 1) x",
+							 current)) > 0)
+	{
+		if (SPI_execute(psprintf("UPDATE outbox.state SET bucket = %d, bucket_since = now()",
+								 (current + 1) % OUTBOX_BUCKETS), false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "bucket rotation failed");
+		/* producers cache the current bucket */
+		state_relid = outbox_relid("state");
+		CacheInvalidateRelcacheByRelid(state_relid);
+	}
+	unit_end();
+}
+
+/*
+ * Maintenance, at most once a second.
+ */
+void
+outbox_maintain(void)
+{
+	static TimestampTz last = 0;
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (!TimestampDifferenceExceeds(last, now, Min(outbox_naptime, 1000)))
+		return;
+	last = now;
+	advance_subscriptions();
+	clean_up();
+	rotate_and_truncate();
+}

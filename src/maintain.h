@@ -1,0 +1,19 @@
+/*-------------------------------------------------------------------------
+ *
+ * maintain.h
+ *		The units of work of the per-database worker (maintain.c).
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef OUTBOX_MAINTAIN_H
+#define OUTBOX_MAINTAIN_H
+
+#include "outbox.h"
+
+extern void outbox_notify_ready(uint64 bits);
+extern TimestampTz outbox_expire_leases(void);
+extern TimestampTz outbox_notify_due(void);
+extern void outbox_maintain(void);
+extern TimestampTz outbox_earliest(TimestampTz a, TimestampTz b);
+
+#endif							/* OUTBOX_MAINTAIN_H */

@@ -1,0 +1,218 @@
+/*-------------------------------------------------------------------------
+ *
+ * shmem.c
+ *		Shared state of the launcher and the per-database workers, and the
+ *		after-commit wake-up that producers send to their database's worker.
+ *
+ * It exists only with shared_preload_libraries = 'outbox'.  Without it
+ * outbox_shared is NULL: there is no launcher, and workers poll at
+ * outbox.naptime instead of being woken.
+ *
+ * One LWLock guards the slot table.  The wake-up path does not take it: a
+ * committing backend remembers its database's slot, checks it still
+ * belongs to its database, ORs its topics into the slot's atomic bitmap
+ * and sets the worker's latch.  A wake-up that races with a worker's
+ * restart is at worst late by one naptime.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "shmem.h"
+
+#include "access/xact.h"
+#include "common/hashfn.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/lwlock.h"
+#include "storage/proc.h"
+#include "storage/shmem.h"
+#include "utils/memutils.h"
+
+PG_FUNCTION_INFO_V1(outbox_wake_sql);
+
+OutboxShared *outbox_shared = NULL;
+
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+/* topics this transaction made ready, as bits (see outbox_topic_bit) */
+static uint64 pending_wake = 0;
+static int	my_slot = -1;
+
+static Size
+shared_size(void)
+{
+	return add_size(offsetof(OutboxShared, slots),
+					mul_size(sizeof(OutboxDbSlot), OUTBOX_MAX_DATABASES));
+}
+
+static void
+outbox_shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(shared_size());
+	RequestNamedLWLockTranche("outbox", 1);
+}
+
+static void
+outbox_shmem_startup(void)
+{
+	bool		found;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	outbox_shared = ShmemInitStruct("outbox", shared_size(), &found);
+	if (!found)
+	{
+		int			i;
+
+		memset(outbox_shared, 0, shared_size());
+		outbox_shared->lock = &(GetNamedLWLockTranche("outbox"))->lock;
+		for (i = 0; i < OUTBOX_MAX_DATABASES; i++)
+			pg_atomic_init_u64(&outbox_shared->slots[i].wake, 0);
+	}
+	LWLockRelease(AddinShmemInitLock);
+}
+
+/*
+ * Called from _PG_init while shared_preload_libraries is being processed.
+ */
+void
+outbox_shmem_init(void)
+{
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = outbox_shmem_request;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = outbox_shmem_startup;
+}
+
+/*
+ * The slot of a database, or NULL.  Caller holds the lock.
+ */
+OutboxDbSlot *
+outbox_slot_find(Oid dboid)
+{
+	int			i;
+
+	for (i = 0; i < OUTBOX_MAX_DATABASES; i++)
+		if (outbox_shared->slots[i].dboid == dboid)
+			return &outbox_shared->slots[i];
+	return NULL;
+}
+
+/*
+ * The slot of a database, made if needed; NULL if the table is full.
+ * Caller holds the lock exclusively.
+ */
+OutboxDbSlot *
+outbox_slot_get(Oid dboid)
+{
+	OutboxDbSlot *slot = outbox_slot_find(dboid);
+	int			i;
+
+	if (slot != NULL)
+		return slot;
+	for (i = 0; i < OUTBOX_MAX_DATABASES; i++)
+	{
+		slot = &outbox_shared->slots[i];
+		if (slot->dboid == InvalidOid)
+		{
+			memset(slot, 0, offsetof(OutboxDbSlot, wake));
+			slot->dboid = dboid;
+			pg_atomic_write_u64(&slot->wake, 0);
+			return slot;
+		}
+	}
+	return NULL;
+}
+
+/*
+ * The bit of a topic in the wake-up bitmap.  Collisions only cost a
+ * needless notification.
+ */
+uint64
+outbox_topic_bit(const char *topic)
+{
+	return UINT64CONST(1) << (hash_bytes((const unsigned char *) topic,
+										 strlen(topic)) % 64);
+}
+
+/*
+ * Note that this transaction, if it commits, makes deliveries of these
+ * topics ready (OUTBOX_WAKE_ALL: of any subscription).
+ */
+void
+outbox_wake_after_commit(uint64 bits)
+{
+	pending_wake |= bits;
+}
+
+/*
+ * Wake this database's worker with the bits of this transaction.  Called
+ * after commit, when what it made ready is visible.
+ */
+static void
+wake_worker(void)
+{
+	OutboxDbSlot *slot;
+	Latch	   *latch;
+
+	if (outbox_shared == NULL || !OidIsValid(MyDatabaseId))
+		return;
+	if (my_slot < 0 || outbox_shared->slots[my_slot].dboid != MyDatabaseId)
+	{
+		LWLockAcquire(outbox_shared->lock, LW_SHARED);
+		slot = outbox_slot_find(MyDatabaseId);
+		my_slot = slot ? (int) (slot - outbox_shared->slots) : -1;
+		LWLockRelease(outbox_shared->lock);
+		if (my_slot < 0)
+			return;
+	}
+	slot = &outbox_shared->slots[my_slot];
+	pg_atomic_fetch_or_u64(&slot->wake, pending_wake);
+	latch = slot->latch;
+	if (latch != NULL)
+		SetLatch(latch);
+}
+
+static void
+shmem_xact_callback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_COMMIT:
+			if (pending_wake != 0)
+				wake_worker();
+			pending_wake = 0;
+			break;
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+		case XACT_EVENT_PREPARE:
+			pending_wake = 0;
+			break;
+		default:
+			break;
+	}
+}
+
+void
+outbox_wake_init(void)
+{
+	RegisterXactCallback(shmem_xact_callback, NULL);
+}
+
+/*
+ * outbox._wake(): after commit, have the worker notify every subscription
+ * (replay and resume free deliveries of any topic).
+ */
+Datum
+outbox_wake_sql(PG_FUNCTION_ARGS)
+{
+	outbox_wake_after_commit(OUTBOX_WAKE_ALL);
+	PG_RETURN_VOID();
+}

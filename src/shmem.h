@@ -1,0 +1,63 @@
+/*-------------------------------------------------------------------------
+ *
+ * shmem.h
+ *		Shared state of the launcher and the per-database workers.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef OUTBOX_SHMEM_H
+#define OUTBOX_SHMEM_H
+
+#include "outbox.h"
+
+#include "port/atomics.h"
+#include "storage/latch.h"
+#include "storage/lwlock.h"
+
+#define OUTBOX_MAX_DATABASES	128
+#define OUTBOX_WAKE_ALL			(~UINT64CONST(0))
+
+/* What the launcher knows of one database. */
+typedef struct OutboxDbSlot
+{
+	Oid			dboid;			/* InvalidOid: free */
+	pid_t		pid;			/* its worker, 0 if none */
+	Latch	   *latch;			/* the worker's latch, NULL if none */
+	bool		starting;		/* the launcher has asked for a worker */
+	bool		no_extension;	/* its worker found no outbox there */
+	TimestampTz checked_at;		/* when no_extension was found */
+	TimestampTz dropping_until; /* DROP DATABASE under way: do not start */
+	int			failures;		/* consecutive worker failures */
+	TimestampTz retry_at;		/* no restart before this */
+	pg_atomic_uint64 wake;		/* topic bits committed since last wake */
+} OutboxDbSlot;
+
+typedef struct OutboxShared
+{
+	LWLock	   *lock;
+	pid_t		launcher_pid;
+	Latch	   *launcher_latch;
+	OutboxDbSlot slots[FLEXIBLE_ARRAY_MEMBER];
+} OutboxShared;
+
+extern OutboxShared *outbox_shared;
+
+extern void outbox_shmem_init(void);
+extern OutboxDbSlot *outbox_slot_find(Oid dboid);
+extern OutboxDbSlot *outbox_slot_get(Oid dboid);
+extern uint64 outbox_topic_bit(const char *topic);
+extern void outbox_wake_after_commit(uint64 bits);
+extern void outbox_wake_init(void);
+
+/* launcher.c */
+extern void outbox_launcher_register(void);
+extern void outbox_launcher_init(void);
+extern bool outbox_start_worker_for(Oid dboid, bool wait);
+extern PGDLLEXPORT void outbox_launcher_main(Datum arg);
+
+/* worker.c */
+extern PGDLLEXPORT void outbox_worker_main(Datum arg);
+extern int	outbox_naptime;
+extern int	outbox_retention;
+
+#endif							/* OUTBOX_SHMEM_H */

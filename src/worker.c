@@ -1,0 +1,235 @@
+/*-------------------------------------------------------------------------
+ *
+ * worker.c
+ *		The per-database outbox worker: its life and its loop.
+ *
+ * Each round does, each in a transaction of its own: the wake-up
+ * notifications for commits that made deliveries ready (first, because
+ * consumers are waiting for them), lease expiry, notifications for
+ * deliveries that came due, and maintenance (folding, retention).  Then it
+ * sleeps on its latch until woken by a commit, until the next lease or
+ * delivery falls due, or for outbox.naptime at most.
+ *
+ * An error in a round is logged and the round is tried again after a
+ * growing pause; the worker does not die for it.  It exits when the
+ * extension is dropped, and is then started again only by the launcher.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "shmem.h"
+#include "maintain.h"
+
+#include "access/xact.h"
+#include "catalog/pg_extension.h"
+#include "commands/extension.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/lmgr.h"
+#include "storage/proc.h"
+#include "tcop/tcopprot.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+int			outbox_naptime = 1000;
+int			outbox_retention = 7 * 24 * 3600;
+
+/* the longest pause after repeated errors */
+#define MAX_ERROR_PAUSE_MS (60 * 1000)
+
+static OutboxDbSlot *my_slot = NULL;
+static bool clean_exit = false;
+
+static void
+worker_detach(int code, Datum arg)
+{
+	if (my_slot == NULL)
+		return;
+	LWLockAcquire(outbox_shared->lock, LW_EXCLUSIVE);
+	if (my_slot->pid == MyProcPid)
+	{
+		my_slot->pid = 0;
+		my_slot->latch = NULL;
+		if (clean_exit)
+			my_slot->failures = 0;
+		else
+		{
+			/* let the launcher wait longer each time before a restart */
+			my_slot->failures = Min(my_slot->failures + 1, 10);
+			my_slot->retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+															Min(1000 << my_slot->failures,
+																MAX_ERROR_PAUSE_MS));
+		}
+	}
+	LWLockRelease(outbox_shared->lock);
+	if (outbox_shared->launcher_latch != NULL)
+		SetLatch(outbox_shared->launcher_latch);
+}
+
+/*
+ * Claim this database's slot.  Returns false if another worker runs here.
+ */
+static bool
+attach(void)
+{
+	LOCKTAG		tag;
+
+	/* one worker per database, with or without a launcher */
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, 0, 0, 0x4f44);
+	if (LockAcquire(&tag, ExclusiveLock, true, true) == LOCKACQUIRE_NOT_AVAIL)
+		return false;
+
+	if (outbox_shared == NULL)
+		return true;
+	LWLockAcquire(outbox_shared->lock, LW_EXCLUSIVE);
+	my_slot = outbox_slot_get(MyDatabaseId);
+	if (my_slot != NULL)
+	{
+		my_slot->pid = MyProcPid;
+		my_slot->latch = MyLatch;
+		my_slot->starting = false;
+		my_slot->no_extension = false;
+	}
+	LWLockRelease(outbox_shared->lock);
+	on_shmem_exit(worker_detach, 0);
+	return true;
+}
+
+/* Tell the launcher this database has no outbox, and leave. */
+static void
+exit_no_extension(void)
+{
+	if (my_slot != NULL)
+	{
+		LWLockAcquire(outbox_shared->lock, LW_EXCLUSIVE);
+		my_slot->no_extension = true;
+		my_slot->checked_at = GetCurrentTimestamp();
+		LWLockRelease(outbox_shared->lock);
+	}
+	clean_exit = true;
+	proc_exit(0);
+}
+
+static bool
+extension_present(void)
+{
+	bool		present;
+
+	StartTransactionCommand();
+	present = OidIsValid(get_extension_oid("outbox", true));
+	CommitTransactionCommand();
+	return present;
+}
+
+/*
+ * One round of work.  Returns when the worker should wake next at the
+ * latest (0: no particular time).
+ */
+static TimestampTz
+round_of_work(uint64 wake_bits)
+{
+	TimestampTz next = 0;
+
+	if (wake_bits != 0 || outbox_shared == NULL)
+		outbox_notify_ready(wake_bits);
+	next = outbox_expire_leases();
+	next = outbox_earliest(next, outbox_notify_due());
+	outbox_maintain();
+	return next;
+}
+
+void
+outbox_worker_main(Datum arg)
+{
+	Oid			dboid = DatumGetObjectId(arg);
+	int			error_pause = 0;
+	MemoryContext round_cxt;
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
+	pgstat_report_appname("outbox worker");
+
+	/* nothing a user creates may change what our queries mean */
+	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
+
+	if (!attach())
+	{
+		clean_exit = true;
+		proc_exit(0);
+	}
+	if (!extension_present())
+		exit_no_extension();
+
+	ereport(LOG, (errmsg("outbox worker started for database %u", MyDatabaseId)));
+
+	round_cxt = AllocSetContextCreate(TopMemoryContext, "outbox worker round",
+									  ALLOCSET_DEFAULT_SIZES);
+	/* wake-ups of commits before a crash or restart were lost: look at all */
+	if (my_slot != NULL)
+		pg_atomic_fetch_or_u64(&my_slot->wake, OUTBOX_WAKE_ALL);
+	for (;;)
+	{
+		TimestampTz next = 0;
+		long		timeout;
+		uint64		wake_bits = 0;
+
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+		if (my_slot != NULL)
+			wake_bits = pg_atomic_exchange_u64(&my_slot->wake, 0);
+
+		if (!extension_present())
+		{
+			ereport(LOG, (errmsg("outbox worker stopping: the extension was dropped from database %u",
+								 MyDatabaseId)));
+			exit_no_extension();
+		}
+
+		MemoryContextSwitchTo(round_cxt);
+		PG_TRY();
+		{
+			next = round_of_work(wake_bits);
+			error_pause = 0;
+		}
+		PG_CATCH();
+		{
+			MemoryContextSwitchTo(round_cxt);
+			EmitErrorReport();
+			FlushErrorState();
+			AbortCurrentTransaction();
+			error_pause = error_pause == 0 ? 1000 : Min(error_pause * 2, MAX_ERROR_PAUSE_MS);
+			next = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), error_pause);
+			/* commits of this round may have been missed: look at all again */
+			if (my_slot != NULL)
+				pg_atomic_fetch_or_u64(&my_slot->wake, wake_bits);
+		}
+		PG_END_TRY();
+		MemoryContextSwitchTo(TopMemoryContext);
+		MemoryContextReset(round_cxt);
+		pgstat_report_activity(STATE_IDLE, NULL);
+
+		timeout = outbox_naptime;
+		if (next != 0)
+		{
+			long		until = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), next);
+
+			timeout = Min(timeout, Max(until, 1));
+		}
+		if (error_pause > 0)
+			timeout = error_pause;
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 timeout, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
+}
