@@ -71,6 +71,7 @@ typedef struct ClaimState
 	HTAB	   *busy;			/* ordered: keys with anything not settled */
 	HTAB	   *inflight;		/* ordered: keys leased, due or scheduled */
 	bool		made_waiting;
+	bool		advancing;		/* the worker moving an idle chain */
 } ClaimState;
 
 static void
@@ -689,7 +690,7 @@ scan_segment(ClaimState *st, OutboxSegment *seg)
 	 */
 	if (slice.pos_to == seg->from && !slice.ended)
 		st->chain->nslices--;	/* covered nothing */
-	else if (consumed || seg->is_gap || !seg->new_delta ||
+	else if (consumed || seg->is_gap || !seg->new_delta || st->advancing ||
 			 U64FromFullTransactionId(hi->xmax) - U64FromFullTransactionId(lo->xmax) >= IDLE_DELTA_XIDS)
 		write_slice(st, &slice, cands, ncands);
 	else
@@ -814,6 +815,7 @@ outbox_claim_advance(OutboxSub *sub)
 	memset(&st, 0, sizeof(st));
 	st.sub = sub;
 	st.want = 0;
+	st.advancing = true;
 	st.now = GetCurrentTimestamp();
 	st.lease_until = st.now;
 	st.chain = outbox_chain_read(sub->id);
