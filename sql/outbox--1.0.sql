@@ -27,16 +27,28 @@ CREATE SEQUENCE outbox.subscription_id_seq AS integer OWNED BY outbox.subscripti
 
 -- Where the folded part of each subscription's stream ends: every event of
 -- a transaction visible in "lo", and of the delta (lo, hi] up to id "pos"
--- (all of it when "ended"), has been handed out.  Later progress lives in
--- outbox.batch rows until it is folded in here.
+-- (all of it when "ended"), has been handed out and settled.  Later
+-- progress lives in outbox.batch rows (from batch_no "scan_from" on) until
+-- it is folded in here.  Each fold inserts a row and the newest counts:
+-- rows are never updated, so readers are not slowed by dead versions that a
+-- long-running transaction keeps.  The worker deletes the older rows.
 CREATE TABLE outbox.cursor (
-	sub_id			integer PRIMARY KEY,
+	sub_id			integer NOT NULL,
+	fold_no			bigint NOT NULL,
 	delta			bigint NOT NULL,
 	lo				pg_snapshot NOT NULL,
 	hi				pg_snapshot NOT NULL,
 	pos				bigint NOT NULL,
-	ended			boolean NOT NULL
+	ended			boolean NOT NULL,
+	scan_from		bigint NOT NULL,
+	PRIMARY KEY (sub_id, fold_no)
 );
+
+-- The newest cursor row of each subscription.
+CREATE VIEW outbox.cursor_now AS
+	SELECT DISTINCT ON (c.sub_id) c.*
+	  FROM outbox.cursor c
+	 ORDER BY c.sub_id, c.fold_no DESC;
 
 -- Events, one row each whatever the number of subscriptions.  The id holds
 -- the enqueuing transaction's xid in its high bits (see src/outbox.h).
@@ -353,8 +365,8 @@ BEGIN
 		origin := pg_catalog.pg_current_snapshot();
 		INSERT INTO outbox.subscription (id, name, topics, max_attempts, lease, backoff_base, backoff_max, ordered, origin)
 		VALUES (new_id, subscription, stored, max_attempts, lease, backoff_base, backoff_max, ordered, origin);
-		INSERT INTO outbox.cursor (sub_id, delta, lo, hi, pos, ended)
-		VALUES (new_id, 0, origin, origin, 0, true);
+		INSERT INTO outbox.cursor (sub_id, fold_no, delta, lo, hi, pos, ended, scan_from)
+		VALUES (new_id, 0, 0, origin, origin, 0, true, 0);
 	END IF;
 	PERFORM outbox._subscriptions_changed();
 END

@@ -25,6 +25,7 @@
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
+#include "miscadmin.h"
 #include "storage/lmgr.h"
 #include "storage/procarray.h"
 #include "utils/array.h"
@@ -121,7 +122,7 @@ read_slices(OutboxChain *chain)
 {
 	Relation	rel;
 	SysScanDesc scan;
-	ScanKeyData key;
+	ScanKeyData key[2];
 	SnapshotData dirty;
 	HeapTuple	tup;
 	Oid			indexoid;
@@ -131,9 +132,12 @@ read_slices(OutboxChain *chain)
 	InitDirtySnapshot(dirty);
 	rel = table_open(outbox_relid("batch"), AccessShareLock);
 	indexoid = outbox_relid("batch_pkey");
-	ScanKeyInit(&key, BATCH_SUB_ID, BTEqualStrategyNumber, F_INT4EQ,
+	ScanKeyInit(&key[0], BATCH_SUB_ID, BTEqualStrategyNumber, F_INT4EQ,
 				Int32GetDatum(chain->sub_id));
-	scan = systable_beginscan(rel, indexoid, true, &dirty, 1, &key);
+	/* folded rows are below scan_from: never walk them (or their dead tuples) */
+	ScanKeyInit(&key[1], BATCH_NO, BTGreaterEqualStrategyNumber, F_INT8GE,
+				Int64GetDatum(chain->scan_from));
+	scan = systable_beginscan(rel, indexoid, true, &dirty, 2, key);
 	while (HeapTupleIsValid(tup = systable_getnext(scan)))
 	{
 		Datum		values[BATCH_NATTS];
@@ -210,49 +214,69 @@ read_slices(OutboxChain *chain)
 }
 
 /*
- * Read a subscription's chain.  The caller holds the subscription's claim
- * lock and is connected to SPI as the owner.  Slices are read before the
- * cursor, and the cursor with a snapshot taken after: a fold that commits
- * in between then shows as slices the new cursor already covers, which the
- * walk skips, never as a hole.  The snapshot is registered; release it with
- * outbox_chain_release.
+ * Read the latest cursor row of the subscription into the chain.  Cursor
+ * rows are only ever inserted (one per fold) and read newest first, so a
+ * long-running transaction that keeps old versions alive does not make
+ * this slower.
  */
-OutboxChain *
-outbox_chain_read(int32 sub_id)
+static void
+read_cursor(OutboxChain *chain, Snapshot snapshot)
 {
 	static SPIPlanPtr plan = NULL;
-	OutboxChain *chain = palloc0(sizeof(OutboxChain));
-	Datum		arg = Int32GetDatum(sub_id);
+	Datum		arg = Int32GetDatum(chain->sub_id);
 	HeapTuple	tup;
 	TupleDesc	desc;
 	bool		isnull;
-
-	chain->sub_id = sub_id;
-	read_slices(chain);
-
-	chain->snapshot = RegisterSnapshot(GetLatestSnapshot());
-	chain->now = outbox_snap_from_snapshot(chain->snapshot);
 
 	if (plan == NULL)
 	{
 		Oid			types[1] = {INT4OID};
 
-		plan = outbox_prepare("SELECT delta, lo, hi, pos, ended FROM outbox.cursor"
-							  " WHERE sub_id OPERATOR(pg_catalog.=) $1", 1, types);
+		plan = outbox_prepare("SELECT fold_no, delta, lo, hi, pos, ended, scan_from"
+							  " FROM outbox.cursor WHERE sub_id OPERATOR(pg_catalog.=) $1"
+							  " ORDER BY fold_no DESC LIMIT 1", 1, types);
 	}
-	if (SPI_execute_snapshot(plan, &arg, NULL, chain->snapshot, InvalidSnapshot,
+	if (SPI_execute_snapshot(plan, &arg, NULL, snapshot, InvalidSnapshot,
 							 true, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "cursor lookup failed");
 	if (SPI_processed != 1)
-		elog(ERROR, "cursor of subscription %d is missing", sub_id);
+		elog(ERROR, "cursor of subscription %d is missing", chain->sub_id);
 	tup = SPI_tuptable->vals[0];
 	desc = SPI_tuptable->tupdesc;
-	chain->delta = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
-	chain->lo = outbox_snap_copy((OutboxSnap *) PG_DETOAST_DATUM(SPI_getbinval(tup, desc, 2, &isnull)));
-	chain->hi = outbox_snap_copy((OutboxSnap *) PG_DETOAST_DATUM(SPI_getbinval(tup, desc, 3, &isnull)));
-	chain->pos = DatumGetInt64(SPI_getbinval(tup, desc, 4, &isnull));
-	chain->ended = DatumGetBool(SPI_getbinval(tup, desc, 5, &isnull));
+	chain->fold_no = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+	chain->delta = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
+	chain->lo = outbox_snap_copy((OutboxSnap *) PG_DETOAST_DATUM(SPI_getbinval(tup, desc, 3, &isnull)));
+	chain->hi = outbox_snap_copy((OutboxSnap *) PG_DETOAST_DATUM(SPI_getbinval(tup, desc, 4, &isnull)));
+	chain->pos = DatumGetInt64(SPI_getbinval(tup, desc, 5, &isnull));
+	chain->ended = DatumGetBool(SPI_getbinval(tup, desc, 6, &isnull));
+	chain->scan_from = DatumGetInt64(SPI_getbinval(tup, desc, 7, &isnull));
 	SPI_freetuptable(SPI_tuptable);
+}
+
+/*
+ * Read a subscription's chain.  The caller holds the subscription's claim
+ * lock and is connected to SPI as the owner.  The cursor is read once to
+ * know where its batch rows start, the batch rows are read, and then the
+ * cursor again with a snapshot taken after: a fold that commits in between
+ * then shows as rows the new cursor already covers, which the walk skips,
+ * never as a hole.  The snapshot is registered; release it with
+ * outbox_chain_release.
+ */
+OutboxChain *
+outbox_chain_read(int32 sub_id)
+{
+	OutboxChain *chain = palloc0(sizeof(OutboxChain));
+	Snapshot	first;
+
+	chain->sub_id = sub_id;
+	first = RegisterSnapshot(GetLatestSnapshot());
+	read_cursor(chain, first);
+	UnregisterSnapshot(first);
+	read_slices(chain);
+
+	chain->snapshot = RegisterSnapshot(GetLatestSnapshot());
+	chain->now = outbox_snap_from_snapshot(chain->snapshot);
+	read_cursor(chain, chain->snapshot);
 	return chain;
 }
 
@@ -439,22 +463,25 @@ outbox_chain_pending(OutboxChain *chain, uint64 xid, int64 first, int64 last)
 }
 
 /*
- * Fold the settled slices that lead the chain into outbox.cursor, if there
- * are at least min_slices of them and no other transaction is folding.  Runs in the
- * claimer's transaction, under the claim lock; the slices it deletes have
- * no ids left, so nothing else updates them.
+ * Fold the settled slices that lead the chain into a new outbox.cursor row,
+ * if there are at least min_slices of them and no other transaction is
+ * folding (a lock held to commit says so).  Runs in the claimer's
+ * transaction, under the claim lock; the slices it deletes have no ids
+ * left, so nothing else updates them.
  */
 void
 outbox_chain_fold(OutboxChain *chain, int min_slices)
 {
-	static SPIPlanPtr lock_plan = NULL;
-	static SPIPlanPtr upd_plan = NULL;
+	static SPIPlanPtr ins_plan = NULL;
 	static SPIPlanPtr del_plan = NULL;
 	Walk		w = {chain->delta, chain->lo, chain->hi, chain->pos, chain->ended};
 	Datum	   *nos;
 	int			n = 0;
 	int			i;
-	Datum		args[6];
+	int64		scan_from = -1;
+	int64		max_folded = chain->scan_from;
+	Datum		args[8];
+	LOCKTAG		tag;
 
 	nos = palloc(sizeof(Datum) * Max(chain->nslices, 1));
 	for (i = 0; i < chain->nslices; i++)
@@ -467,7 +494,10 @@ outbox_chain_fold(OutboxChain *chain, int min_slices)
 		if (walk_covers(&w, s))
 		{
 			if (s->settled)
+			{
 				nos[n++] = Int64GetDatum(s->batch_no);
+				s->folded = true;
+			}
 			continue;
 		}
 		if (w.ended)
@@ -478,6 +508,7 @@ outbox_chain_fold(OutboxChain *chain, int min_slices)
 		if (!contiguous || !s->settled)
 			break;
 		nos[n++] = Int64GetDatum(s->batch_no);
+		s->folded = true;
 		w.delta = s->delta;
 		w.lo = s->lo;
 		w.hi = s->hi;
@@ -485,37 +516,72 @@ outbox_chain_fold(OutboxChain *chain, int min_slices)
 		w.ended = s->ended;
 	}
 	if (n < min_slices || n == 0)
+	{
+		for (i = 0; i < chain->nslices; i++)
+			chain->slices[i].folded = false;
 		return;
+	}
+
+	/* one fold at a time per subscription, until it commits */
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) chain->sub_id, 0, 0x4f45);
+	if (LockAcquire(&tag, ExclusiveLock, false, true) == LOCKACQUIRE_NOT_AVAIL)
+	{
+		for (i = 0; i < chain->nslices; i++)
+			chain->slices[i].folded = false;
+		return;
+	}
+
+	/* later reads start at the oldest row that stays */
+	for (i = 0; i < chain->nslices; i++)
+	{
+		OutboxSlice *s = &chain->slices[i];
+
+		if (s->is_new)
+			continue;
+		if (s->folded)
+			max_folded = Max(max_folded, s->batch_no);
+		else if (scan_from < 0 || s->batch_no < scan_from)
+			scan_from = s->batch_no;
+	}
+	if (scan_from < 0)
+		scan_from = max_folded + 1;
+
+	/* a fold that committed since we read the cursor: ours is stale */
+	{
+		OutboxChain latest;
+		Snapshot	snap = RegisterSnapshot(GetLatestSnapshot());
+
+		memset(&latest, 0, sizeof(latest));
+		latest.sub_id = chain->sub_id;
+		read_cursor(&latest, snap);
+		UnregisterSnapshot(snap);
+		if (latest.fold_no != chain->fold_no)
+			return;
+	}
 
 	if (del_plan == NULL)
 	{
-		Oid			t1[1] = {INT4OID};
-		Oid			t6[6] = {INT4OID, INT8OID, PG_SNAPSHOTOID, PG_SNAPSHOTOID,
-		INT8OID, BOOLOID};
+		Oid			t8[8] = {INT4OID, INT8OID, INT8OID, PG_SNAPSHOTOID, PG_SNAPSHOTOID,
+		INT8OID, BOOLOID, INT8OID};
 		Oid			t2[2] = {INT4OID, INT8ARRAYOID};
 
-		lock_plan = outbox_prepare("SELECT 1 FROM outbox.cursor"
-								   " WHERE sub_id OPERATOR(pg_catalog.=) $1"
-								   " FOR UPDATE SKIP LOCKED", 1, t1);
-		upd_plan = outbox_prepare("UPDATE outbox.cursor SET delta = $2, lo = $3,"
-								  " hi = $4, pos = $5, ended = $6"
-								  " WHERE sub_id OPERATOR(pg_catalog.=) $1", 6, t6);
+		ins_plan = outbox_prepare("INSERT INTO outbox.cursor"
+								  " (sub_id, fold_no, delta, lo, hi, pos, ended, scan_from)"
+								  " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)", 8, t8);
 		del_plan = outbox_prepare("DELETE FROM outbox.batch"
 								  " WHERE sub_id OPERATOR(pg_catalog.=) $1"
 								  " AND batch_no OPERATOR(pg_catalog.=) ANY ($2)", 2, t2);
 	}
 	args[0] = Int32GetDatum(chain->sub_id);
-	if (SPI_execute_plan(lock_plan, args, NULL, false, 1) != SPI_OK_SELECT)
-		elog(ERROR, "cursor lock failed");
-	if (SPI_processed != 1)
-		return;					/* another transaction is folding */
-	args[1] = Int64GetDatum(w.delta);
-	args[2] = PointerGetDatum(w.lo);
-	args[3] = PointerGetDatum(w.hi);
-	args[4] = Int64GetDatum(w.pos);
-	args[5] = BoolGetDatum(w.ended);
-	if (SPI_execute_plan(upd_plan, args, NULL, false, 0) != SPI_OK_UPDATE)
-		elog(ERROR, "cursor update failed");
+	args[1] = Int64GetDatum(chain->fold_no + 1);
+	args[2] = Int64GetDatum(w.delta);
+	args[3] = PointerGetDatum(w.lo);
+	args[4] = PointerGetDatum(w.hi);
+	args[5] = Int64GetDatum(w.pos);
+	args[6] = BoolGetDatum(w.ended);
+	args[7] = Int64GetDatum(scan_from);
+	if (SPI_execute_plan(ins_plan, args, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "cursor insert failed");
 	args[1] = PointerGetDatum(construct_array(nos, n, INT8OID, 8, FLOAT8PASSBYVAL,
 											  TYPALIGN_DOUBLE));
 	if (SPI_execute_plan(del_plan, args, NULL, false, 0) != SPI_OK_DELETE)

@@ -29,6 +29,7 @@ typedef struct OutboxSlice
 	int			nkeys;
 	int64	   *key_hashes;		/* ordered subscriptions: hashes of keys */
 	bool		is_new;			/* written by this claim */
+	bool		folded;			/* being folded by outbox_chain_fold */
 } OutboxSlice;
 
 /* a part of a delta not yet handed out */
@@ -47,7 +48,9 @@ typedef struct OutboxSegment
 typedef struct OutboxChain
 {
 	int32		sub_id;
-	/* the folded cursor */
+	/* the folded cursor: its latest row */
+	int64		fold_no;
+	int64		scan_from;		/* batch rows below this are folded */
 	int64		delta;
 	OutboxSnap *lo;
 	OutboxSnap *hi;

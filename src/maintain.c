@@ -203,10 +203,13 @@ outbox_expire_leases(void)
 			" WHERE d.sub_id = due.sub_id AND d.event_id = due.event_id AND s.id = d.sub_id",
 			0, NULL);
 		bsel = outbox_prepare(
-			"SELECT sub_id, batch_no, ids, keys FROM outbox.batch"
-			" WHERE lease_until < pg_catalog.clock_timestamp() AND cardinality(ids) > 0"
-			" ORDER BY lease_until LIMIT " CppAsString2(EXPIRE_BATCHES)
-			" FOR UPDATE SKIP LOCKED", 0, NULL);
+			"SELECT b.sub_id, b.batch_no, b.ids, b.keys"
+			" FROM outbox.cursor_now c, LATERAL ("
+			"  SELECT * FROM outbox.batch b WHERE b.sub_id = c.sub_id"
+			"  AND b.batch_no >= c.scan_from) b"
+			" WHERE b.lease_until < pg_catalog.clock_timestamp() AND cardinality(b.ids) > 0"
+			" ORDER BY b.lease_until LIMIT " CppAsString2(EXPIRE_BATCHES)
+			" FOR UPDATE OF b SKIP LOCKED", 0, NULL);
 		bins = outbox_prepare(
 			"INSERT INTO outbox.delivery"
 			" (sub_id, event_id, state, attempts, visible_at, key, last_error, dead_at)"
@@ -223,7 +226,9 @@ outbox_expire_leases(void)
 			" WHERE sub_id = $1 AND batch_no = $2", 2, t2);
 		next_plan = outbox_prepare(
 			"SELECT LEAST((SELECT min(lease_until) FROM outbox.delivery WHERE state = 'leased'),"
-			" (SELECT min(lease_until) FROM outbox.batch WHERE cardinality(ids) > 0))",
+			" (SELECT min(b.lease_until) FROM outbox.cursor_now c, LATERAL ("
+			"  SELECT * FROM outbox.batch b WHERE b.sub_id = c.sub_id"
+			"  AND b.batch_no >= c.scan_from) b WHERE cardinality(b.ids) > 0))",
 			0, NULL);
 	}
 
@@ -366,9 +371,10 @@ advance_subscriptions(void)
 }
 
 /*
- * Delete, a step at a time: done markers behind their subscription's
- * cursor, commit-order records no chain can need, and kept copies of
- * events that no longer have a dead letter.
+ * Delete, a step at a time: cursor rows older than the newest, done
+ * markers behind their subscription's cursor, commit-order records no
+ * chain can need, and kept copies of events that no longer have a dead
+ * letter.
  */
 static void
 clean_up(void)
@@ -376,20 +382,29 @@ clean_up(void)
 	static SPIPlanPtr done_plan = NULL;
 	static SPIPlanPtr keys_plan = NULL;
 	static SPIPlanPtr kept_plan = NULL;
+	static SPIPlanPtr cursor_plan = NULL;
 
 	unit_begin("outbox: clean up");
+	if (cursor_plan == NULL)
+		cursor_plan = outbox_prepare(
+			"DELETE FROM outbox.cursor WHERE ctid IN ("
+			" SELECT c.ctid FROM outbox.cursor c JOIN outbox.cursor_now n"
+			"  ON n.sub_id = c.sub_id AND c.fold_no < n.fold_no"
+			" LIMIT " CppAsString2(STEP_ROWS) ")", 0, NULL);
+	if (SPI_execute_plan(cursor_plan, NULL, NULL, false, 0) != SPI_OK_DELETE)
+		elog(ERROR, "cursor clean-up failed");
 	if (kept_plan == NULL)
 	{
 		done_plan = outbox_prepare(
 			"DELETE FROM outbox.delivery WHERE ctid IN ("
-			" SELECT d.ctid FROM outbox.delivery d JOIN outbox.cursor c ON c.sub_id = d.sub_id"
+			" SELECT d.ctid FROM outbox.delivery d JOIN outbox.cursor_now c ON c.sub_id = d.sub_id"
 			" WHERE d.state = 'done'"
 			" AND pg_visible_in_snapshot(((d.event_id >> " CppAsString2(OUTBOX_SEQ_BITS) ")::text)::xid8, c.lo)"
 			" LIMIT " CppAsString2(STEP_ROWS) ")", 0, NULL);
 		keys_plan = outbox_prepare(
 			"DELETE FROM outbox.key_commit WHERE ctid IN ("
 			" SELECT ctid FROM outbox.key_commit WHERE xid < COALESCE("
-			"  (SELECT min(pg_snapshot_xmin(lo)) FROM outbox.cursor),"
+			"  (SELECT min(pg_snapshot_xmin(lo)) FROM outbox.cursor_now),"
 			"  pg_snapshot_xmin(pg_current_snapshot()))"
 			" LIMIT " CppAsString2(STEP_ROWS) ")", 0, NULL);
 		kept_plan = outbox_prepare(
@@ -433,7 +448,7 @@ bucket_done(int b, int64 max_id, TimestampTz now)
 				   b, max_id, outbox_retention);
 	if (int8_result(sql) != 0)
 		return false;
-	sql = psprintf("SELECT count(*) FROM outbox.cursor"
+	sql = psprintf("SELECT count(*) FROM outbox.cursor_now"
 				   " WHERE NOT ('" UINT64_FORMAT "'::xid8 < pg_snapshot_xmin(lo))",
 				   OUTBOX_ID_XID(max_id));
 	if (int8_result(sql) != 0)

@@ -63,8 +63,12 @@ settle_from_batches(int32 sub_id, int64 *ids, int n, bool *found,
 		Oid			t2[2] = {INT4OID, INT8ARRAYOID};
 		Oid			t4[4] = {INT4OID, INT8OID, INT8ARRAYOID, TEXTARRAYOID};
 
+		/* rows below the cursor's scan_from are folded: skip them unread */
 		sel = outbox_prepare("SELECT batch_no, ids, keys FROM outbox.batch"
 							 " WHERE sub_id OPERATOR(pg_catalog.=) $1"
+							 " AND batch_no OPERATOR(pg_catalog.>=) (SELECT c.scan_from"
+							 "  FROM outbox.cursor c WHERE c.sub_id OPERATOR(pg_catalog.=) $1"
+							 "  ORDER BY c.fold_no DESC LIMIT 1)"
 							 " AND ids OPERATOR(pg_catalog.&&) $2 FOR UPDATE", 2, t2);
 		upd = outbox_prepare("UPDATE outbox.batch SET ids = $3, keys = $4"
 							 " WHERE sub_id OPERATOR(pg_catalog.=) $1"

@@ -163,7 +163,10 @@ count_batches(OutboxSub *sub, Counts *c)
 
 		plan = outbox_prepare(
 			"SELECT pg_catalog.sum(pg_catalog.cardinality(ids))::pg_catalog.int8"
-			" FROM outbox.batch WHERE sub_id OPERATOR(pg_catalog.=) $1", 1, types);
+			" FROM outbox.batch WHERE sub_id OPERATOR(pg_catalog.=) $1"
+			" AND batch_no OPERATOR(pg_catalog.>=) (SELECT c.scan_from"
+			"  FROM outbox.cursor c WHERE c.sub_id OPERATOR(pg_catalog.=) $1"
+			"  ORDER BY c.fold_no DESC LIMIT 1)", 1, types);
 	}
 	if (SPI_execute_plan(plan, args, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "batch count failed");
