@@ -200,10 +200,12 @@ outbox_expire_leases(void)
 			"  dead_at = CASE WHEN d.attempts >= s.max_attempts THEN now() END,"
 			"  lease_until = NULL, last_error = 'lease expired'"
 			" FROM due, outbox.subscription s"
-			" WHERE d.sub_id = due.sub_id AND d.event_id = due.event_id AND s.id = d.sub_id",
+			" WHERE d.sub_id = due.sub_id AND d.event_id = due.event_id AND s.id = d.sub_id"
+			" RETURNING s.name",
 			0, NULL);
 		bsel = outbox_prepare(
-			"SELECT b.sub_id, b.batch_no, b.ids, b.keys"
+			"SELECT b.sub_id, b.batch_no, b.ids, b.keys,"
+			" (SELECT s.name FROM outbox.subscription s WHERE s.id = b.sub_id)"
 			" FROM outbox.cursor_now c, LATERAL ("
 			"  SELECT * FROM outbox.batch b WHERE b.sub_id = c.sub_id"
 			"  AND b.batch_no >= c.scan_from) b"
@@ -232,8 +234,12 @@ outbox_expire_leases(void)
 			0, NULL);
 	}
 
-	if (SPI_execute_plan(dplan, NULL, NULL, false, 0) != SPI_OK_UPDATE)
+	if (SPI_execute_plan(dplan, NULL, NULL, false, 0) != SPI_OK_UPDATE_RETURNING)
 		elog(ERROR, "lease expiry of deliveries failed");
+	/* consumers learn of returned leases (and of keys a dead one freed) */
+	for (i = 0; i < SPI_processed; i++)
+		notify_sub(TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[i],
+													 SPI_tuptable->tupdesc, 1, &isnull)));
 
 	if (SPI_execute_plan(bsel, NULL, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "lease expiry lookup failed");
@@ -258,6 +264,7 @@ outbox_expire_leases(void)
 		args[1] = SPI_getbinval(tab->vals[i], tab->tupdesc, 2, &isnull);
 		if (SPI_execute_plan(bupd, args, NULL, false, 0) != SPI_OK_UPDATE)
 			elog(ERROR, "lease expiry update failed");
+		notify_sub(TextDatumGetCString(SPI_getbinval(tab->vals[i], tab->tupdesc, 5, &isnull)));
 	}
 
 	if (SPI_execute_plan(next_plan, NULL, NULL, true, 1) != SPI_OK_SELECT)
@@ -267,7 +274,6 @@ outbox_expire_leases(void)
 		next = DatumGetTimestampTz(d);
 	unit_end();
 
-	/* what was returned comes due later: outbox_notify_due tells then */
 	return next;
 }
 
