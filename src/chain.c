@@ -181,7 +181,8 @@ read_slices(OutboxChain *chain)
 				if (!enulls[k])
 					s.key_hashes[s.nkeys++] = outbox_key_hash(TextDatumGetCString(elems[k]));
 		}
-		s.settled = !inserting && !deleting && s.nids == 0;
+		s.committed = !inserting && !deleting;
+		s.settled = s.committed && s.nids == 0;
 
 		/* a second version of a slice already seen: merge */
 		for (i = 0; i < chain->nslices; i++)
@@ -191,6 +192,7 @@ read_slices(OutboxChain *chain)
 			if (o->batch_no != s.batch_no)
 				continue;
 			o->settled = false;
+			o->committed = false;
 			if (s.nkeys > 0)
 			{
 				int64	   *h = palloc(sizeof(int64) * (o->nkeys + s.nkeys));
@@ -468,12 +470,20 @@ outbox_chain_pending(OutboxChain *chain, uint64 xid, int64 first, int64 last)
  * folding (a lock held to commit says so).  Runs in the claimer's
  * transaction, under the claim lock; the slices it deletes have no ids
  * left, so nothing else updates them.
+ *
+ * A committed slice whose leases are still out (a slow consumer) would
+ * stop folding, and every claim would read the growing chain behind it.
+ * Once enough slices follow it, its leases are handed over to
+ * outbox.delivery as 'leased' rows (where ack, fail and lease expiry find
+ * them as well) and it is folded like the others.
  */
 void
 outbox_chain_fold(OutboxChain *chain, int min_slices)
 {
 	static SPIPlanPtr ins_plan = NULL;
 	static SPIPlanPtr del_plan = NULL;
+	static SPIPlanPtr lock_plan = NULL;
+	static SPIPlanPtr hand_plan = NULL;
 	Walk		w = {chain->delta, chain->lo, chain->hi, chain->pos, chain->ended};
 	Datum	   *nos;
 	int			n = 0;
@@ -482,8 +492,57 @@ outbox_chain_fold(OutboxChain *chain, int min_slices)
 	int64		max_folded = chain->scan_from;
 	Datum		args[8];
 	LOCKTAG		tag;
+	bool		handed = false;
 
-	nos = palloc(sizeof(Datum) * Max(chain->nslices, 1));
+	if (chain->nslices < min_slices || chain->nslices == 0)
+		return;
+
+	if (hand_plan == NULL)
+	{
+		Oid			t8[8] = {INT4OID, INT8OID, INT8OID, PG_SNAPSHOTOID, PG_SNAPSHOTOID,
+		INT8OID, BOOLOID, INT8OID};
+		Oid			t2[2] = {INT4OID, INT8ARRAYOID};
+		Oid			t2b[2] = {INT4OID, INT8OID};
+
+		ins_plan = outbox_prepare("INSERT INTO outbox.cursor"
+								  " (sub_id, fold_no, delta, lo, hi, pos, ended, scan_from)"
+								  " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)", 8, t8);
+		del_plan = outbox_prepare("DELETE FROM outbox.batch"
+								  " WHERE sub_id OPERATOR(pg_catalog.=) $1"
+								  " AND batch_no OPERATOR(pg_catalog.=) ANY ($2)", 2, t2);
+		lock_plan = outbox_prepare("SELECT 1 FROM outbox.batch"
+								   " WHERE sub_id OPERATOR(pg_catalog.=) $1"
+								   " AND batch_no OPERATOR(pg_catalog.=) $2"
+								   " FOR UPDATE SKIP LOCKED", 2, t2b);
+		hand_plan = outbox_prepare(
+			"INSERT INTO outbox.delivery (sub_id, event_id, state, attempts, lease_until, key)"
+			" SELECT b.sub_id, u.id, 'leased', 1, b.lease_until, u.key"
+			" FROM outbox.batch b,"
+			"  ROWS FROM (pg_catalog.unnest(b.ids),"
+			"   pg_catalog.unnest(COALESCE(b.keys, '{}'::pg_catalog.text[]))) AS u(id, key)"
+			" WHERE b.sub_id OPERATOR(pg_catalog.=) $1 AND b.batch_no OPERATOR(pg_catalog.=) $2"
+			" AND u.id IS NOT NULL ON CONFLICT DO NOTHING", 2, t2b);
+	}
+
+	/* one fold at a time per subscription, until it commits */
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) chain->sub_id, 0, 0x4f45);
+	if (LockAcquire(&tag, ExclusiveLock, false, true) == LOCKACQUIRE_NOT_AVAIL)
+		return;
+
+	/* a fold that committed since we read the cursor: ours would be stale */
+	{
+		OutboxChain latest;
+		Snapshot	snap = RegisterSnapshot(GetLatestSnapshot());
+
+		memset(&latest, 0, sizeof(latest));
+		latest.sub_id = chain->sub_id;
+		read_cursor(&latest, snap);
+		UnregisterSnapshot(snap);
+		if (latest.fold_no != chain->fold_no)
+			return;
+	}
+
+	nos = palloc(sizeof(Datum) * chain->nslices);
 	for (i = 0; i < chain->nslices; i++)
 	{
 		OutboxSlice *s = &chain->slices[i];
@@ -505,8 +564,23 @@ outbox_chain_fold(OutboxChain *chain, int min_slices)
 				outbox_snap_equal(s->lo, w.hi);
 		else
 			contiguous = s->delta == w.delta && s->pos_from <= w.pos;
-		if (!contiguous || !s->settled)
+		if (!contiguous || !s->committed)
 			break;
+		if (!s->settled)
+		{
+			Datum		largs[2] = {Int32GetDatum(chain->sub_id), Int64GetDatum(s->batch_no)};
+
+			if (chain->nslices - i - 1 < OUTBOX_FOLD_PAST_LEASES)
+				break;
+			/* an ack may be settling it right now: fold another time */
+			if (SPI_execute_plan(lock_plan, largs, NULL, false, 1) != SPI_OK_SELECT)
+				elog(ERROR, "batch lock failed");
+			if (SPI_processed != 1)
+				break;
+			if (SPI_execute_plan(hand_plan, largs, NULL, false, 0) != SPI_OK_INSERT)
+				elog(ERROR, "lease hand-over failed");
+			handed = true;
+		}
 		nos[n++] = Int64GetDatum(s->batch_no);
 		s->folded = true;
 		w.delta = s->delta;
@@ -515,16 +589,8 @@ outbox_chain_fold(OutboxChain *chain, int min_slices)
 		w.pos = s->pos_to;
 		w.ended = s->ended;
 	}
-	if (n < min_slices || n == 0)
-	{
-		for (i = 0; i < chain->nslices; i++)
-			chain->slices[i].folded = false;
-		return;
-	}
-
-	/* one fold at a time per subscription, until it commits */
-	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) chain->sub_id, 0, 0x4f45);
-	if (LockAcquire(&tag, ExclusiveLock, false, true) == LOCKACQUIRE_NOT_AVAIL)
+	/* a slice whose leases were handed over must go now */
+	if (!handed && (n < min_slices || n == 0))
 	{
 		for (i = 0; i < chain->nslices; i++)
 			chain->slices[i].folded = false;
@@ -546,32 +612,6 @@ outbox_chain_fold(OutboxChain *chain, int min_slices)
 	if (scan_from < 0)
 		scan_from = max_folded + 1;
 
-	/* a fold that committed since we read the cursor: ours is stale */
-	{
-		OutboxChain latest;
-		Snapshot	snap = RegisterSnapshot(GetLatestSnapshot());
-
-		memset(&latest, 0, sizeof(latest));
-		latest.sub_id = chain->sub_id;
-		read_cursor(&latest, snap);
-		UnregisterSnapshot(snap);
-		if (latest.fold_no != chain->fold_no)
-			return;
-	}
-
-	if (del_plan == NULL)
-	{
-		Oid			t8[8] = {INT4OID, INT8OID, INT8OID, PG_SNAPSHOTOID, PG_SNAPSHOTOID,
-		INT8OID, BOOLOID, INT8OID};
-		Oid			t2[2] = {INT4OID, INT8ARRAYOID};
-
-		ins_plan = outbox_prepare("INSERT INTO outbox.cursor"
-								  " (sub_id, fold_no, delta, lo, hi, pos, ended, scan_from)"
-								  " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)", 8, t8);
-		del_plan = outbox_prepare("DELETE FROM outbox.batch"
-								  " WHERE sub_id OPERATOR(pg_catalog.=) $1"
-								  " AND batch_no OPERATOR(pg_catalog.=) ANY ($2)", 2, t2);
-	}
 	args[0] = Int32GetDatum(chain->sub_id);
 	args[1] = Int64GetDatum(chain->fold_no + 1);
 	args[2] = Int64GetDatum(w.delta);

@@ -23,7 +23,8 @@ typedef struct OutboxSlice
 	int64		pos_from;
 	int64		pos_to;
 	bool		ended;
-	bool		settled;		/* committed, not being changed, no ids left */
+	bool		committed;		/* committed and not being changed */
+	bool		settled;		/* committed, and no ids left */
 	int			nids;
 	int64	   *ids;
 	int			nkeys;
@@ -76,6 +77,8 @@ extern bool outbox_try_lock_sub(int32 sub_id);
 
 /* claims fold once this many settled slices lead the chain */
 #define OUTBOX_FOLD_MIN_SLICES 8
+/* a batch row with leases still out is folded once this many follow it */
+#define OUTBOX_FOLD_PAST_LEASES 64
 extern bool outbox_segment_contains(const OutboxSegment *seg, int64 id);
 extern void outbox_lock_sub(int32 sub_id);
 extern void outbox_unlock_sub(int32 sub_id);

@@ -50,13 +50,15 @@ SELECT outbox.ack('clm', :ev) AS acked;
 -- a long drain: every event exactly once, and the batch rows are folded
 SELECT outbox.subscribe('clm_drain', ARRAY['clm.drain']);
 SELECT count(outbox.enqueue('clm.drain', jsonb_build_object('n', g))) FROM generate_series(1, 3000) g;
+-- a slow consumer holds one lease through the whole drain
+SELECT event_id AS slow FROM outbox.claim('clm_drain', 1) \gset
 CREATE TEMP TABLE drained (n int);
 DO $$
 DECLARE
 	got int;
 BEGIN
 	LOOP
-		WITH c AS (SELECT * FROM outbox.claim('clm_drain', 97)),
+		WITH c AS (SELECT * FROM outbox.claim('clm_drain', 37)),
 		     i AS (INSERT INTO drained SELECT (payload->>'n')::int FROM c)
 		SELECT outbox.ack('clm_drain', array_agg(event_id)) INTO got FROM c;
 		COMMIT;
@@ -67,6 +69,11 @@ $$;
 SELECT count(*) AS events, count(DISTINCT n) AS distinct_events, min(n), max(n) FROM drained;
 SELECT count(*) < 10 AS batches_folded
   FROM outbox.batch b JOIN outbox.subscription s ON s.id = b.sub_id WHERE s.name = 'clm_drain';
+SELECT ready, leased FROM outbox.stats WHERE subscription = 'clm_drain';
+-- its lease was handed over so that folding could go on; it still acks
+SELECT count(*) AS handed_over FROM outbox.delivery d JOIN outbox.subscription s ON s.id = d.sub_id
+ WHERE s.name = 'clm_drain' AND d.state = 'leased' AND d.event_id = :slow;
+SELECT outbox.ack('clm_drain', :slow) AS slow_ack;
 SELECT ready, leased FROM outbox.stats WHERE subscription = 'clm_drain';
 
 -- a subscription on an idle topic is not held back by traffic on others
