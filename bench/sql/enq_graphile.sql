@@ -1,0 +1,4 @@
+-- graphile-worker: graphile_worker.add_job (what its addJob() calls), 1 per transaction.
+-- pgbench -M prepared script, run by bench/run.
+\set id random(1, 1000000000)
+SELECT id FROM graphile_worker.add_job('bench_enq', ('{"order_id": ' || :id || ', "customer": "customer-' || :id || '", "status": "placed", "currency": "EUR", "total": 123.45, "lines": [{"sku": "SKU-10001", "qty": 2, "price": 19.90}, {"sku": "SKU-20002", "qty": 1, "price": 83.65}], "channel": "web"}')::json);

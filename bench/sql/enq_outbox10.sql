@@ -1,0 +1,15 @@
+-- outbox.enqueue, 10 per transaction.
+-- pgbench -M prepared script, run by bench/run.
+\set id random(1, 1000000000)
+BEGIN;
+SELECT outbox.enqueue(:topic, ('{"order_id": ' || :id || ', "customer": "customer-' || :id || '", "status": "placed", "currency": "EUR", "total": 123.45, "lines": [{"sku": "SKU-10001", "qty": 2, "price": 19.90}, {"sku": "SKU-20002", "qty": 1, "price": 83.65}], "channel": "web"}')::jsonb, key => :id);
+SELECT outbox.enqueue(:topic, ('{"order_id": ' || :id || ', "customer": "customer-' || :id || '", "status": "placed", "currency": "EUR", "total": 123.45, "lines": [{"sku": "SKU-10001", "qty": 2, "price": 19.90}, {"sku": "SKU-20002", "qty": 1, "price": 83.65}], "channel": "web"}')::jsonb, key => :id);
+SELECT outbox.enqueue(:topic, ('{"order_id": ' || :id || ', "customer": "customer-' || :id || '", "status": "placed", "currency": "EUR", "total": 123.45, "lines": [{"sku": "SKU-10001", "qty": 2, "price": 19.90}, {"sku": "SKU-20002", "qty": 1, "price": 83.65}], "channel": "web"}')::jsonb, key => :id);
+SELECT outbox.enqueue(:topic, ('{"order_id": ' || :id || ', "customer": "customer-' || :id || '", "status": "placed", "currency": "EUR", "total": 123.45, "lines": [{"sku": "SKU-10001", "qty": 2, "price": 19.90}, {"sku": "SKU-20002", "qty": 1, "price": 83.65}], "channel": "web"}')::jsonb, key => :id);
+SELECT outbox.enqueue(:topic, ('{"order_id": ' || :id || ', "customer": "customer-' || :id || '", "status": "placed", "currency": "EUR", "total": 123.45, "lines": [{"sku": "SKU-10001", "qty": 2, "price": 19.90}, {"sku": "SKU-20002", "qty": 1, "price": 83.65}], "channel": "web"}')::jsonb, key => :id);
+SELECT outbox.enqueue(:topic, ('{"order_id": ' || :id || ', "customer": "customer-' || :id || '", "status": "placed", "currency": "EUR", "total": 123.45, "lines": [{"sku": "SKU-10001", "qty": 2, "price": 19.90}, {"sku": "SKU-20002", "qty": 1, "price": 83.65}], "channel": "web"}')::jsonb, key => :id);
+SELECT outbox.enqueue(:topic, ('{"order_id": ' || :id || ', "customer": "customer-' || :id || '", "status": "placed", "currency": "EUR", "total": 123.45, "lines": [{"sku": "SKU-10001", "qty": 2, "price": 19.90}, {"sku": "SKU-20002", "qty": 1, "price": 83.65}], "channel": "web"}')::jsonb, key => :id);
+SELECT outbox.enqueue(:topic, ('{"order_id": ' || :id || ', "customer": "customer-' || :id || '", "status": "placed", "currency": "EUR", "total": 123.45, "lines": [{"sku": "SKU-10001", "qty": 2, "price": 19.90}, {"sku": "SKU-20002", "qty": 1, "price": 83.65}], "channel": "web"}')::jsonb, key => :id);
+SELECT outbox.enqueue(:topic, ('{"order_id": ' || :id || ', "customer": "customer-' || :id || '", "status": "placed", "currency": "EUR", "total": 123.45, "lines": [{"sku": "SKU-10001", "qty": 2, "price": 19.90}, {"sku": "SKU-20002", "qty": 1, "price": 83.65}], "channel": "web"}')::jsonb, key => :id);
+SELECT outbox.enqueue(:topic, ('{"order_id": ' || :id || ', "customer": "customer-' || :id || '", "status": "placed", "currency": "EUR", "total": 123.45, "lines": [{"sku": "SKU-10001", "qty": 2, "price": 19.90}, {"sku": "SKU-20002", "qty": 1, "price": 83.65}], "channel": "web"}')::jsonb, key => :id);
+COMMIT;
