@@ -75,6 +75,9 @@ CREATE TABLE outbox.event_3 PARTITION OF outbox.event FOR VALUES IN (3);
 -- needed them; removed when the dead letter goes.
 CREATE TABLE outbox.event_kept PARTITION OF outbox.event FOR VALUES IN (4);
 CREATE INDEX event_id_idx ON outbox.event (id);
+-- The worker notifies when delayed events come due.
+CREATE INDEX event_deliver_at_idx ON outbox.event (deliver_at)
+	WHERE deliver_at IS NOT NULL;
 
 -- Which bucket enqueue writes to.
 CREATE TABLE outbox.state (

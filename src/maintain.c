@@ -75,24 +75,20 @@ notify_sub(const char *name)
  * bits are set.  Without shared memory there are no bits: look at the
  * events and ready deliveries that appeared since the last round instead.
  */
-void
-outbox_notify_ready(uint64 bits)
+static void notify_matching(uint64 bits);
+
+static void
+notify_ready(uint64 bits)
 {
-	static SPIPlanPtr subs_plan = NULL;
 	static SPIPlanPtr new_topics_plan = NULL;
 	static SPIPlanPtr ready_plan = NULL;
 	static int64 seen_id = -1;
 	uint64		i;
-	SPITupleTable *tab;
-	uint64		n;
 
-	unit_begin("outbox: notify");
 	if (ready_plan == NULL)
 	{
 		Oid			t1[1] = {INT8OID};
 
-		subs_plan = outbox_prepare("SELECT name, topics FROM outbox.subscription"
-								   " WHERE NOT paused", 0, NULL);
 		new_topics_plan = outbox_prepare("SELECT DISTINCT topic, max(id) OVER ()"
 										 " FROM outbox.event WHERE id > $1", 1, t1);
 		ready_plan = outbox_prepare("SELECT DISTINCT d.sub_id FROM outbox.delivery d"
@@ -127,6 +123,23 @@ outbox_notify_ready(uint64 bits)
 			bits = OUTBOX_WAKE_ALL;
 	}
 
+	notify_matching(bits);
+}
+
+/*
+ * Notify every subscription (not paused) with a topic whose bit is set.
+ */
+static void
+notify_matching(uint64 bits)
+{
+	static SPIPlanPtr subs_plan = NULL;
+	uint64		i;
+	SPITupleTable *tab;
+	uint64		n;
+
+	if (subs_plan == NULL)
+		subs_plan = outbox_prepare("SELECT name, topics FROM outbox.subscription"
+								   " WHERE NOT paused", 0, NULL);
 	if (bits != 0)
 	{
 		if (SPI_execute_plan(subs_plan, NULL, NULL, true, 0) != SPI_OK_SELECT)
@@ -155,7 +168,6 @@ outbox_notify_ready(uint64 bits)
 				notify_sub(name);
 		}
 	}
-	unit_end();
 }
 
 /*
@@ -165,8 +177,8 @@ outbox_notify_ready(uint64 bits)
  * here, so its leases are not touched.  Returns when the next known lease
  * ends.
  */
-TimestampTz
-outbox_expire_leases(void)
+static TimestampTz
+expire_leases(void)
 {
 	static SPIPlanPtr dplan = NULL;
 	static SPIPlanPtr bsel = NULL;
@@ -180,7 +192,6 @@ outbox_expire_leases(void)
 	bool		isnull;
 	Datum		d;
 
-	unit_begin("outbox: expire leases");
 	if (next_plan == NULL)
 	{
 		Oid			t4[4] = {INT4OID, INT8ARRAYOID, TEXTARRAYOID, INT8OID};
@@ -272,8 +283,6 @@ outbox_expire_leases(void)
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	if (!isnull)
 		next = DatumGetTimestampTz(d);
-	unit_end();
-
 	return next;
 }
 
@@ -281,11 +290,13 @@ outbox_expire_leases(void)
  * Notify the subscriptions whose delayed or retried deliveries came due
  * since the last round.  Returns when the next one comes due.
  */
-TimestampTz
-outbox_notify_due(void)
+static TimestampTz
+notify_due(void)
 {
 	static SPIPlanPtr due_plan = NULL;
 	static SPIPlanPtr next_plan = NULL;
+	static SPIPlanPtr delayed_plan = NULL;
+	static SPIPlanPtr next_delayed_plan = NULL;
 	static TimestampTz last = 0;
 	TimestampTz now = GetCurrentTimestamp();
 	TimestampTz next = 0;
@@ -293,9 +304,9 @@ outbox_notify_due(void)
 	uint64		i;
 	bool		isnull;
 	Datum		d;
+	uint64		bits = 0;
 
-	unit_begin("outbox: notify due");
-	if (next_plan == NULL)
+	if (next_delayed_plan == NULL)
 	{
 		Oid			t2[2] = {TIMESTAMPTZOID, TIMESTAMPTZOID};
 		Oid			t1[1] = {TIMESTAMPTZOID};
@@ -308,6 +319,12 @@ outbox_notify_due(void)
 		next_plan = outbox_prepare(
 			"SELECT min(visible_at) FROM outbox.delivery"
 			" WHERE state IN ('ready', 'scheduled') AND visible_at > $1", 1, t1);
+		/* delayed events no claim has reached yet are only in the stream */
+		delayed_plan = outbox_prepare(
+			"SELECT DISTINCT topic FROM outbox.event"
+			" WHERE deliver_at > $1 AND deliver_at <= $2", 2, t2);
+		next_delayed_plan = outbox_prepare(
+			"SELECT min(deliver_at) FROM outbox.event WHERE deliver_at > $1", 1, t1);
 	}
 	args[0] = TimestampTzGetDatum(last);
 	args[1] = TimestampTzGetDatum(now);
@@ -316,13 +333,45 @@ outbox_notify_due(void)
 	for (i = 0; i < SPI_processed; i++)
 		notify_sub(TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[i],
 													 SPI_tuptable->tupdesc, 1, &isnull)));
+	if (SPI_execute_plan(delayed_plan, args, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "delayed events lookup failed");
+	for (i = 0; i < SPI_processed; i++)
+		bits |= outbox_topic_bit(TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[i],
+																   SPI_tuptable->tupdesc, 1, &isnull)));
+	notify_matching(bits);
+
 	if (SPI_execute_plan(next_plan, &args[1], NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "next due lookup failed");
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	if (!isnull)
 		next = DatumGetTimestampTz(d);
-	unit_end();
+	if (SPI_execute_plan(next_delayed_plan, &args[1], NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "next delayed event lookup failed");
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (!isnull)
+		next = outbox_earliest(next, DatumGetTimestampTz(d));
 	last = now;
+	return next;
+}
+
+/*
+ * The notifying part of a round, in one transaction, so that a
+ * subscription gets at most one notification per round (PostgreSQL folds
+ * identical notifications of a transaction into one): for commits that
+ * made deliveries ready, for leases returned, for deliveries that came
+ * due.  Returns when the next lease or delivery falls due.
+ */
+TimestampTz
+outbox_notify_round(uint64 bits)
+{
+	TimestampTz next;
+
+	unit_begin("outbox: notify");
+	if (bits != 0 || outbox_shared == NULL)
+		notify_ready(bits);
+	next = expire_leases();
+	next = outbox_earliest(next, notify_due());
+	unit_end();
 	return next;
 }
 

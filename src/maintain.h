@@ -10,9 +10,7 @@
 
 #include "outbox.h"
 
-extern void outbox_notify_ready(uint64 bits);
-extern TimestampTz outbox_expire_leases(void);
-extern TimestampTz outbox_notify_due(void);
+extern TimestampTz outbox_notify_round(uint64 bits);
 extern void outbox_maintain(void);
 extern TimestampTz outbox_earliest(TimestampTz a, TimestampTz b);
 

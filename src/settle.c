@@ -27,6 +27,24 @@ PG_FUNCTION_INFO_V1(outbox_ack);
 PG_FUNCTION_INFO_V1(outbox_ack_many);
 PG_FUNCTION_INFO_V1(outbox_fail);
 
+/* the wake-up bits of a subscription's topics */
+static uint64
+sub_bits(OutboxSub *sub)
+{
+	Datum	   *topics;
+	int			n,
+				i;
+	uint64		bits = 0;
+
+	if (sub->topics == NULL)
+		return OUTBOX_WAKE_ALL;
+	deconstruct_array(sub->topics, TEXTOID, -1, false, TYPALIGN_INT,
+					  &topics, NULL, &n);
+	for (i = 0; i < n; i++)
+		bits |= outbox_topic_bit(TextDatumGetCString(topics[i]));
+	return bits;
+}
+
 static int
 cmp_int64(const void *a, const void *b)
 {
@@ -308,7 +326,7 @@ ack_ids(OutboxSub *sub, int64 *ids, int n)
 		done += ack_ahead(sub, ids, n, found);
 	/* an ordered key may be free now: tell the consumers after commit */
 	if (done > 0 && sub->ordered)
-		outbox_wake_after_commit(OUTBOX_WAKE_ALL);
+		outbox_wake_after_commit(sub_bits(sub));
 	return done;
 }
 
@@ -557,6 +575,11 @@ outbox_fail(PG_FUNCTION_ARGS)
 		if (SPI_execute_plan(upd, uargs, unulls, false, 0) != SPI_OK_UPDATE)
 			elog(ERROR, "delivery update failed");
 	}
+	/*
+	 * After commit, wake the worker: a retry may be due by then, and a dead
+	 * letter frees its key in an ordered subscription.
+	 */
+	outbox_wake_after_commit(sub_bits(sub));
 	settle_end(save_user, save_sec);
 	PG_RETURN_TEXT_P(cstring_to_text(state));
 }

@@ -133,12 +133,8 @@ extension_present(void)
 static TimestampTz
 round_of_work(uint64 wake_bits)
 {
-	TimestampTz next = 0;
+	TimestampTz next = outbox_notify_round(wake_bits);
 
-	if (wake_bits != 0 || outbox_shared == NULL)
-		outbox_notify_ready(wake_bits);
-	next = outbox_expire_leases();
-	next = outbox_earliest(next, outbox_notify_due());
 	outbox_maintain();
 	return next;
 }
