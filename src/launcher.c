@@ -28,6 +28,8 @@
 #include "access/xact.h"
 #include "catalog/pg_database.h"
 #include "commands/dbcommands.h"
+#include "commands/defrem.h"
+#include "utils/acl.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
@@ -43,10 +45,16 @@
 PG_FUNCTION_INFO_V1(outbox_start_worker);
 PG_FUNCTION_INFO_V1(outbox_worker_on_create);
 
-/* how often the launcher looks at databases whose worker found no outbox */
-#define RECHECK_NO_EXTENSION_MS	(60 * 1000)
-/* how long a database being dropped gets no worker */
-#define DROPPING_MS				(30 * 1000)
+/*
+ * How often the launcher looks again at databases whose worker found no
+ * outbox.  CREATE EXTENSION tells the launcher at once, so this only
+ * catches what that could not (an extension restored by other means).
+ */
+#define RECHECK_NO_EXTENSION_MS	(10 * 60 * 1000)
+/* the longest a database being dropped or copied goes without a worker */
+#define PAUSE_MS				(10 * 1000)
+/* workers being started at once: a probe of a database is quick */
+#define MAX_STARTING			2
 
 static ProcessUtility_hook_type prev_utility_hook = NULL;
 
@@ -153,7 +161,6 @@ outbox_start_worker(PG_FUNCTION_ARGS)
 			slot->no_extension = false;
 			slot->failures = 0;
 			slot->retry_at = 0;
-			slot->starting = true;
 		}
 		LWLockRelease(outbox_shared->lock);
 	}
@@ -209,32 +216,42 @@ outbox_worker_on_create(PG_FUNCTION_ARGS)
 }
 
 /*
- * Before DROP DATABASE: keep the launcher away from it and stop its
- * worker, so that the drop does not find it connected.
+ * Keep the launcher away from a database for a moment and stop its worker,
+ * so that a DROP DATABASE, or a CREATE DATABASE copying it, does not find
+ * it connected.  Only for a command that can succeed: outside a
+ * transaction block, by a role that owns the database (and, for a copy,
+ * may create databases); anyone else would just stop a worker.
  */
-static void
-stop_worker_for_drop(const char *dbname)
+static Oid
+pause_worker(const char *dbname, bool for_copy)
 {
-	Oid			dboid = get_database_oid(dbname, true);
+	Oid			dboid;
 	OutboxDbSlot *slot;
 	pid_t		pid = 0;
 	int			i;
 
-	if (!OidIsValid(dboid) || outbox_shared == NULL)
-		return;
+	if (outbox_shared == NULL || IsTransactionBlock())
+		return InvalidOid;
+	dboid = get_database_oid(dbname, true);
+	if (!OidIsValid(dboid))
+		return InvalidOid;
+	if (!pg_database_ownercheck(dboid, GetUserId()) ||
+		(for_copy && !have_createdb_privilege()))
+		return InvalidOid;
+
 	LWLockAcquire(outbox_shared->lock, LW_EXCLUSIVE);
 	slot = outbox_slot_find(dboid);
 	if (slot != NULL)
 	{
 		slot->dropping_until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-														   DROPPING_MS);
+														   PAUSE_MS);
 		pid = slot->pid;
 	}
 	LWLockRelease(outbox_shared->lock);
 	if (pid == 0)
-		return;
+		return dboid;
 	kill(pid, SIGTERM);
-	/* DROP DATABASE itself waits up to 5 s for others to go; wait as long */
+	/* the command itself waits up to 5 s for others to go; wait as long */
 	for (i = 0; i < 500; i++)
 	{
 		bool		gone;
@@ -250,6 +267,42 @@ stop_worker_for_drop(const char *dbname)
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
 	}
+	return dboid;
+}
+
+/* The command is over (or failed): the launcher may start the worker again. */
+static void
+resume_worker(Oid dboid)
+{
+	OutboxDbSlot *slot;
+	Latch	   *latch = NULL;
+
+	if (!OidIsValid(dboid) || outbox_shared == NULL)
+		return;
+	LWLockAcquire(outbox_shared->lock, LW_EXCLUSIVE);
+	slot = outbox_slot_find(dboid);
+	if (slot != NULL)
+		slot->dropping_until = 0;
+	latch = outbox_shared->launcher_latch;
+	LWLockRelease(outbox_shared->lock);
+	if (latch != NULL)
+		SetLatch(latch);
+}
+
+/* the template a CREATE DATABASE copies, if it names one */
+static const char *
+createdb_template(CreatedbStmt *stmt)
+{
+	ListCell   *lc;
+
+	foreach(lc, stmt->options)
+	{
+		DefElem    *opt = lfirst(lc);
+
+		if (strcmp(opt->defname, "template") == 0 && opt->arg != NULL)
+			return defGetString(opt);
+	}
+	return NULL;
 }
 
 static void
@@ -258,14 +311,37 @@ outbox_utility_hook(PlannedStmt *pstmt, const char *queryString,
 					ParamListInfo params, QueryEnvironment *queryEnv,
 					DestReceiver *dest, QueryCompletion *qc)
 {
-	if (IsA(pstmt->utilityStmt, DropdbStmt))
-		stop_worker_for_drop(((DropdbStmt *) pstmt->utilityStmt)->dbname);
-	if (prev_utility_hook)
-		prev_utility_hook(pstmt, queryString, readOnlyTree, context, params,
-						  queryEnv, dest, qc);
-	else
-		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context,
-								params, queryEnv, dest, qc);
+	Oid			paused = InvalidOid;
+	Node	   *stmt = pstmt->utilityStmt;
+
+	if (IsA(stmt, DropdbStmt))
+		paused = pause_worker(((DropdbStmt *) stmt)->dbname, false);
+	else if (IsA(stmt, CreatedbStmt) && createdb_template((CreatedbStmt *) stmt))
+		paused = pause_worker(createdb_template((CreatedbStmt *) stmt), true);
+
+	PG_TRY();
+	{
+		if (prev_utility_hook)
+			prev_utility_hook(pstmt, queryString, readOnlyTree, context, params,
+							  queryEnv, dest, qc);
+		else
+			standard_ProcessUtility(pstmt, queryString, readOnlyTree, context,
+									params, queryEnv, dest, qc);
+	}
+	PG_CATCH();
+	{
+		resume_worker(paused);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+
+	/*
+	 * After a copy the worker may come back.  After a drop it must not: the
+	 * pause lasts until the drop has committed and the launcher no longer
+	 * sees the database.
+	 */
+	if (IsA(stmt, CreatedbStmt))
+		resume_worker(paused);
 }
 
 void
@@ -290,6 +366,7 @@ launcher_pass(void)
 	HeapTuple	tup;
 	Oid			dbs[OUTBOX_MAX_DATABASES];
 	int			ndbs = 0;
+	int			nstarting = 0;
 	int			i;
 	TimestampTz now = GetCurrentTimestamp();
 
@@ -342,7 +419,11 @@ launcher_pass(void)
 		slot->starting = false;
 	}
 
-	for (i = 0; i < ndbs; i++)
+	for (i = 0; i < OUTBOX_MAX_DATABASES; i++)
+		if (outbox_shared->slots[i].starting)
+			nstarting++;
+
+	for (i = 0; i < ndbs && nstarting < MAX_STARTING; i++)
 	{
 		OutboxDbSlot *slot = outbox_slot_get(dbs[i]);
 		int			n;
@@ -358,11 +439,14 @@ launcher_pass(void)
 			!TimestampDifferenceExceeds(slot->checked_at, now, RECHECK_NO_EXTENSION_MS))
 			continue;
 		if (register_worker(slot->dboid, true, &handles[n]))
+		{
 			slot->starting = true;
+			nstarting++;
+		}
 		else
 		{
 			handles[n] = NULL;
-			slot->retry_at = TimestampTzPlusMilliseconds(now, 10 * 1000);
+			slot->retry_at = TimestampTzPlusMilliseconds(now, 1000);
 			ereport(LOG,
 					(errmsg("outbox launcher could not start a worker for database %u", slot->dboid),
 					 errhint("Raise max_worker_processes.")));

@@ -20,6 +20,8 @@
 #include "maintain.h"
 
 #include "access/xact.h"
+#include "access/htup_details.h"
+#include "catalog/pg_database.h"
 #include "catalog/pg_extension.h"
 #include "commands/extension.h"
 #include "miscadmin.h"
@@ -34,6 +36,7 @@
 #include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
+#include "utils/syscache.h"
 #include "utils/timestamp.h"
 
 int			outbox_naptime = 1000;
@@ -115,13 +118,28 @@ exit_no_extension(void)
 	proc_exit(0);
 }
 
+/*
+ * Should this worker go on?  Not once the extension is dropped, nor when
+ * its database became a template or stopped allowing connections (the
+ * worker would keep it from being copied).
+ */
 static bool
 extension_present(void)
 {
 	bool		present;
+	HeapTuple	tup;
 
 	StartTransactionCommand();
 	present = OidIsValid(get_extension_oid("outbox", true));
+	tup = SearchSysCache1(DATABASEOID, ObjectIdGetDatum(MyDatabaseId));
+	if (HeapTupleIsValid(tup))
+	{
+		Form_pg_database db = (Form_pg_database) GETSTRUCT(tup);
+
+		if (db->datistemplate || !db->datallowconn)
+			present = false;
+		ReleaseSysCache(tup);
+	}
 	CommitTransactionCommand();
 	return present;
 }
@@ -187,7 +205,7 @@ outbox_worker_main(Datum arg)
 
 		if (!extension_present())
 		{
-			ereport(LOG, (errmsg("outbox worker stopping: the extension was dropped from database %u",
+			ereport(LOG, (errmsg("outbox worker stopping: database %u no longer has the extension, or is a template or closed to connections",
 								 MyDatabaseId)));
 			exit_no_extension();
 		}
