@@ -704,26 +704,18 @@ Datum
 outbox_claim(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	Oid			caller = GetUserId();
 	Oid			save_user;
 	int			save_sec;
-	char	   *name;
 	int32		batch;
 	Interval   *lease = NULL;
 	ClaimState	st;
 	List	   *segs;
 	ListCell   *lc;
 
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("subscription must not be null")));
 	if (PG_ARGISNULL(1))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("batch must not be null")));
-	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	outbox_check_name(name);
 	batch = PG_GETARG_INT32(1);
 	if (batch < 1 || batch > OUTBOX_MAX_BATCH)
 		ereport(ERROR,
@@ -743,14 +735,10 @@ outbox_claim(PG_FUNCTION_ARGS)
 	st.tupstore = rsinfo->setResult;
 	st.tupdesc = rsinfo->setDesc;
 
-	SPI_connect();
-	outbox_become_owner(&save_user, &save_sec);
-	st.sub = outbox_lookup_sub(name);
-	outbox_check_consume(st.sub, caller);
+	st.sub = outbox_consumer_begin(fcinfo, &save_user, &save_sec);
 	if (st.sub->paused)
 	{
-		outbox_restore_user(save_user, save_sec);
-		SPI_finish();
+		outbox_consumer_end(save_user, save_sec);
 		return (Datum) 0;
 	}
 
@@ -791,8 +779,7 @@ outbox_claim(PG_FUNCTION_ARGS)
 
 	outbox_unlock_sub(st.sub->id);
 	outbox_chain_release(st.chain);
-	outbox_restore_user(save_user, save_sec);
-	SPI_finish();
+	outbox_consumer_end(save_user, save_sec);
 	return (Datum) 0;
 }
 

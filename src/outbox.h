@@ -81,6 +81,9 @@ extern OutboxSnap *outbox_snap_copy(const OutboxSnap *snap);
 extern void outbox_check_name(const char *name);
 extern OutboxSub *outbox_lookup_sub(const char *name);
 extern void outbox_check_consume(OutboxSub *sub, Oid caller);
+extern OutboxSub *outbox_consumer_begin(FunctionCallInfo fcinfo, Oid *save_user,
+										int *save_sec);
+extern void outbox_consumer_end(Oid save_user, int save_sec);
 extern bool outbox_role_may_consume(Oid role, int32 sub_id);
 extern Oid	outbox_owner(void);
 extern void outbox_become_owner(Oid *save_userid, int *save_sec);

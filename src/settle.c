@@ -330,33 +330,6 @@ ack_ids(OutboxSub *sub, int64 *ids, int n)
 	return done;
 }
 
-static OutboxSub *
-settle_begin(FunctionCallInfo fcinfo, Oid *save_user, int *save_sec)
-{
-	Oid			caller = GetUserId();
-	char	   *name;
-	OutboxSub  *sub;
-
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("subscription must not be null")));
-	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	outbox_check_name(name);
-	SPI_connect();
-	outbox_become_owner(save_user, save_sec);
-	sub = outbox_lookup_sub(name);
-	outbox_check_consume(sub, caller);
-	return sub;
-}
-
-static void
-settle_end(Oid save_user, int save_sec)
-{
-	outbox_restore_user(save_user, save_sec);
-	SPI_finish();
-}
-
 /*
  * outbox.ack(subscription, event_id) RETURNS boolean
  */
@@ -373,10 +346,10 @@ outbox_ack(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("event_id must not be null")));
-	sub = settle_begin(fcinfo, &save_user, &save_sec);
+	sub = outbox_consumer_begin(fcinfo, &save_user, &save_sec);
 	id = PG_GETARG_INT64(1);
 	done = ack_ids(sub, &id, 1);
-	settle_end(save_user, save_sec);
+	outbox_consumer_end(save_user, save_sec);
 	PG_RETURN_BOOL(done > 0);
 }
 
@@ -398,11 +371,11 @@ outbox_ack_many(PG_FUNCTION_ARGS)
 	int64	   *ids;
 	int			done;
 
-	sub = settle_begin(fcinfo, &save_user, &save_sec);
+	sub = outbox_consumer_begin(fcinfo, &save_user, &save_sec);
 	if (PG_ARGISNULL(1))
 	{
 		/* array_agg over an empty claim: nothing to ack */
-		settle_end(save_user, save_sec);
+		outbox_consumer_end(save_user, save_sec);
 		PG_RETURN_INT32(0);
 	}
 	arr = PG_GETARG_ARRAYTYPE_P(1);
@@ -415,7 +388,7 @@ outbox_ack_many(PG_FUNCTION_ARGS)
 					 errmsg("event_ids must not contain null")));
 	if (n == 0)
 	{
-		settle_end(save_user, save_sec);
+		outbox_consumer_end(save_user, save_sec);
 		PG_RETURN_INT32(0);
 	}
 	ids = palloc(sizeof(int64) * n);
@@ -426,7 +399,7 @@ outbox_ack_many(PG_FUNCTION_ARGS)
 		if (m == 0 || ids[i] != ids[m - 1])
 			ids[m++] = ids[i];
 	done = ack_ids(sub, ids, m);
-	settle_end(save_user, save_sec);
+	outbox_consumer_end(save_user, save_sec);
 	PG_RETURN_INT32(done);
 }
 
@@ -492,7 +465,7 @@ outbox_fail(PG_FUNCTION_ARGS)
 		retry_in = PG_GETARG_INTERVAL_P(3);
 		outbox_check_interval(retry_in, "retry_in");
 	}
-	sub = settle_begin(fcinfo, &save_user, &save_sec);
+	sub = outbox_consumer_begin(fcinfo, &save_user, &save_sec);
 	id = PG_GETARG_INT64(1);
 
 	if (upd == NULL)
@@ -536,14 +509,14 @@ outbox_fail(PG_FUNCTION_ARGS)
 			elog(ERROR, "delivery lookup failed");
 		if (SPI_processed == 0)
 		{
-			settle_end(save_user, save_sec);
+			outbox_consumer_end(save_user, save_sec);
 			PG_RETURN_NULL();
 		}
 		attempts = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0],
 											   SPI_tuptable->tupdesc, 1, &isnull));
 		if (!PG_ARGISNULL(4) && PG_GETARG_INT32(4) != attempts)
 		{
-			settle_end(save_user, save_sec);
+			outbox_consumer_end(save_user, save_sec);
 			PG_RETURN_NULL();
 		}
 	}
@@ -580,6 +553,6 @@ outbox_fail(PG_FUNCTION_ARGS)
 	 * letter frees its key in an ordered subscription.
 	 */
 	outbox_wake_after_commit(sub_bits(sub));
-	settle_end(save_user, save_sec);
+	outbox_consumer_end(save_user, save_sec);
 	PG_RETURN_TEXT_P(cstring_to_text(state));
 }

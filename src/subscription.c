@@ -240,6 +240,39 @@ outbox_check_consume(OutboxSub *sub, Oid caller)
 }
 
 /*
+ * The start of every consumer function: the subscription named by the
+ * first argument must be given, well formed, known, and the caller's to
+ * consume.  Connects to SPI and switches to the owner; undo with
+ * outbox_consumer_end.
+ */
+OutboxSub *
+outbox_consumer_begin(FunctionCallInfo fcinfo, Oid *save_user, int *save_sec)
+{
+	Oid			caller = GetUserId();
+	char	   *name;
+	OutboxSub  *sub;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("subscription must not be null")));
+	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	outbox_check_name(name);
+	SPI_connect();
+	outbox_become_owner(save_user, save_sec);
+	sub = outbox_lookup_sub(name);
+	outbox_check_consume(sub, caller);
+	return sub;
+}
+
+void
+outbox_consumer_end(Oid save_user, int save_sec)
+{
+	outbox_restore_user(save_user, save_sec);
+	SPI_finish();
+}
+
+/*
  * outbox._may_consume(sub_id): the row filter of the views.
  */
 Datum
@@ -266,25 +299,15 @@ outbox_may_consume(PG_FUNCTION_ARGS)
 Datum
 outbox_channel(PG_FUNCTION_ARGS)
 {
-	Oid			caller = GetUserId();
 	Oid			save_user;
 	int			save_sec;
-	char	   *name;
 	OutboxSub  *sub;
+	char	   *channel;
 
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("subscription must not be null")));
-	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	outbox_check_name(name);
-	SPI_connect();
-	outbox_become_owner(&save_user, &save_sec);
-	sub = outbox_lookup_sub(name);
-	outbox_check_consume(sub, caller);
-	outbox_restore_user(save_user, save_sec);
-	SPI_finish();
-	PG_RETURN_TEXT_P(cstring_to_text(psprintf("outbox.%s", name)));
+	sub = outbox_consumer_begin(fcinfo, &save_user, &save_sec);
+	channel = psprintf("outbox.%s", sub->name);
+	outbox_consumer_end(save_user, save_sec);
+	PG_RETURN_TEXT_P(cstring_to_text(channel));
 }
 
 /*
