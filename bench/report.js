@@ -46,6 +46,11 @@ const byRound = (phase, name, clients, f) => {
   return m;
 };
 const rate = (r) => (r.seconds > 0 ? r.events / r.seconds : NaN);
+// the outbox worker's CPU during a contender's runs, as % of one core
+const workerOf = (phase, n, c) => {
+  const v = median(sel(phase, n, c).map((r) => r.worker_cpu));
+  return Number.isFinite(v) ? `${Math.round(v * 100)}%` : '–';
+};
 const perRoundRatio = (a, b) => rounds.map((k) => (a.has(k) && b.has(k) ? a.get(k) / b.get(k) : NaN))
   .filter(Number.isFinite);
 const fmt = (x, d = 0) => {
@@ -94,10 +99,10 @@ if (has('enqueue')) {
     const ratios = perRoundRatio(rateOf(n, main), rateOf(ceil, main));
     body.push([enqNames[n], fmt(median([...rateOf(n, main).values()])),
       n === ceil ? '1.00 (ceiling)' : `${fmtRatio(ratios)} of ${ceil === 'plain' ? '1 row/tx' : '10 rows/tx'}`,
-      fmt(walOf(n, main)), fmt(sizeOf(n, main))]);
+      fmt(walOf(n, main)), fmt(sizeOf(n, main)), workerOf('enqueue', n, main)]);
   }
   s.push({ title: `Enqueue, pgbench -c ${main} -j 2 (events/s, median of rounds)`,
-    head: ['contender', 'events/s', '÷ ceiling: median (per round)', 'WAL B/event', 'table+index B/event'], body });
+    head: ['contender', 'events/s', '÷ ceiling: median (per round)', 'WAL B/event', 'table+index B/event', 'outbox worker CPU, % of a core'], body });
   sections.push(...s);
   const r1 = perRoundRatio(rateOf('outbox1', main), rateOf('plain', main));
   const r4 = perRoundRatio(rateOf('outbox4', main), rateOf('plain', main));
@@ -128,11 +133,11 @@ if (has('drain')) {
       const wal = median(sel('drain', n, c).map((r) => r.wal / r.events));
       const left = sel('drain', n, c).map((r) => r.left).filter((x) => x !== undefined);
       body.push([`${drainNames[n]}`, c, fmt(median([...rs.values()])), vsPgq, vsRelay, fmt(wal, 1),
-        left.length ? fmt(Math.min(...left)) : '(topped up)']);
+        left.length ? fmt(Math.min(...left)) : '(topped up)', workerOf('drain', n, c)]);
     }
   }
   sections.push({ title: 'Drain a backlog (events/s, median of rounds; events counted from the backlogs)',
-    head: ['contender', 'consumers', 'events/s', '÷ PgQ', '÷ relay', 'WAL B/event', 'backlog left (min)'], body });
+    head: ['contender', 'consumers', 'events/s', '÷ PgQ', '÷ relay', 'WAL B/event', 'backlog left (min)', 'outbox worker CPU'], body });
   for (const c of [1, 4]) {
     const r = perRoundRatio(drainRate('outbox', c), drainRate('pgq', c));
     target(`drain, ${c} consumer${c > 1 ? 's' : ''} ≥ 1.0× PgQ`, fmtRatio(r), median(r) >= 1.0);
@@ -159,7 +164,8 @@ if (clientCounts.length) {
       const rs = rateOf2('enqueue', n, c);
       if (!rs.size) return '–';
       const ratio = perRoundRatio(rs, rateOf2('enqueue', 'plain', c));
-      return `${fmt(median([...rs.values()]))}${n === 'plain' ? '' : ` (${fmt(median(ratio), 2)}×)`}`;
+      const w = n === 'outbox1' ? `; worker ${workerOf('enqueue', n, c)} of a core` : '';
+      return `${fmt(median([...rs.values()]))}${n === 'plain' ? '' : ` (${fmt(median(ratio), 2)}×${w})`}`;
     })]);
   }
   sections.push({ title: 'Enqueue against clients (events/s, median; ÷ plain INSERT at the same clients)',
@@ -210,11 +216,12 @@ if (has('latency')) {
       fmt(median(rs.map((r) => r.send_p99_ms)), 2),
       fmt(median(rs.map((r) => r.consume_rate)), 0),
       fmt(median(rs.map((r) => r.consumed / Math.max(r.claims, 1))), 1),
+      workerOf('latency', m, 1),
       rs.map((r) => `${fmt(r.dead_start)} → ${fmt(r.dead_mid)} → ${fmt(r.dead_end)}`).join('; ')]);
   }
   sections.push({ title: `Latency, commit → claimed, at a steady ${meta.sizes ? meta.sizes.match(/latency ([0-9]+)\/s/)?.[1] : ''} events/s (ms; medians of rounds, max of all)`,
     head: ['run', 'p50', 'p99', 'max', 'p99 per round', 'p99 from send', 'consumed/s', 'events per claim',
-      'outbox dead tuples start → mid → end, per round'], body });
+      'outbox worker CPU', 'outbox dead tuples start → mid → end, per round'], body });
   const n = sel('latency', 'normal');
   const h = sel('latency', 'held');
   const p99 = median(n.map((r) => r.p99_ms));
@@ -238,11 +245,11 @@ if (has('held')) {
     const ratio = k.endsWith('held') ? fmtRatio(perRoundRatio(byRound('held', k, 1, (r) => r.consume_rate), byRound('held', base, 1, (r) => r.consume_rate))) : '1.00';
     body.push([k.replace('-normal', ', no held snapshot').replace('-held', ', snapshot held'),
       fmt(median(rs.map((r) => r.consume_rate))), fmt(median(rs.map((r) => r.produce_rate))), ratio,
-      fmt(median(rs.map((r) => r.p99_ms)), 2),
+      fmt(median(rs.map((r) => r.p99_ms)), 2), workerOf('held', k, 1),
       rs.map((r) => `${fmt(r.dead_start)} → ${fmt(r.dead_mid)} → ${fmt(r.dead_end)}`).join('; ')]);
   }
   sections.push({ title: 'Held xmin under saturation: 4 producers as fast as they go, 1 consumer (events/s consumed, median)',
-    head: ['run', 'consumed/s', 'produced/s', 'held ÷ not held, per round', 'p99 ms', 'dead tuples start → mid → end, per round'], body });
+    head: ['run', 'consumed/s', 'produced/s', 'held ÷ not held, per round', 'p99 ms', 'outbox worker CPU', 'dead tuples start → mid → end, per round'], body });
   const rr = perRoundRatio(byRound('held', 'outbox-held', 1, (r) => r.consume_rate), byRound('held', 'outbox-normal', 1, (r) => r.consume_rate));
   target('held xmin, saturation: throughput ≥ 0.9× the run without', fmtRatio(rr), median(rr) >= 0.9);
   const gs = sel('held', 'outbox-held').map(growth);
