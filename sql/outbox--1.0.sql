@@ -401,6 +401,7 @@ AS $$
 BEGIN
 	UPDATE outbox.subscription s SET paused = true
 	 WHERE s.id OPERATOR(pg_catalog.=) outbox._sub_id(subscription);
+	PERFORM outbox._subscriptions_changed();
 END
 $$;
 
@@ -412,6 +413,7 @@ AS $$
 BEGIN
 	UPDATE outbox.subscription s SET paused = false
 	 WHERE s.id OPERATOR(pg_catalog.=) outbox._sub_id(subscription);
+	PERFORM outbox._subscriptions_changed();
 	PERFORM outbox._wake();
 END
 $$;

@@ -24,6 +24,7 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/inval.h"
+#include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
@@ -126,47 +127,105 @@ notify_ready(uint64 bits)
 	notify_matching(bits);
 }
 
+/* subscriptions as notify_matching needs them, cached in the worker */
+typedef struct SubBits
+{
+	char	   *name;
+	uint64		bits;			/* OUTBOX_WAKE_ALL for every topic */
+} SubBits;
+
+static List *sub_cache = NIL;
+static bool sub_cache_valid = false;
+static Oid	sub_cache_relid = InvalidOid;
+
+static void
+sub_cache_invalidate(Datum arg, Oid relid)
+{
+	if (!OidIsValid(relid) || relid == sub_cache_relid)
+		sub_cache_valid = false;
+}
+
+/*
+ * The subscriptions that are not paused, with their topic bits.  Reloaded
+ * after subscribe, unsubscribe, pause and resume, which send a relcache
+ * invalidation on outbox.subscription.
+ */
+static List *
+subscriptions(void)
+{
+	static SPIPlanPtr plan = NULL;
+	static bool registered = false;
+	MemoryContext oldcxt;
+	ListCell   *lc;
+	uint64		i;
+
+	if (sub_cache_valid)
+		return sub_cache;
+	if (!registered)
+	{
+		CacheRegisterRelcacheCallback(sub_cache_invalidate, (Datum) 0);
+		registered = true;
+	}
+	sub_cache_relid = outbox_relid("subscription");
+	sub_cache_valid = true;
+	if (plan == NULL)
+		plan = outbox_prepare("SELECT name, topics FROM outbox.subscription"
+							  " WHERE NOT paused", 0, NULL);
+	if (SPI_execute_plan(plan, NULL, NULL, true, 0) != SPI_OK_SELECT)
+	{
+		sub_cache_valid = false;
+		elog(ERROR, "subscription lookup failed");
+	}
+	foreach(lc, sub_cache)
+		pfree(((SubBits *) lfirst(lc))->name);
+	list_free_deep(sub_cache);
+	sub_cache = NIL;
+	oldcxt = MemoryContextSwitchTo(TopMemoryContext);
+	for (i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+		bool		all_topics;
+		SubBits    *sb = palloc(sizeof(SubBits));
+		Datum		topics = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &all_topics);
+
+		sb->name = TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[i],
+													 SPI_tuptable->tupdesc, 1, &isnull));
+		sb->bits = 0;
+		if (all_topics)
+			sb->bits = OUTBOX_WAKE_ALL;
+		else
+		{
+			Datum	   *elems;
+			int			nelems,
+						j;
+
+			deconstruct_array(DatumGetArrayTypeP(topics), TEXTOID, -1, false,
+							  TYPALIGN_INT, &elems, NULL, &nelems);
+			for (j = 0; j < nelems; j++)
+				sb->bits |= outbox_topic_bit(TextDatumGetCString(elems[j]));
+		}
+		sub_cache = lappend(sub_cache, sb);
+	}
+	MemoryContextSwitchTo(oldcxt);
+	return sub_cache;
+}
+
 /*
  * Notify every subscription (not paused) with a topic whose bit is set.
  */
 static void
 notify_matching(uint64 bits)
 {
-	static SPIPlanPtr subs_plan = NULL;
-	uint64		i;
-	SPITupleTable *tab;
-	uint64		n;
+	ListCell   *lc;
 
-	if (subs_plan == NULL)
-		subs_plan = outbox_prepare("SELECT name, topics FROM outbox.subscription"
-								   " WHERE NOT paused", 0, NULL);
-	if (bits != 0)
+	if (bits == 0)
+		return;
+	foreach(lc, subscriptions())
 	{
-		if (SPI_execute_plan(subs_plan, NULL, NULL, true, 0) != SPI_OK_SELECT)
-			elog(ERROR, "subscription lookup failed");
-		tab = SPI_tuptable;
-		n = SPI_processed;
-		for (i = 0; i < n; i++)
-		{
-			bool		isnull;
-			char	   *name = TextDatumGetCString(SPI_getbinval(tab->vals[i], tab->tupdesc, 1, &isnull));
-			Datum		topics = SPI_getbinval(tab->vals[i], tab->tupdesc, 2, &isnull);
-			bool		wanted = (bits == OUTBOX_WAKE_ALL) || isnull;
+		SubBits    *sb = lfirst(lc);
 
-			if (!wanted)
-			{
-				Datum	   *elems;
-				int			nelems,
-							j;
-
-				deconstruct_array(DatumGetArrayTypeP(topics), TEXTOID, -1, false,
-								  TYPALIGN_INT, &elems, NULL, &nelems);
-				for (j = 0; j < nelems && !wanted; j++)
-					wanted = (outbox_topic_bit(TextDatumGetCString(elems[j])) & bits) != 0;
-			}
-			if (wanted)
-				notify_sub(name);
-		}
+		if (bits == OUTBOX_WAKE_ALL || (sb->bits & bits) != 0)
+			notify_sub(sb->name);
 	}
 }
 
@@ -362,15 +421,20 @@ notify_due(void)
  * due.  Returns when the next lease or delivery falls due.
  */
 TimestampTz
-outbox_notify_round(uint64 bits)
+outbox_notify_round(uint64 bits, bool timed)
 {
-	TimestampTz next;
+	TimestampTz next = 0;
 
+	if (bits == 0 && !timed)
+		return 0;
 	unit_begin("outbox: notify");
-	if (bits != 0 || outbox_shared == NULL)
+	if (bits != 0 || (timed && outbox_shared == NULL))
 		notify_ready(bits);
-	next = expire_leases();
-	next = outbox_earliest(next, notify_due());
+	if (timed)
+	{
+		next = expire_leases();
+		next = outbox_earliest(next, notify_due());
+	}
 	unit_end();
 	return next;
 }

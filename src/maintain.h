@@ -10,7 +10,7 @@
 
 #include "outbox.h"
 
-extern TimestampTz outbox_notify_round(uint64 bits);
+extern TimestampTz outbox_notify_round(uint64 bits, bool timed);
 extern void outbox_maintain(void);
 extern TimestampTz outbox_earliest(TimestampTz a, TimestampTz b);
 

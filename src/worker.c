@@ -145,15 +145,21 @@ extension_present(void)
 }
 
 /*
- * One round of work.  Returns when the worker should wake next at the
- * latest (0: no particular time).
+ * One round of work.  A wake-up by commits only notifies; leases, due
+ * deliveries and maintenance wait for their time (timed), so that a busy
+ * stream of commits does not make the worker redo them after every one.
+ * Returns when the timed work is due next.
  */
 static TimestampTz
-round_of_work(uint64 wake_bits)
+round_of_work(uint64 wake_bits, bool timed)
 {
-	TimestampTz next = outbox_notify_round(wake_bits);
+	TimestampTz next = outbox_notify_round(wake_bits, timed);
 
+	if (!timed)
+		return 0;
 	outbox_maintain();
+	next = outbox_earliest(next, TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+															  outbox_naptime));
 	return next;
 }
 
@@ -163,6 +169,7 @@ outbox_worker_main(Datum arg)
 	Oid			dboid = DatumGetObjectId(arg);
 	int			error_pause = 0;
 	MemoryContext round_cxt;
+	TimestampTz next_timed = 0;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
@@ -190,9 +197,9 @@ outbox_worker_main(Datum arg)
 		pg_atomic_fetch_or_u64(&my_slot->wake, OUTBOX_WAKE_ALL);
 	for (;;)
 	{
-		TimestampTz next = 0;
 		long		timeout;
 		uint64		wake_bits = 0;
+		bool		timed;
 
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
@@ -213,7 +220,11 @@ outbox_worker_main(Datum arg)
 		MemoryContextSwitchTo(round_cxt);
 		PG_TRY();
 		{
-			next = round_of_work(wake_bits);
+			timed = next_timed == 0 || GetCurrentTimestamp() >= next_timed;
+			if (timed)
+				next_timed = round_of_work(wake_bits, true);
+			else
+				(void) round_of_work(wake_bits, false);
 			error_pause = 0;
 		}
 		PG_CATCH();
@@ -223,7 +234,7 @@ outbox_worker_main(Datum arg)
 			FlushErrorState();
 			AbortCurrentTransaction();
 			error_pause = error_pause == 0 ? 1000 : Min(error_pause * 2, MAX_ERROR_PAUSE_MS);
-			next = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), error_pause);
+			next_timed = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), error_pause);
 			/* commits of this round may have been missed: look at all again */
 			if (my_slot != NULL)
 				pg_atomic_fetch_or_u64(&my_slot->wake, wake_bits);
@@ -234,9 +245,9 @@ outbox_worker_main(Datum arg)
 		pgstat_report_activity(STATE_IDLE, NULL);
 
 		timeout = outbox_naptime;
-		if (next != 0)
+		if (next_timed != 0)
 		{
-			long		until = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), next);
+			long		until = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), next_timed);
 
 			timeout = Min(timeout, Max(until, 1));
 		}
