@@ -427,6 +427,23 @@ outbox_notify_round(uint64 bits, bool timed)
 
 	if (bits == 0 && !timed)
 		return 0;
+	if (!timed && outbox_shared != NULL)
+	{
+		/*
+		 * The usual wake-up: with the subscriptions cached (the check is
+		 * made after the transaction has taken in invalidations) there is
+		 * no query to run, only notifications to send.
+		 */
+		pgstat_report_activity(STATE_RUNNING, "outbox: notify");
+		StartTransactionCommand();
+		if (sub_cache_valid)
+		{
+			notify_matching(bits);
+			CommitTransactionCommand();
+			return 0;
+		}
+		CommitTransactionCommand();
+	}
 	unit_begin("outbox: notify");
 	if (bits != 0 || (timed && outbox_shared == NULL))
 		notify_ready(bits);
