@@ -39,7 +39,7 @@ const median = (xs) => {
 };
 const rounds = [...new Set(rows.map((r) => r.round))].sort((a, b) => a - b);
 const sel = (phase, name, clients) =>
-  rows.filter((r) => r.phase === phase && r.name === name && (clients === undefined || r.clients === clients));
+  rows.filter((r) => r.phase === phase && (name === undefined || r.name === name) && (clients === undefined || r.clients === clients));
 const byRound = (phase, name, clients, f) => {
   const m = new Map();
   for (const r of sel(phase, name, clients)) m.set(r.round, f(r));
@@ -349,6 +349,14 @@ if (has('soak')) {
   const half = sizes.filter(([tt]) => tt >= sizes[sizes.length - 1][0] / 2);
   const grow = half.length > 1 ? half[half.length - 1][1] - half[0][1] : NaN;
   target('soak: storage stops growing (second half of the soak)', `${fmt(grow)} bytes over the second half`, null);
+}
+
+// ---------------------------------------------------------------- background
+if (has('background')) {
+  sections.push({ title: 'Background activity during each phase (autovacuum runs from the server log, checkpoints, the machine\'s 1-minute load average)',
+    head: ['phase', 'autovacuum runs', 'tables', 'checkpoints', 'load average start → end'],
+    body: sel('background').map((r) => [r.name.replace(/_/g, ' '), fmt(r.autovacuums), String(r.tables).replace(/,/g, ', '),
+      fmt(r.checkpoints), `${r.load_start} → ${r.load_end}`]) });
 }
 
 // ---------------------------------------------------------------- print
