@@ -58,7 +58,7 @@ const fmt = (x, d = 0) => {
   if (d === 0 && Math.abs(x) >= 1000) return Math.round(x).toLocaleString('en-US');
   return x.toFixed(d);
 };
-const fmtRatio = (xs) => (xs.length ? `${fmt(median(xs), 2)}× (${xs.map((x) => x.toFixed(2)).join(', ')})` : '–');
+const fmtRatio = (xs, d = 2) => (xs.length ? `${fmt(median(xs), d)}× (${xs.map((x) => x.toFixed(2)).join(', ')})` : '–');
 const out = [];
 const p = (s = '') => out.push(s);
 const table = (head, body) => {
@@ -107,8 +107,8 @@ if (has('enqueue')) {
   const r1 = perRoundRatio(rateOf('outbox1', main), rateOf('plain', main));
   const r4 = perRoundRatio(rateOf('outbox4', main), rateOf('plain', main));
   const r10 = perRoundRatio(rateOf('outbox10', main), rateOf('plain10', main));
-  target('enqueue, 1 subscription ≥ 0.85× plain INSERT', fmtRatio(r1), median(r1) >= 0.85);
-  target('enqueue, 4 subscriptions ≥ 0.70× plain INSERT', fmtRatio(r4), median(r4) >= 0.70);
+  target('enqueue, 1 subscription ≥ 0.85× plain INSERT', fmtRatio(r1, 3), median(r1) >= 0.85);
+  target('enqueue, 4 subscriptions ≥ 0.70× plain INSERT', fmtRatio(r4, 3), median(r4) >= 0.70);
   target('enqueue, 10 events/tx, against 10 INSERTs/tx (no target set)', fmtRatio(r10), null);
 }
 
@@ -140,11 +140,11 @@ if (has('drain')) {
     head: ['contender', 'consumers', 'events/s', '÷ PgQ', '÷ relay', 'WAL B/event', 'backlog left (min)', 'outbox worker CPU'], body });
   for (const c of [1, 4]) {
     const r = perRoundRatio(drainRate('outbox', c), drainRate('pgq', c));
-    target(`drain, ${c} consumer${c > 1 ? 's' : ''} ≥ 1.0× PgQ`, fmtRatio(r), median(r) >= 1.0);
+    target(`drain, ${c} consumer${c > 1 ? 's' : ''} ≥ 1.0× PgQ`, fmtRatio(r, 3), median(r) >= 1.0);
   }
   {
     const r = perRoundRatio(drainRate('outbox_fanout', 4), drainRate('pgq', 4));
-    if (r.length) target('drain, 4 subscriptions × 1 consumer (fan-out, PgQ\'s own model) ≥ 1.0× PgQ 4 consumers', fmtRatio(r), median(r) >= 1.0);
+    if (r.length) target('drain, 4 subscriptions × 1 consumer (fan-out, PgQ\'s own model) ≥ 1.0× PgQ 4 consumers', fmtRatio(r, 3), median(r) >= 1.0);
   }
   for (const [c, ref] of [[1, 24000], [4, 40000]]) {
     const m = median([...drainRate('outbox', c).values()]);
@@ -228,7 +228,7 @@ if (has('latency')) {
   target('commit → claimed p99 ≤ 10 ms at 1,000 events/s', `${fmt(p99, 2)} ms (rounds: ${n.map((r) => fmt(r.p99_ms, 2)).join(', ')}; max ${fmt(Math.max(...n.map((r) => r.max_ms)), 1)} ms)`, p99 <= 10);
   if (h.length) {
     const rr = perRoundRatio(byRound('latency', 'held', 1, (r) => r.consume_rate), byRound('latency', 'normal', 1, (r) => r.consume_rate));
-    target('held xmin, steady 1,000/s: throughput ≥ 0.9× the run without', fmtRatio(rr), median(rr) >= 0.9);
+    target('held xmin, steady 1,000/s: throughput ≥ 0.9× the run without', fmtRatio(rr, 3), median(rr) >= 0.9);
     const hp99 = median(h.map((r) => r.p99_ms));
     target('held xmin, steady 1,000/s: latency p99 (no target; against the run without)', `${fmt(hp99, 2)} ms vs ${fmt(p99, 2)} ms`, null);
     const gs = h.map(growth);
@@ -251,7 +251,7 @@ if (has('held')) {
   sections.push({ title: 'Held xmin under saturation: 4 producers as fast as they go, 1 consumer (events/s consumed, median)',
     head: ['run', 'consumed/s', 'produced/s', 'held ÷ not held, per round', 'p99 ms', 'outbox worker CPU', 'dead tuples start → mid → end, per round'], body });
   const rr = perRoundRatio(byRound('held', 'outbox-held', 1, (r) => r.consume_rate), byRound('held', 'outbox-normal', 1, (r) => r.consume_rate));
-  target('held xmin, saturation: throughput ≥ 0.9× the run without', fmtRatio(rr), median(rr) >= 0.9);
+  target('held xmin, saturation: throughput ≥ 0.9× the run without', fmtRatio(rr, 3), median(rr) >= 0.9);
   const gs = sel('held', 'outbox-held').map(growth);
   target('held xmin, saturation: outbox dead tuples stop growing', gs.map((g) => `+${fmt(g.g1)} then +${fmt(g.g2)}`).join('; '), gs.every((g) => g.stops));
   const rl = perRoundRatio(byRound('held', 'relay-held', 1, (r) => r.consume_rate), byRound('held', 'relay-normal', 1, (r) => r.consume_rate));
@@ -329,7 +329,7 @@ if (has('claim_scale')) {
     body: [[fmt(smallN), fmt(median([...s.values()]), 3), fmt(median([...st.values()]), 3), [...s.values()].map((x) => fmt(x, 3)).join(', ')],
       [fmt(bigN), fmt(median([...b.values()]), 3), fmt(median([...bt.values()]), 3), [...b.values()].map((x) => fmt(x, 3)).join(', ')]] });
   const r = perRoundRatio(b, s);
-  target(`claim latency at ${fmt(bigN)} within 2× of that at ${fmt(smallN)}`, fmtRatio(r), median(r) <= 2,
+  target(`claim latency at ${fmt(bigN)} within 2× of that at ${fmt(smallN)}`, fmtRatio(r, 3), median(r) <= 2,
     meta.mode === 'full' ? '' : '10M with --full');
 }
 
