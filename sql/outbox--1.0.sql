@@ -25,14 +25,24 @@ CREATE TABLE outbox.subscription (
 );
 CREATE SEQUENCE outbox.subscription_id_seq AS integer OWNED BY outbox.subscription.id;
 
+-- Bookkeeping of subscriptions (cursor, batch and settle rows) is written
+-- insert-only into generation "gen" of four rotating partitions, like the
+-- event buckets: the worker starts a new generation every
+-- outbox.chain_rotation and empties the oldest with TRUNCATE once nothing in
+-- it is needed.  So acks and folds leave no dead tuples behind, even while a
+-- long-running transaction holds back vacuum.  The sequence's last value is
+-- the current generation.
+CREATE SEQUENCE outbox.chain_gen AS bigint MINVALUE 0 START 0;
+SELECT pg_catalog.nextval('outbox.chain_gen');
+
 -- Where the folded part of each subscription's stream ends: every event of
 -- a transaction visible in "lo", and of the delta (lo, hi] up to id "pos"
 -- (all of it when "ended"), has been handed out and settled.  Later
--- progress lives in outbox.batch rows (from batch_no "scan_from" on) until
--- it is folded in here.  Each fold inserts a row and the newest counts:
--- rows are never updated, so readers are not slowed by dead versions that a
--- long-running transaction keeps.  The worker deletes the older rows.
+-- progress lives in outbox.batch rows (from batch_no "scan_from" on, in
+-- generations "scan_gen" and later) until it is folded in here.  Each fold
+-- inserts a row and the newest counts.
 CREATE TABLE outbox.cursor (
+	gen				bigint NOT NULL,
 	sub_id			integer NOT NULL,
 	fold_no			bigint NOT NULL,
 	delta			bigint NOT NULL,
@@ -41,8 +51,13 @@ CREATE TABLE outbox.cursor (
 	pos				bigint NOT NULL,
 	ended			boolean NOT NULL,
 	scan_from		bigint NOT NULL,
-	PRIMARY KEY (sub_id, fold_no)
-);
+	scan_gen		bigint NOT NULL
+) PARTITION BY LIST ((gen % 4));
+CREATE TABLE outbox.cursor_0 PARTITION OF outbox.cursor FOR VALUES IN (0);
+CREATE TABLE outbox.cursor_1 PARTITION OF outbox.cursor FOR VALUES IN (1);
+CREATE TABLE outbox.cursor_2 PARTITION OF outbox.cursor FOR VALUES IN (2);
+CREATE TABLE outbox.cursor_3 PARTITION OF outbox.cursor FOR VALUES IN (3);
+CREATE INDEX cursor_sub_idx ON outbox.cursor (sub_id, fold_no);
 
 -- The newest cursor row of each subscription.
 CREATE VIEW outbox.cursor_now AS
@@ -97,10 +112,12 @@ CREATE TABLE outbox.dedup (
 );
 
 -- One row per claim of new events: the part of a delta it covered and the
--- ids it leased that are not settled yet.  Rows of claiming transactions
--- still in progress are read with a dirty snapshot, so concurrent claimers
--- never hand out the same range and never wait for each other.
+-- ids it leased.  Rows of claiming transactions still in progress are read
+-- with a dirty snapshot, so concurrent claimers never hand out the same
+-- range and never wait for each other.  Rows are never updated: what of a
+-- batch is settled is in outbox.settle.
 CREATE TABLE outbox.batch (
+	gen				bigint NOT NULL,
 	sub_id			integer NOT NULL,
 	batch_no		bigint NOT NULL,
 	delta			bigint NOT NULL,
@@ -110,11 +127,30 @@ CREATE TABLE outbox.batch (
 	pos_to			bigint NOT NULL,	-- ... and <= pos_to
 	ended			boolean NOT NULL,	-- reaches the end of its delta
 	lease_until		timestamptz NOT NULL,
-	ids				bigint[] NOT NULL,	-- leased and not yet settled, sorted
-	keys			text[],				-- keys of ids (ordered subscriptions)
-	PRIMARY KEY (sub_id, batch_no)
-);
+	ids				bigint[] NOT NULL,	-- leased, sorted
+	keys			text[]				-- keys of ids (ordered subscriptions)
+) PARTITION BY LIST ((gen % 4));
+CREATE TABLE outbox.batch_0 PARTITION OF outbox.batch FOR VALUES IN (0);
+CREATE TABLE outbox.batch_1 PARTITION OF outbox.batch FOR VALUES IN (1);
+CREATE TABLE outbox.batch_2 PARTITION OF outbox.batch FOR VALUES IN (2);
+CREATE TABLE outbox.batch_3 PARTITION OF outbox.batch FOR VALUES IN (3);
+CREATE INDEX batch_sub_idx ON outbox.batch (sub_id, batch_no);
 CREATE SEQUENCE outbox.batch_no_seq;
+
+-- Ids of a batch that left it: acked, failed, or handed over to
+-- outbox.delivery.  One row per ack or fail call and batch, in the
+-- generation current when it was written (never older than its batch's).
+CREATE TABLE outbox.settle (
+	gen				bigint NOT NULL,
+	sub_id			integer NOT NULL,
+	batch_no		bigint NOT NULL,
+	ids				bigint[] NOT NULL
+) PARTITION BY LIST ((gen % 4));
+CREATE TABLE outbox.settle_0 PARTITION OF outbox.settle FOR VALUES IN (0);
+CREATE TABLE outbox.settle_1 PARTITION OF outbox.settle FOR VALUES IN (1);
+CREATE TABLE outbox.settle_2 PARTITION OF outbox.settle FOR VALUES IN (2);
+CREATE TABLE outbox.settle_3 PARTITION OF outbox.settle FOR VALUES IN (3);
+CREATE INDEX settle_sub_idx ON outbox.settle (sub_id, batch_no);
 
 -- Deliveries that left the stream: delayed, retried, dead, held behind an
 -- earlier event of their key, or acked before they were claimed.
@@ -311,6 +347,7 @@ AS $$
 DECLARE
 	t text;
 	new_id integer;
+	gen bigint;
 	stored text[];
 	origin pg_catalog.pg_snapshot;
 BEGIN
@@ -368,8 +405,9 @@ BEGIN
 		origin := pg_catalog.pg_current_snapshot();
 		INSERT INTO outbox.subscription (id, name, topics, max_attempts, lease, backoff_base, backoff_max, ordered, origin)
 		VALUES (new_id, subscription, stored, max_attempts, lease, backoff_base, backoff_max, ordered, origin);
-		INSERT INTO outbox.cursor (sub_id, fold_no, delta, lo, hi, pos, ended, scan_from)
-		VALUES (new_id, 0, 0, origin, origin, 0, true, 0);
+		gen := pg_catalog.pg_sequence_last_value('outbox.chain_gen'::pg_catalog.regclass);
+		INSERT INTO outbox.cursor (gen, sub_id, fold_no, delta, lo, hi, pos, ended, scan_from, scan_gen)
+		VALUES (gen, new_id, 0, 0, origin, origin, 0, true, 0, gen);
 	END IF;
 	PERFORM outbox._subscriptions_changed();
 END
@@ -385,6 +423,7 @@ DECLARE
 BEGIN
 	sid := outbox._sub_id(subscription);
 	DELETE FROM outbox.batch b WHERE b.sub_id OPERATOR(pg_catalog.=) sid;
+	DELETE FROM outbox.settle b WHERE b.sub_id OPERATOR(pg_catalog.=) sid;
 	DELETE FROM outbox.delivery d WHERE d.sub_id OPERATOR(pg_catalog.=) sid;
 	DELETE FROM outbox.cursor c WHERE c.sub_id OPERATOR(pg_catalog.=) sid;
 	DELETE FROM outbox.consumer c WHERE c.sub_id OPERATOR(pg_catalog.=) sid;

@@ -39,7 +39,8 @@
 /* columns of outbox.batch */
 enum
 {
-	BATCH_SUB_ID = 1,
+	BATCH_GEN = 1,
+	BATCH_SUB_ID,
 	BATCH_NO,
 	BATCH_DELTA,
 	BATCH_LO,
@@ -52,6 +53,85 @@ enum
 	BATCH_KEYS,
 	BATCH_NATTS = BATCH_KEYS
 };
+
+/* columns of outbox.cursor */
+enum
+{
+	CURSOR_GEN = 1,
+	CURSOR_SUB_ID,
+	CURSOR_FOLD_NO,
+	CURSOR_DELTA,
+	CURSOR_LO,
+	CURSOR_HI,
+	CURSOR_POS,
+	CURSOR_ENDED,
+	CURSOR_SCAN_FROM,
+	CURSOR_SCAN_GEN,
+	CURSOR_NATTS = CURSOR_SCAN_GEN
+};
+
+/* columns of outbox.settle */
+enum
+{
+	SETTLE_GEN = 1,
+	SETTLE_SUB_ID,
+	SETTLE_BATCH_NO,
+	SETTLE_IDS,
+	SETTLE_NATTS = SETTLE_IDS
+};
+
+/*
+ * The current generation of cursor, batch and settle rows: the last value
+ * of outbox.chain_gen, which only the worker advances (see maintain.c).
+ */
+int64
+outbox_chain_gen(void)
+{
+	return DatumGetInt64(DirectFunctionCall1(pg_sequence_last_value,
+											 ObjectIdGetDatum(outbox_relid("chain_gen"))));
+}
+
+/* The partition of "table" (cursor, batch or settle) that holds generation gen. */
+Oid
+outbox_chain_part(const char *table, int64 gen)
+{
+	char		name[NAMEDATALEN];
+
+	snprintf(name, sizeof(name), "%s_%d", table, (int) (gen % OUTBOX_CHAIN_PARTS));
+	return outbox_relid(name);
+}
+
+/* The oldest generation a reader starting at "from" may have to look at. */
+static int64
+first_gen(int64 from, int64 now)
+{
+	return Max(from, now - (OUTBOX_CHAIN_PARTS - 1));
+}
+
+/*
+ * Open a partition and its only index.  Partitions are opened one by one,
+ * never through the parent, so a transaction locks only the generations
+ * it reads, and the worker can empty older ones meanwhile.
+ */
+static Relation
+open_part(const char *table, int64 gen, Relation *index)
+{
+	Relation	rel = table_open(outbox_chain_part(table, gen), AccessShareLock);
+	List	   *indexes = RelationGetIndexList(rel);
+
+	if (list_length(indexes) != 1)
+		elog(ERROR, "outbox relation \"%s\" must have exactly one index",
+			 RelationGetRelationName(rel));
+	*index = index_open(linitial_oid(indexes), AccessShareLock);
+	return rel;
+}
+
+static void
+close_part(Relation rel, Relation index)
+{
+	index_close(index, NoLock);
+	table_close(rel, NoLock);
+}
 
 /*
  * The per-subscription claim lock: held while a claim reads the chain and
@@ -112,147 +192,315 @@ outbox_chain_add(OutboxChain *chain, OutboxSlice *slice)
 	chain->slices[chain->nslices++] = *slice;
 }
 
+/* a settle row as read with a dirty snapshot */
+typedef struct SettleRow
+{
+	int64		batch_no;
+	bool		committed;		/* by a transaction other than ours */
+	int			nids;
+	int64	   *ids;
+} SettleRow;
+
+static int
+cmp_settle(const void *a, const void *b)
+{
+	const SettleRow *x = a;
+	const SettleRow *y = b;
+
+	return (x->batch_no > y->batch_no) - (x->batch_no < y->batch_no);
+}
+
+static int
+cmp_int64(const void *a, const void *b)
+{
+	int64		x = *(const int64 *) a;
+	int64		y = *(const int64 *) b;
+
+	return (x > y) - (x < y);
+}
+
+/*
+ * Read the settle rows of a subscription, for batch_no >= from (or == from
+ * when "exact"), in generations first .. last, with a dirty snapshot: rows
+ * of transactions in progress show too (not as committed).  Sorted by
+ * batch_no.
+ */
+static SettleRow *
+read_settles(int32 sub_id, int64 from, bool exact, int64 first, int64 last,
+			 int *nrows)
+{
+	SettleRow  *rows = NULL;
+	int			n = 0,
+				max = 0;
+	int64		g;
+	SnapshotData dirty;
+
+	InitDirtySnapshot(dirty);
+	for (g = first; g <= last; g++)
+	{
+		Relation	rel,
+					index;
+		SysScanDesc scan;
+		ScanKeyData key[2];
+		HeapTuple	tup;
+
+		rel = open_part("settle", g, &index);
+		ScanKeyInit(&key[0], SETTLE_SUB_ID, BTEqualStrategyNumber, F_INT4EQ,
+					Int32GetDatum(sub_id));
+		ScanKeyInit(&key[1], SETTLE_BATCH_NO,
+					exact ? BTEqualStrategyNumber : BTGreaterEqualStrategyNumber,
+					exact ? F_INT8EQ : F_INT8GE, Int64GetDatum(from));
+		scan = systable_beginscan(rel, RelationGetRelid(index), true, &dirty, 2, key);
+		while (HeapTupleIsValid(tup = systable_getnext(scan)))
+		{
+			Datum		values[SETTLE_NATTS];
+			bool		nulls[SETTLE_NATTS];
+			ArrayType  *arr;
+			SettleRow  *r;
+
+			if (n == max)
+			{
+				max = Max(16, max * 2);
+				rows = rows ? repalloc(rows, sizeof(SettleRow) * max) :
+					palloc(sizeof(SettleRow) * max);
+			}
+			r = &rows[n++];
+			heap_deform_tuple(tup, RelationGetDescr(rel), values, nulls);
+			r->batch_no = DatumGetInt64(values[SETTLE_BATCH_NO - 1]);
+			r->committed = !TransactionIdIsValid(dirty.xmin) &&
+				!TransactionIdIsCurrentTransactionId(HeapTupleHeaderGetXmin(tup->t_data));
+			arr = DatumGetArrayTypePCopy(values[SETTLE_IDS - 1]);
+			r->nids = ArrayGetNItems(ARR_NDIM(arr), ARR_DIMS(arr));
+			r->ids = (int64 *) ARR_DATA_PTR(arr);
+		}
+		systable_endscan(scan);
+		close_part(rel, index);
+	}
+	if (n > 1)
+		qsort(rows, n, sizeof(SettleRow), cmp_settle);
+	*nrows = n;
+	return rows;
+}
+
 /*
  * Read the slices of a subscription with a dirty snapshot: committed ones
- * and those of transactions still in progress (ours included).  A slice
- * being updated shows twice; its versions are merged.
+ * and those of transactions still in progress (ours included), from the
+ * cursor's scan_from on, with what of them is settled.
  */
 static void
 read_slices(OutboxChain *chain)
 {
-	Relation	rel;
-	SysScanDesc scan;
-	ScanKeyData key[2];
 	SnapshotData dirty;
-	HeapTuple	tup;
-	Oid			indexoid;
-	int			i,
-				k;
+	SettleRow  *settles;
+	int			nsettles;
+	int64		first = first_gen(chain->scan_gen, chain->gen_now);
+	int64		g;
+
+	/* settle rows first: one written after this read only looks pending */
+	settles = read_settles(chain->sub_id, chain->scan_from, false, first,
+						   chain->gen_now, &nsettles);
 
 	InitDirtySnapshot(dirty);
-	rel = table_open(outbox_relid("batch"), AccessShareLock);
-	indexoid = outbox_relid("batch_pkey");
-	ScanKeyInit(&key[0], BATCH_SUB_ID, BTEqualStrategyNumber, F_INT4EQ,
-				Int32GetDatum(chain->sub_id));
-	/* folded rows are below scan_from: never walk them (or their dead tuples) */
-	ScanKeyInit(&key[1], BATCH_NO, BTGreaterEqualStrategyNumber, F_INT8GE,
-				Int64GetDatum(chain->scan_from));
-	scan = systable_beginscan(rel, indexoid, true, &dirty, 2, key);
-	while (HeapTupleIsValid(tup = systable_getnext(scan)))
+	for (g = first; g <= chain->gen_now; g++)
 	{
-		Datum		values[BATCH_NATTS];
-		bool		nulls[BATCH_NATTS];
-		OutboxSlice s;
-		HeapTupleHeader th = tup->t_data;
-		bool		inserting,
-					deleting;
-		ArrayType  *arr;
+		Relation	rel,
+					index;
+		SysScanDesc scan;
+		ScanKeyData key[2];
+		HeapTuple	tup;
 
-		inserting = TransactionIdIsValid(dirty.xmin) ||
-			TransactionIdIsCurrentTransactionId(HeapTupleHeaderGetXmin(th));
-		deleting = TransactionIdIsValid(dirty.xmax) ||
-			(!(th->t_infomask & HEAP_XMAX_INVALID) &&
-			 !HEAP_XMAX_IS_LOCKED_ONLY(th->t_infomask) &&
-			 xid_active(HeapTupleHeaderGetUpdateXid(th)));
-
-		heap_deform_tuple(tup, RelationGetDescr(rel), values, nulls);
-		memset(&s, 0, sizeof(s));
-		s.batch_no = DatumGetInt64(values[BATCH_NO - 1]);
-		s.delta = DatumGetInt64(values[BATCH_DELTA - 1]);
-		s.lo = outbox_snap_copy((OutboxSnap *) PG_DETOAST_DATUM(values[BATCH_LO - 1]));
-		s.hi = outbox_snap_copy((OutboxSnap *) PG_DETOAST_DATUM(values[BATCH_HI - 1]));
-		s.pos_from = DatumGetInt64(values[BATCH_POS_FROM - 1]);
-		s.pos_to = DatumGetInt64(values[BATCH_POS_TO - 1]);
-		s.ended = DatumGetBool(values[BATCH_ENDED - 1]);
-		arr = DatumGetArrayTypePCopy(values[BATCH_IDS - 1]);
-		s.nids = ArrayGetNItems(ARR_NDIM(arr), ARR_DIMS(arr));
-		s.ids = (int64 *) ARR_DATA_PTR(arr);
-		if (!nulls[BATCH_KEYS - 1])
+		rel = open_part("batch", g, &index);
+		ScanKeyInit(&key[0], BATCH_SUB_ID, BTEqualStrategyNumber, F_INT4EQ,
+					Int32GetDatum(chain->sub_id));
+		/* folded rows are below scan_from: never walk them */
+		ScanKeyInit(&key[1], BATCH_NO, BTGreaterEqualStrategyNumber, F_INT8GE,
+					Int64GetDatum(chain->scan_from));
+		scan = systable_beginscan(rel, RelationGetRelid(index), true, &dirty, 2, key);
+		while (HeapTupleIsValid(tup = systable_getnext(scan)))
 		{
-			Datum	   *elems;
-			bool	   *enulls;
-			int			n;
+			Datum		values[BATCH_NATTS];
+			bool		nulls[BATCH_NATTS];
+			OutboxSlice s;
+			HeapTupleHeader th = tup->t_data;
+			bool		inserting,
+						deleting;
+			ArrayType  *arr;
+			int			nall;
+			int64	   *all;
+			Datum	   *kelems = NULL;
+			bool	   *knulls = NULL;
+			bool	   *gone;		/* settled, as far as we know */
+			bool	   *gone_for_good;	/* settled by a committed transaction */
+			SettleRow	probe;
+			SettleRow  *hit;
+			int			k;
 
-			deconstruct_array(DatumGetArrayTypeP(values[BATCH_KEYS - 1]),
-							  TEXTOID, -1, false, TYPALIGN_INT,
-							  &elems, &enulls, &n);
-			s.key_hashes = palloc(sizeof(int64) * Max(n, 1));
-			for (k = 0; k < n; k++)
-				if (!enulls[k])
-					s.key_hashes[s.nkeys++] = outbox_key_hash(TextDatumGetCString(elems[k]));
-		}
-		s.committed = !inserting && !deleting;
-		s.settled = s.committed && s.nids == 0;
+			inserting = TransactionIdIsValid(dirty.xmin) ||
+				TransactionIdIsCurrentTransactionId(HeapTupleHeaderGetXmin(th));
+			deleting = TransactionIdIsValid(dirty.xmax) ||
+				(!(th->t_infomask & HEAP_XMAX_INVALID) &&
+				 !HEAP_XMAX_IS_LOCKED_ONLY(th->t_infomask) &&
+				 xid_active(HeapTupleHeaderGetUpdateXid(th)));
 
-		/* a second version of a slice already seen: merge */
-		for (i = 0; i < chain->nslices; i++)
-		{
-			OutboxSlice *o = &chain->slices[i];
-
-			if (o->batch_no != s.batch_no)
-				continue;
-			o->settled = false;
-			o->committed = false;
-			if (s.nkeys > 0)
+			heap_deform_tuple(tup, RelationGetDescr(rel), values, nulls);
+			memset(&s, 0, sizeof(s));
+			s.gen = DatumGetInt64(values[BATCH_GEN - 1]);
+			s.batch_no = DatumGetInt64(values[BATCH_NO - 1]);
+			s.delta = DatumGetInt64(values[BATCH_DELTA - 1]);
+			s.lo = outbox_snap_copy((OutboxSnap *) PG_DETOAST_DATUM(values[BATCH_LO - 1]));
+			s.hi = outbox_snap_copy((OutboxSnap *) PG_DETOAST_DATUM(values[BATCH_HI - 1]));
+			s.pos_from = DatumGetInt64(values[BATCH_POS_FROM - 1]);
+			s.pos_to = DatumGetInt64(values[BATCH_POS_TO - 1]);
+			s.ended = DatumGetBool(values[BATCH_ENDED - 1]);
+			s.lease_until = DatumGetTimestampTz(values[BATCH_LEASE_UNTIL - 1]);
+			arr = DatumGetArrayTypePCopy(values[BATCH_IDS - 1]);
+			nall = ArrayGetNItems(ARR_NDIM(arr), ARR_DIMS(arr));
+			all = (int64 *) ARR_DATA_PTR(arr);
+			if (!nulls[BATCH_KEYS - 1])
 			{
-				int64	   *h = palloc(sizeof(int64) * (o->nkeys + s.nkeys));
+				int			nk;
 
-				if (o->nkeys > 0)
-					memcpy(h, o->key_hashes, sizeof(int64) * o->nkeys);
-				memcpy(h + o->nkeys, s.key_hashes, sizeof(int64) * s.nkeys);
-				o->key_hashes = h;
-				o->nkeys += s.nkeys;
+				deconstruct_array(DatumGetArrayTypeP(values[BATCH_KEYS - 1]),
+								  TEXTOID, -1, false, TYPALIGN_INT,
+								  &kelems, &knulls, &nk);
+				if (nk != nall)
+					elog(ERROR, "batch %lld has %d ids but %d keys",
+						 (long long) s.batch_no, nall, nk);
 			}
-			break;
-		}
-		if (i == chain->nslices)
+			s.committed = !inserting && !deleting;
+			s.visible = !TransactionIdIsValid(dirty.xmin);
+
+			/* take out what settle rows of this batch took */
+			gone = palloc0(sizeof(bool) * Max(nall, 1));
+			gone_for_good = palloc0(sizeof(bool) * Max(nall, 1));
+			probe.batch_no = s.batch_no;
+			hit = nsettles > 0 ?
+				bsearch(&probe, settles, nsettles, sizeof(SettleRow), cmp_settle) : NULL;
+			if (hit != NULL)
+			{
+				while (hit > settles && hit[-1].batch_no == s.batch_no)
+					hit--;
+				for (; hit < settles + nsettles && hit->batch_no == s.batch_no; hit++)
+				{
+					if (!hit->committed)
+						s.committed = false;
+					for (k = 0; k < hit->nids; k++)
+					{
+						int64	   *p = bsearch(&hit->ids[k], all, nall,
+												sizeof(int64), cmp_int64);
+
+						if (p == NULL)
+							continue;
+						gone[p - all] = true;
+						if (hit->committed)
+							gone_for_good[p - all] = true;
+					}
+				}
+			}
+			s.ids = palloc(sizeof(int64) * Max(nall, 1));
+			if (kelems)
+				s.key_hashes = palloc(sizeof(int64) * Max(nall, 1));
+			for (k = 0; k < nall; k++)
+			{
+				if (!gone[k])
+					s.ids[s.nids++] = all[k];
+				/* keys stay busy until their settlement commits */
+				if (kelems && !gone_for_good[k] && !knulls[k])
+					s.key_hashes[s.nkeys++] = outbox_key_hash(TextDatumGetCString(kelems[k]));
+			}
+			s.settled = s.committed && s.nids == 0;
 			outbox_chain_add(chain, &s);
+		}
+		systable_endscan(scan);
+		close_part(rel, index);
 	}
-	systable_endscan(scan);
-	table_close(rel, AccessShareLock);
 
 	if (chain->nslices > 1)
 		qsort(chain->slices, chain->nslices, sizeof(OutboxSlice), cmp_slice);
 }
 
 /*
- * Read the latest cursor row of the subscription into the chain.  Cursor
- * rows are only ever inserted (one per fold) and read newest first, so a
- * long-running transaction that keeps old versions alive does not make
- * this slower.
+ * Read the newest cursor row in generation g visible to snapshot.
  */
-static void
-read_cursor(OutboxChain *chain, Snapshot snapshot)
+static bool
+read_cursor_part(OutboxChain *chain, int64 g, Snapshot snapshot)
 {
-	static SPIPlanPtr plan = NULL;
-	Datum		arg = Int32GetDatum(chain->sub_id);
+	Relation	rel,
+				index;
+	SysScanDesc scan;
+	ScanKeyData key;
 	HeapTuple	tup;
-	TupleDesc	desc;
-	bool		isnull;
+	bool		found = false;
 
-	if (plan == NULL)
+	rel = open_part("cursor", g, &index);
+	ScanKeyInit(&key, CURSOR_SUB_ID, BTEqualStrategyNumber, F_INT4EQ,
+				Int32GetDatum(chain->sub_id));
+	scan = systable_beginscan_ordered(rel, index, snapshot, 1, &key);
+	tup = systable_getnext_ordered(scan, BackwardScanDirection);
+	if (HeapTupleIsValid(tup))
 	{
-		Oid			types[1] = {INT4OID};
+		Datum		values[CURSOR_NATTS];
+		bool		nulls[CURSOR_NATTS];
 
-		plan = outbox_prepare("SELECT fold_no, delta, lo, hi, pos, ended, scan_from"
-							  " FROM outbox.cursor WHERE sub_id OPERATOR(pg_catalog.=) $1"
-							  " ORDER BY fold_no DESC LIMIT 1", 1, types);
+		heap_deform_tuple(tup, RelationGetDescr(rel), values, nulls);
+		chain->cursor_gen = DatumGetInt64(values[CURSOR_GEN - 1]);
+		chain->fold_no = DatumGetInt64(values[CURSOR_FOLD_NO - 1]);
+		chain->delta = DatumGetInt64(values[CURSOR_DELTA - 1]);
+		chain->lo = outbox_snap_copy((OutboxSnap *) PG_DETOAST_DATUM(values[CURSOR_LO - 1]));
+		chain->hi = outbox_snap_copy((OutboxSnap *) PG_DETOAST_DATUM(values[CURSOR_HI - 1]));
+		chain->pos = DatumGetInt64(values[CURSOR_POS - 1]);
+		chain->ended = DatumGetBool(values[CURSOR_ENDED - 1]);
+		chain->scan_from = DatumGetInt64(values[CURSOR_SCAN_FROM - 1]);
+		chain->scan_gen = DatumGetInt64(values[CURSOR_SCAN_GEN - 1]);
+		found = true;
 	}
-	if (SPI_execute_snapshot(plan, &arg, NULL, snapshot, InvalidSnapshot,
-							 true, false, 1) != SPI_OK_SELECT)
-		elog(ERROR, "cursor lookup failed");
-	if (SPI_processed != 1)
-		elog(ERROR, "cursor of subscription %d is missing", chain->sub_id);
-	tup = SPI_tuptable->vals[0];
-	desc = SPI_tuptable->tupdesc;
-	chain->fold_no = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
-	chain->delta = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
-	chain->lo = outbox_snap_copy((OutboxSnap *) PG_DETOAST_DATUM(SPI_getbinval(tup, desc, 3, &isnull)));
-	chain->hi = outbox_snap_copy((OutboxSnap *) PG_DETOAST_DATUM(SPI_getbinval(tup, desc, 4, &isnull)));
-	chain->pos = DatumGetInt64(SPI_getbinval(tup, desc, 5, &isnull));
-	chain->ended = DatumGetBool(SPI_getbinval(tup, desc, 6, &isnull));
-	chain->scan_from = DatumGetInt64(SPI_getbinval(tup, desc, 7, &isnull));
-	SPI_freetuptable(SPI_tuptable);
+	systable_endscan_ordered(scan);
+	close_part(rel, index);
+	return found;
+}
+
+/*
+ * Read the newest cursor row of chain->sub_id into the chain, looking from
+ * generation chain->gen_now back.  A fold writes to the generation current
+ * at the time, so the newest generation that has a row has the newest row.
+ *
+ * With snapshot NULL, a fresh snapshot is taken each time another partition
+ * has been locked, and the partitions locked so far are read again with it:
+ * the worker empties a partition only after it copied the rows still needed
+ * into a newer one, so if the partition turns out emptied, the copy shows.
+ * Returns false if there is no row.
+ */
+bool
+outbox_cursor_read(OutboxChain *chain, Snapshot snapshot)
+{
+	int64		last = first_gen(0, chain->gen_now);
+	int64		k,
+				g;
+
+	for (k = chain->gen_now; k >= last; k--)
+	{
+		if (snapshot != NULL)
+		{
+			if (read_cursor_part(chain, k, snapshot))
+				return true;
+			continue;
+		}
+		else
+		{
+			Relation	rel = table_open(outbox_chain_part("cursor", k), AccessShareLock);
+			Snapshot	snap;
+			bool		found = false;
+
+			table_close(rel, NoLock);
+			snap = RegisterSnapshot(GetLatestSnapshot());
+			for (g = chain->gen_now; g >= k && !found; g--)
+				found = read_cursor_part(chain, g, snap);
+			UnregisterSnapshot(snap);
+			if (found)
+				return true;
+		}
+	}
+	return false;
 }
 
 /*
@@ -268,18 +516,137 @@ OutboxChain *
 outbox_chain_read(int32 sub_id)
 {
 	OutboxChain *chain = palloc0(sizeof(OutboxChain));
-	Snapshot	first;
 
 	chain->sub_id = sub_id;
-	first = RegisterSnapshot(GetLatestSnapshot());
-	read_cursor(chain, first);
-	UnregisterSnapshot(first);
+	chain->gen_now = outbox_chain_gen();
+	if (!outbox_cursor_read(chain, NULL))
+		elog(ERROR, "cursor of subscription %d is missing", sub_id);
 	read_slices(chain);
 
 	chain->snapshot = RegisterSnapshot(GetLatestSnapshot());
 	chain->now = outbox_snap_from_snapshot(chain->snapshot);
-	read_cursor(chain, chain->snapshot);
+	if (!outbox_cursor_read(chain, chain->snapshot))
+		elog(ERROR, "cursor of subscription %d is missing", sub_id);
 	return chain;
+}
+
+/*
+ * Take ids out of a batch: lock its row (or give up and return -1 if
+ * skip_locked and another transaction has it), see what settle rows took
+ * already, and write one settle row for the ids still in it, all of them
+ * or those of want[] (sorted).  Returns how many it took, with their keys
+ * (ordered subscriptions) in *keys.  Concurrent takers of one batch wait
+ * for each other on the row lock, so none takes an id twice.
+ */
+int
+outbox_batch_take(int32 sub_id, int64 gen, int64 batch_no, int64 *want,
+				  int nwant, bool skip_locked, int64 **taken, Datum **keys,
+				  bool **key_nulls)
+{
+	static SPIPlanPtr lock_plans[2][OUTBOX_CHAIN_PARTS];
+	static SPIPlanPtr ins_plan = NULL;
+	int			part = (int) (gen % OUTBOX_CHAIN_PARTS);
+	Datum		args[4];
+	bool		isnull,
+				keys_null;
+	ArrayType  *arr;
+	int64	   *all;
+	int			nall,
+				k,
+				ntaken = 0;
+	Datum	   *kelems = NULL;
+	bool	   *knulls = NULL;
+	SettleRow  *settles;
+	int			nsettles,
+				r;
+	bool	   *gone;
+	Datum	   *dids;
+	int64		now = outbox_chain_gen();
+
+	if (lock_plans[skip_locked][part] == NULL)
+	{
+		Oid			types[2] = {INT4OID, INT8OID};
+
+		lock_plans[skip_locked][part] = outbox_prepare(
+			psprintf("SELECT ids, keys FROM outbox.batch_%d"
+					 " WHERE sub_id OPERATOR(pg_catalog.=) $1"
+					 " AND batch_no OPERATOR(pg_catalog.=) $2 FOR UPDATE%s",
+					 part, skip_locked ? " SKIP LOCKED" : ""), 2, types);
+	}
+	if (ins_plan == NULL)
+	{
+		Oid			types[4] = {INT8OID, INT4OID, INT8OID, INT8ARRAYOID};
+
+		ins_plan = outbox_prepare("INSERT INTO outbox.settle (gen, sub_id, batch_no, ids)"
+								  " VALUES ($1, $2, $3, $4)", 4, types);
+	}
+	args[0] = Int32GetDatum(sub_id);
+	args[1] = Int64GetDatum(batch_no);
+	if (SPI_execute_plan(lock_plans[skip_locked][part], args, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "batch lock failed");
+	if (SPI_processed != 1)
+		return -1;
+	arr = DatumGetArrayTypePCopy(SPI_getbinval(SPI_tuptable->vals[0],
+											   SPI_tuptable->tupdesc, 1, &isnull));
+	nall = ArrayGetNItems(ARR_NDIM(arr), ARR_DIMS(arr));
+	all = (int64 *) ARR_DATA_PTR(arr);
+	{
+		Datum		kd = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+									   2, &keys_null);
+		int			nk;
+
+		if (!keys_null)
+			deconstruct_array(DatumGetArrayTypePCopy(kd), TEXTOID, -1, false,
+							  TYPALIGN_INT, &kelems, &knulls, &nk);
+	}
+	SPI_freetuptable(SPI_tuptable);
+
+	/* with the row locked, every settle row of the batch has committed (or is ours) */
+	settles = read_settles(sub_id, batch_no, true, first_gen(gen, now), now,
+						   &nsettles);
+	gone = palloc0(sizeof(bool) * Max(nall, 1));
+	for (r = 0; r < nsettles; r++)
+		for (k = 0; k < settles[r].nids; k++)
+		{
+			int64	   *p = bsearch(&settles[r].ids[k], all, nall, sizeof(int64),
+									cmp_int64);
+
+			if (p != NULL)
+				gone[p - all] = true;
+		}
+
+	*taken = palloc(sizeof(int64) * Max(nall, 1));
+	if (keys)
+	{
+		*keys = palloc(sizeof(Datum) * Max(nall, 1));
+		*key_nulls = palloc(sizeof(bool) * Max(nall, 1));
+	}
+	dids = palloc(sizeof(Datum) * Max(nall, 1));
+	for (k = 0; k < nall; k++)
+	{
+		if (gone[k])
+			continue;
+		if (want != NULL && bsearch(&all[k], want, nwant, sizeof(int64), cmp_int64) == NULL)
+			continue;
+		if (keys)
+		{
+			(*keys)[ntaken] = kelems ? kelems[k] : (Datum) 0;
+			(*key_nulls)[ntaken] = kelems ? knulls[k] : true;
+		}
+		dids[ntaken] = Int64GetDatum(all[k]);
+		(*taken)[ntaken++] = all[k];
+	}
+	if (ntaken == 0)
+		return 0;
+
+	args[0] = Int64GetDatum(now);
+	args[1] = Int32GetDatum(sub_id);
+	args[2] = Int64GetDatum(batch_no);
+	args[3] = PointerGetDatum(construct_array(dids, ntaken, INT8OID, 8,
+											  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	if (SPI_execute_plan(ins_plan, args, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "settle insert failed");
+	return ntaken;
 }
 
 void
@@ -468,60 +835,53 @@ outbox_chain_pending(OutboxChain *chain, uint64 xid, int64 first, int64 last)
  * Fold the settled slices that lead the chain into a new outbox.cursor row,
  * if there are at least min_slices of them and no other transaction is
  * folding (a lock held to commit says so).  Runs in the claimer's
- * transaction, under the claim lock; the slices it deletes have no ids
- * left, so nothing else updates them.
+ * transaction, under the claim lock.  Folded batch rows stay where they
+ * are (below the new scan_from, where no reader looks) until their
+ * partition is emptied.
  *
  * A committed slice whose leases are still out (a slow consumer) would
  * stop folding, and every claim would read the growing chain behind it.
  * Once enough slices follow it, its leases are handed over to
  * outbox.delivery as 'leased' rows (where ack, fail and lease expiry find
  * them as well) and it is folded like the others.
+ *
+ * min_slices 0 (the worker) also writes a cursor row when nothing folds but
+ * the newest one is in an older generation, so that old partitions can be
+ * emptied.
  */
 void
 outbox_chain_fold(OutboxChain *chain, int min_slices)
 {
 	static SPIPlanPtr ins_plan = NULL;
-	static SPIPlanPtr del_plan = NULL;
-	static SPIPlanPtr lock_plan = NULL;
 	static SPIPlanPtr hand_plan = NULL;
 	Walk		w = {chain->delta, chain->lo, chain->hi, chain->pos, chain->ended};
-	Datum	   *nos;
 	int			n = 0;
 	int			i;
 	int64		scan_from = -1;
-	int64		max_folded = chain->scan_from;
-	Datum		args[8];
+	int64		scan_gen = chain->gen_now;
+	int64		max_folded = chain->scan_from - 1;
+	Datum		args[10];
 	LOCKTAG		tag;
 	bool		handed = false;
+	bool		refresh = (min_slices == 0 && chain->cursor_gen < chain->gen_now);
 
-	if (chain->nslices < min_slices || chain->nslices == 0)
+	if (chain->nslices < min_slices || (chain->nslices == 0 && !refresh))
 		return;
 
 	if (hand_plan == NULL)
 	{
-		Oid			t8[8] = {INT4OID, INT8OID, INT8OID, PG_SNAPSHOTOID, PG_SNAPSHOTOID,
-		INT8OID, BOOLOID, INT8OID};
-		Oid			t2[2] = {INT4OID, INT8ARRAYOID};
-		Oid			t2b[2] = {INT4OID, INT8OID};
+		Oid			t10[10] = {INT8OID, INT4OID, INT8OID, INT8OID, PG_SNAPSHOTOID,
+		PG_SNAPSHOTOID, INT8OID, BOOLOID, INT8OID, INT8OID};
+		Oid			t4[4] = {INT4OID, TIMESTAMPTZOID, INT8ARRAYOID, TEXTARRAYOID};
 
 		ins_plan = outbox_prepare("INSERT INTO outbox.cursor"
-								  " (sub_id, fold_no, delta, lo, hi, pos, ended, scan_from)"
-								  " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)", 8, t8);
-		del_plan = outbox_prepare("DELETE FROM outbox.batch"
-								  " WHERE sub_id OPERATOR(pg_catalog.=) $1"
-								  " AND batch_no OPERATOR(pg_catalog.=) ANY ($2)", 2, t2);
-		lock_plan = outbox_prepare("SELECT 1 FROM outbox.batch"
-								   " WHERE sub_id OPERATOR(pg_catalog.=) $1"
-								   " AND batch_no OPERATOR(pg_catalog.=) $2"
-								   " FOR UPDATE SKIP LOCKED", 2, t2b);
+								  " (gen, sub_id, fold_no, delta, lo, hi, pos, ended, scan_from, scan_gen)"
+								  " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)", 10, t10);
 		hand_plan = outbox_prepare(
 			"INSERT INTO outbox.delivery (sub_id, event_id, state, attempts, lease_until, key)"
-			" SELECT b.sub_id, u.id, 'leased', 1, b.lease_until, u.key"
-			" FROM outbox.batch b,"
-			"  ROWS FROM (pg_catalog.unnest(b.ids),"
-			"   pg_catalog.unnest(COALESCE(b.keys, '{}'::pg_catalog.text[]))) AS u(id, key)"
-			" WHERE b.sub_id OPERATOR(pg_catalog.=) $1 AND b.batch_no OPERATOR(pg_catalog.=) $2"
-			" AND u.id IS NOT NULL ON CONFLICT DO NOTHING", 2, t2b);
+			" SELECT $1, u.id, 'leased', 1, $2, u.key"
+			" FROM ROWS FROM (pg_catalog.unnest($3), pg_catalog.unnest($4)) AS u(id, key)"
+			" WHERE u.id IS NOT NULL ON CONFLICT DO NOTHING", 4, t4);
 	}
 
 	/* one fold at a time per subscription, until it commits */
@@ -532,17 +892,14 @@ outbox_chain_fold(OutboxChain *chain, int min_slices)
 	/* a fold that committed since we read the cursor: ours would be stale */
 	{
 		OutboxChain latest;
-		Snapshot	snap = RegisterSnapshot(GetLatestSnapshot());
 
 		memset(&latest, 0, sizeof(latest));
 		latest.sub_id = chain->sub_id;
-		read_cursor(&latest, snap);
-		UnregisterSnapshot(snap);
-		if (latest.fold_no != chain->fold_no)
+		latest.gen_now = chain->gen_now;
+		if (!outbox_cursor_read(&latest, NULL) || latest.fold_no != chain->fold_no)
 			return;
 	}
 
-	nos = palloc(sizeof(Datum) * chain->nslices);
 	for (i = 0; i < chain->nslices; i++)
 	{
 		OutboxSlice *s = &chain->slices[i];
@@ -554,7 +911,7 @@ outbox_chain_fold(OutboxChain *chain, int min_slices)
 		{
 			if (s->settled)
 			{
-				nos[n++] = Int64GetDatum(s->batch_no);
+				n++;
 				s->folded = true;
 			}
 			continue;
@@ -568,20 +925,40 @@ outbox_chain_fold(OutboxChain *chain, int min_slices)
 			break;
 		if (!s->settled)
 		{
-			Datum		largs[2] = {Int32GetDatum(chain->sub_id), Int64GetDatum(s->batch_no)};
+			int64	   *taken;
+			Datum	   *keys;
+			bool	   *key_nulls;
+			int			ntaken;
 
 			if (chain->nslices - i - 1 < OUTBOX_FOLD_PAST_LEASES)
 				break;
 			/* an ack may be settling it right now: fold another time */
-			if (SPI_execute_plan(lock_plan, largs, NULL, false, 1) != SPI_OK_SELECT)
-				elog(ERROR, "batch lock failed");
-			if (SPI_processed != 1)
+			ntaken = outbox_batch_take(chain->sub_id, s->gen, s->batch_no, NULL, 0,
+									   true, &taken, &keys, &key_nulls);
+			if (ntaken < 0)
 				break;
-			if (SPI_execute_plan(hand_plan, largs, NULL, false, 0) != SPI_OK_INSERT)
-				elog(ERROR, "lease hand-over failed");
+			if (ntaken > 0)
+			{
+				Datum	   *dids = palloc(sizeof(Datum) * ntaken);
+				Datum		hargs[4];
+				int			dims[1] = {ntaken};
+				int			lbs[1] = {1};
+				int			k;
+
+				for (k = 0; k < ntaken; k++)
+					dids[k] = Int64GetDatum(taken[k]);
+				hargs[0] = Int32GetDatum(chain->sub_id);
+				hargs[1] = TimestampTzGetDatum(s->lease_until);
+				hargs[2] = PointerGetDatum(construct_array(dids, ntaken, INT8OID, 8,
+														   FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+				hargs[3] = PointerGetDatum(construct_md_array(keys, key_nulls, 1, dims, lbs,
+															  TEXTOID, -1, false, TYPALIGN_INT));
+				if (SPI_execute_plan(hand_plan, hargs, NULL, false, 0) != SPI_OK_INSERT)
+					elog(ERROR, "lease hand-over failed");
+			}
 			handed = true;
 		}
-		nos[n++] = Int64GetDatum(s->batch_no);
+		n++;
 		s->folded = true;
 		w.delta = s->delta;
 		w.lo = s->lo;
@@ -590,7 +967,7 @@ outbox_chain_fold(OutboxChain *chain, int min_slices)
 		w.ended = s->ended;
 	}
 	/* a slice whose leases were handed over must go now */
-	if (!handed && (n < min_slices || n == 0))
+	if (!handed && (n < min_slices || n == 0) && !refresh)
 	{
 		for (i = 0; i < chain->nslices; i++)
 			chain->slices[i].folded = false;
@@ -606,24 +983,26 @@ outbox_chain_fold(OutboxChain *chain, int min_slices)
 			continue;
 		if (s->folded)
 			max_folded = Max(max_folded, s->batch_no);
-		else if (scan_from < 0 || s->batch_no < scan_from)
-			scan_from = s->batch_no;
+		else
+		{
+			if (scan_from < 0 || s->batch_no < scan_from)
+				scan_from = s->batch_no;
+			scan_gen = Min(scan_gen, s->gen);
+		}
 	}
 	if (scan_from < 0)
 		scan_from = max_folded + 1;
 
-	args[0] = Int32GetDatum(chain->sub_id);
-	args[1] = Int64GetDatum(chain->fold_no + 1);
-	args[2] = Int64GetDatum(w.delta);
-	args[3] = PointerGetDatum(w.lo);
-	args[4] = PointerGetDatum(w.hi);
-	args[5] = Int64GetDatum(w.pos);
-	args[6] = BoolGetDatum(w.ended);
-	args[7] = Int64GetDatum(scan_from);
+	args[0] = Int64GetDatum(chain->gen_now);
+	args[1] = Int32GetDatum(chain->sub_id);
+	args[2] = Int64GetDatum(chain->fold_no + 1);
+	args[3] = Int64GetDatum(w.delta);
+	args[4] = PointerGetDatum(w.lo);
+	args[5] = PointerGetDatum(w.hi);
+	args[6] = Int64GetDatum(w.pos);
+	args[7] = BoolGetDatum(w.ended);
+	args[8] = Int64GetDatum(scan_from);
+	args[9] = Int64GetDatum(scan_gen);
 	if (SPI_execute_plan(ins_plan, args, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "cursor insert failed");
-	args[1] = PointerGetDatum(construct_array(nos, n, INT8OID, 8, FLOAT8PASSBYVAL,
-											  TYPALIGN_DOUBLE));
-	if (SPI_execute_plan(del_plan, args, NULL, false, 0) != SPI_OK_DELETE)
-		elog(ERROR, "batch delete failed");
 }

@@ -16,6 +16,7 @@
 /* one outbox.batch row as read with a dirty snapshot */
 typedef struct OutboxSlice
 {
+	int64		gen;			/* generation of its batch row */
 	int64		batch_no;
 	int64		delta;
 	OutboxSnap *lo;
@@ -23,9 +24,11 @@ typedef struct OutboxSlice
 	int64		pos_from;
 	int64		pos_to;
 	bool		ended;
-	bool		committed;		/* committed and not being changed */
+	TimestampTz lease_until;
+	bool		visible;		/* inserted by a committed transaction or ours */
+	bool		committed;		/* committed, and no settlement in progress */
 	bool		settled;		/* committed, and no ids left */
-	int			nids;
+	int			nids;			/* ids not settled yet */
 	int64	   *ids;
 	int			nkeys;
 	int64	   *key_hashes;		/* ordered subscriptions: hashes of keys */
@@ -49,9 +52,12 @@ typedef struct OutboxSegment
 typedef struct OutboxChain
 {
 	int32		sub_id;
+	int64		gen_now;		/* the current generation when read */
 	/* the folded cursor: its latest row */
+	int64		cursor_gen;		/* generation the row is in */
 	int64		fold_no;
 	int64		scan_from;		/* batch rows below this are folded */
+	int64		scan_gen;		/* ... and the rest are in this one or later */
 	int64		delta;
 	OutboxSnap *lo;
 	OutboxSnap *hi;
@@ -66,6 +72,19 @@ typedef struct OutboxChain
 	OutboxSnap *now;
 } OutboxChain;
 
+/*
+ * Cursor, batch and settle rows are written to generation "gen" of four
+ * rotating partitions (gen % 4), which the worker empties with TRUNCATE in
+ * turn; see maintain.c.
+ */
+#define OUTBOX_CHAIN_PARTS 4
+
+extern int64 outbox_chain_gen(void);
+extern Oid	outbox_chain_part(const char *table, int64 gen);
+extern bool outbox_cursor_read(OutboxChain *chain, Snapshot snapshot);
+extern int	outbox_batch_take(int32 sub_id, int64 gen, int64 batch_no,
+							  int64 *ids, int n, bool skip_locked,
+							  int64 **taken, Datum **keys, bool **key_nulls);
 extern OutboxChain *outbox_chain_read(int32 sub_id);
 extern void outbox_chain_release(OutboxChain *chain);
 extern List *outbox_chain_segments(OutboxChain *chain);

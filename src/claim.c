@@ -437,8 +437,8 @@ static void
 write_slice(ClaimState *st, OutboxSlice *s, Candidate *cands, int n)
 {
 	static SPIPlanPtr plan = NULL;
-	Datum		args[10];
-	char		nulls[10] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	Datum		args[11];
+	char		nulls[11] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 	Datum	   *ids = palloc(sizeof(Datum) * Max(n, 1));
 	Datum	   *keys = NULL;
 	bool	   *key_nulls = NULL;
@@ -446,15 +446,15 @@ write_slice(ClaimState *st, OutboxSlice *s, Candidate *cands, int n)
 
 	if (plan == NULL)
 	{
-		Oid			types[10] = {INT4OID, INT8OID, PG_SNAPSHOTOID, PG_SNAPSHOTOID,
+		Oid			types[11] = {INT4OID, INT8OID, PG_SNAPSHOTOID, PG_SNAPSHOTOID,
 			INT8OID, INT8OID, BOOLOID, TIMESTAMPTZOID, INT8ARRAYOID,
-		TEXTARRAYOID};
+		TEXTARRAYOID, INT8OID};
 
 		plan = outbox_prepare(
-			"INSERT INTO outbox.batch (sub_id, batch_no, delta, lo, hi, pos_from,"
-			" pos_to, ended, lease_until, ids, keys) VALUES ($1,"
+			"INSERT INTO outbox.batch (gen, sub_id, batch_no, delta, lo, hi, pos_from,"
+			" pos_to, ended, lease_until, ids, keys) VALUES ($11, $1,"
 			" pg_catalog.nextval('outbox.batch_no_seq'::pg_catalog.regclass),"
-			" $2, $3, $4, $5, $6, $7, $8, $9, $10)", 10, types);
+			" $2, $3, $4, $5, $6, $7, $8, $9, $10)", 11, types);
 	}
 	if (st->sub->ordered)
 	{
@@ -490,6 +490,8 @@ write_slice(ClaimState *st, OutboxSlice *s, Candidate *cands, int n)
 	}
 	else
 		nulls[9] = 'n';
+	/* the generation read under the claim lock, whatever the worker did since */
+	args[10] = Int64GetDatum(st->chain->gen_now);
 	if (SPI_execute_plan(plan, args, nulls, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "batch insert failed");
 }
@@ -817,7 +819,7 @@ outbox_claim_advance(OutboxSub *sub)
 			continue;
 		scan_segment(&st, seg);
 	}
-	outbox_chain_fold(st.chain, 1);
+	outbox_chain_fold(st.chain, 0);
 	outbox_unlock_sub(sub->id);
 	outbox_chain_release(st.chain);
 }

@@ -12,6 +12,7 @@
  *
  *-------------------------------------------------------------------------
  */
+#include "chain.h"
 #include "shmem.h"
 #include "maintain.h"
 
@@ -33,6 +34,15 @@
 
 /* batches of expired leases returned per round */
 #define EXPIRE_BATCHES 100
+
+/* SQL: batch row b still has ids that no settle row took */
+#define UNSETTLED \
+	"EXISTS (SELECT 1 FROM pg_catalog.unnest(b.ids) AS u(id) WHERE NOT EXISTS (" \
+	" SELECT 1 FROM outbox.settle t WHERE t.sub_id = b.sub_id" \
+	" AND t.batch_no = b.batch_no AND u.id = ANY (t.ids)))"
+
+/* outbox.chain_rotation: milliseconds between generations of chain rows */
+int			outbox_chain_rotation = 10000;
 
 static void
 unit_begin(const char *what)
@@ -145,6 +155,13 @@ sub_cache_invalidate(Datum arg, Oid relid)
 		sub_cache_valid = false;
 }
 
+/* A commit changed subscriptions: reload the list before notifying again. */
+void
+outbox_forget_subscriptions(void)
+{
+	sub_cache_valid = false;
+}
+
 /*
  * The subscriptions that are not paused, with their topic bits.  Reloaded
  * after subscribe, unsubscribe, pause and resume, which send a relcache
@@ -171,7 +188,13 @@ subscriptions(void)
 	if (plan == NULL)
 		plan = outbox_prepare("SELECT name, topics FROM outbox.subscription"
 							  " WHERE NOT paused", 0, NULL);
-	if (SPI_execute_plan(plan, NULL, NULL, true, 0) != SPI_OK_SELECT)
+	/*
+	 * A fresh snapshot, not the unit's: an invalidation accepted earlier in
+	 * this transaction may be for a commit its snapshot does not see, and
+	 * the list would then stay stale until the next change.
+	 */
+	if (SPI_execute_snapshot(plan, NULL, NULL, GetLatestSnapshot(), InvalidSnapshot,
+							 true, false, 0) != SPI_OK_SELECT)
 	{
 		sub_cache_valid = false;
 		elog(ERROR, "subscription lookup failed");
@@ -242,7 +265,6 @@ expire_leases(void)
 	static SPIPlanPtr dplan = NULL;
 	static SPIPlanPtr bsel = NULL;
 	static SPIPlanPtr bins = NULL;
-	static SPIPlanPtr bupd = NULL;
 	static SPIPlanPtr next_plan = NULL;
 	SPITupleTable *tab;
 	uint64		n,
@@ -253,8 +275,7 @@ expire_leases(void)
 
 	if (next_plan == NULL)
 	{
-		Oid			t4[4] = {INT4OID, INT8ARRAYOID, TEXTARRAYOID, INT8OID};
-		Oid			t2[2] = {INT4OID, INT8OID};
+		Oid			t3[3] = {INT4OID, INT8ARRAYOID, TEXTARRAYOID};
 
 		/* the backoff of fail(), in SQL: 2^(attempts-1) capped to stay finite */
 		dplan = outbox_prepare(
@@ -274,14 +295,13 @@ expire_leases(void)
 			" RETURNING s.name",
 			0, NULL);
 		bsel = outbox_prepare(
-			"SELECT b.sub_id, b.batch_no, b.ids, b.keys,"
+			"SELECT b.sub_id, b.gen, b.batch_no,"
 			" (SELECT s.name FROM outbox.subscription s WHERE s.id = b.sub_id)"
 			" FROM outbox.cursor_now c, LATERAL ("
 			"  SELECT * FROM outbox.batch b WHERE b.sub_id = c.sub_id"
 			"  AND b.batch_no >= c.scan_from) b"
-			" WHERE b.lease_until < pg_catalog.clock_timestamp() AND cardinality(b.ids) > 0"
-			" ORDER BY b.lease_until LIMIT " CppAsString2(EXPIRE_BATCHES)
-			" FOR UPDATE OF b SKIP LOCKED", 0, NULL);
+			" WHERE b.lease_until < pg_catalog.clock_timestamp() AND " UNSETTLED
+			" ORDER BY b.lease_until LIMIT " CppAsString2(EXPIRE_BATCHES), 0, NULL);
 		bins = outbox_prepare(
 			"INSERT INTO outbox.delivery"
 			" (sub_id, event_id, state, attempts, visible_at, key, last_error, dead_at)"
@@ -291,16 +311,12 @@ expire_leases(void)
 			"  u.key, 'lease expired', CASE WHEN s.max_attempts <= 1 THEN now() END"
 			" FROM unnest($2, $3) AS u(id, key), outbox.subscription s"
 			" WHERE s.id = $1 AND u.id IS NOT NULL"
-			" ON CONFLICT (sub_id, event_id) DO NOTHING", 3, t4);
-		bupd = outbox_prepare(
-			"UPDATE outbox.batch SET ids = '{}',"
-			" keys = CASE WHEN keys IS NULL THEN NULL ELSE '{}'::text[] END"
-			" WHERE sub_id = $1 AND batch_no = $2", 2, t2);
+			" ON CONFLICT (sub_id, event_id) DO NOTHING", 3, t3);
 		next_plan = outbox_prepare(
 			"SELECT LEAST((SELECT min(lease_until) FROM outbox.delivery WHERE state = 'leased'),"
 			" (SELECT min(b.lease_until) FROM outbox.cursor_now c, LATERAL ("
 			"  SELECT * FROM outbox.batch b WHERE b.sub_id = c.sub_id"
-			"  AND b.batch_no >= c.scan_from) b WHERE cardinality(b.ids) > 0))",
+			"  AND b.batch_no >= c.scan_from) b WHERE " UNSETTLED "))",
 			0, NULL);
 	}
 
@@ -317,24 +333,37 @@ expire_leases(void)
 	n = SPI_processed;
 	for (i = 0; i < n; i++)
 	{
+		int32		sub_id = DatumGetInt32(SPI_getbinval(tab->vals[i], tab->tupdesc, 1, &isnull));
+		int64		gen = DatumGetInt64(SPI_getbinval(tab->vals[i], tab->tupdesc, 2, &isnull));
+		int64		batch_no = DatumGetInt64(SPI_getbinval(tab->vals[i], tab->tupdesc, 3, &isnull));
+		char	   *name = TextDatumGetCString(SPI_getbinval(tab->vals[i], tab->tupdesc, 4, &isnull));
+		int64	   *taken;
+		Datum	   *keys;
+		bool	   *key_nulls;
+		int			ntaken,
+					k;
 		Datum		args[3];
-		char		nulls[3] = {' ', ' ', ' '};
-		bool		knull;
+		Datum	   *dids;
+		int			dims[1];
+		int			lbs[1] = {1};
 
-		args[0] = SPI_getbinval(tab->vals[i], tab->tupdesc, 1, &isnull);
-		args[1] = SPI_getbinval(tab->vals[i], tab->tupdesc, 3, &isnull);
-		args[2] = SPI_getbinval(tab->vals[i], tab->tupdesc, 4, &knull);
-		if (knull)
-		{
-			/* unordered: no keys, but unnest needs an array to pair with */
-			args[2] = PointerGetDatum(construct_empty_array(TEXTOID));
-		}
-		if (SPI_execute_plan(bins, args, nulls, false, 0) != SPI_OK_INSERT)
+		/* an ack or fail of this batch in progress: next round */
+		ntaken = outbox_batch_take(sub_id, gen, batch_no, NULL, 0, true,
+								   &taken, &keys, &key_nulls);
+		if (ntaken <= 0)
+			continue;
+		dids = palloc(sizeof(Datum) * ntaken);
+		for (k = 0; k < ntaken; k++)
+			dids[k] = Int64GetDatum(taken[k]);
+		dims[0] = ntaken;
+		args[0] = Int32GetDatum(sub_id);
+		args[1] = PointerGetDatum(construct_array(dids, ntaken, INT8OID, 8,
+												  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+		args[2] = PointerGetDatum(construct_md_array(keys, key_nulls, 1, dims, lbs,
+													 TEXTOID, -1, false, TYPALIGN_INT));
+		if (SPI_execute_plan(bins, args, NULL, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "lease expiry insert failed");
-		args[1] = SPI_getbinval(tab->vals[i], tab->tupdesc, 2, &isnull);
-		if (SPI_execute_plan(bupd, args, NULL, false, 0) != SPI_OK_UPDATE)
-			elog(ERROR, "lease expiry update failed");
-		notify_sub(TextDatumGetCString(SPI_getbinval(tab->vals[i], tab->tupdesc, 5, &isnull)));
+		notify_sub(name);
 	}
 
 	if (SPI_execute_plan(next_plan, NULL, NULL, true, 1) != SPI_OK_SELECT)
@@ -507,10 +536,10 @@ advance_subscriptions(void)
 }
 
 /*
- * Delete, a step at a time: cursor rows older than the newest, done
- * markers behind their subscription's cursor, commit-order records no
- * chain can need, and kept copies of events that no longer have a dead
- * letter.
+ * Delete, a step at a time: done markers behind their subscription's
+ * cursor, commit-order records no chain can need, and kept copies of events
+ * that no longer have a dead letter.  (Old cursor, batch and settle rows go
+ * with their partition: rotate_chain.)
  */
 static void
 clean_up(void)
@@ -518,17 +547,8 @@ clean_up(void)
 	static SPIPlanPtr done_plan = NULL;
 	static SPIPlanPtr keys_plan = NULL;
 	static SPIPlanPtr kept_plan = NULL;
-	static SPIPlanPtr cursor_plan = NULL;
 
 	unit_begin("outbox: clean up");
-	if (cursor_plan == NULL)
-		cursor_plan = outbox_prepare(
-			"DELETE FROM outbox.cursor WHERE ctid IN ("
-			" SELECT c.ctid FROM outbox.cursor c JOIN outbox.cursor_now n"
-			"  ON n.sub_id = c.sub_id AND c.fold_no < n.fold_no"
-			" LIMIT " CppAsString2(STEP_ROWS) ")", 0, NULL);
-	if (SPI_execute_plan(cursor_plan, NULL, NULL, false, 0) != SPI_OK_DELETE)
-		elog(ERROR, "cursor clean-up failed");
 	if (kept_plan == NULL)
 	{
 		done_plan = outbox_prepare(
@@ -677,6 +697,94 @@ rotate_and_truncate(void)
 }
 
 /*
+ * Is the partition of generation "old" still needed?  By a subscription
+ * whose newest cursor row is in it, or whose unfolded batch rows start in it
+ * or before; or by a batch row in it that some cursor has not folded.
+ */
+static bool
+chain_part_needed(int64 old)
+{
+	int			part = (int) (old % OUTBOX_CHAIN_PARTS);
+
+	if (int8_result(psprintf("SELECT count(*) FROM outbox.cursor_now c"
+							 " JOIN outbox.subscription s ON s.id = c.sub_id"
+							 " WHERE c.gen <= " INT64_FORMAT " OR c.scan_gen <= " INT64_FORMAT,
+							 old, old)) != 0)
+		return true;
+	return int8_result(psprintf("SELECT count(*) FROM (SELECT 1 FROM outbox.batch_%d b"
+								" JOIN outbox.cursor_now c ON c.sub_id = b.sub_id"
+								" AND b.batch_no >= c.scan_from LIMIT 1) x", part)) != 0;
+}
+
+static bool
+chain_part_empty(int part)
+{
+	return int8_result(psprintf("SELECT count(*) FROM (SELECT 1 FROM outbox.cursor_%d"
+								" UNION ALL SELECT 1 FROM outbox.batch_%d"
+								" UNION ALL SELECT 1 FROM outbox.settle_%d LIMIT 1) x",
+								part, part, part)) == 0;
+}
+
+/*
+ * Cursor, batch and settle rows are only ever inserted, into the partitions
+ * of the current generation; this empties the oldest generation with
+ * TRUNCATE once nothing in it is needed, and starts a new generation every
+ * outbox.chain_rotation when there is an empty partition for it.  So a
+ * transaction that holds back vacuum for hours does not make these tables
+ * bloat.  Readers lock only the partitions of the generations they read,
+ * and a subscription whose newest cursor row is in an old generation gets a
+ * fresh copy from advance_subscriptions, so the oldest partition is
+ * normally free to take; if a transaction still holds it, the next round
+ * tries again.
+ */
+static void
+rotate_chain(void)
+{
+	static TimestampTz since = 0;
+	TimestampTz now = GetCurrentTimestamp();
+	int64		gen;
+	int			oldest;
+
+	if (since == 0)
+		since = now;
+	unit_begin("outbox: rotate");
+	gen = outbox_chain_gen();
+	oldest = (int) ((gen + 1) % OUTBOX_CHAIN_PARTS);
+
+	/* the oldest generation, gen - 3: empty it if nothing needs it */
+	if (gen >= OUTBOX_CHAIN_PARTS - 1 && !chain_part_empty(oldest) &&
+		!chain_part_needed(gen - (OUTBOX_CHAIN_PARTS - 1)))
+	{
+		unit_end();
+		unit_begin("outbox: rotate");
+		if (ConditionalLockRelationOid(outbox_chain_part("cursor", oldest), AccessExclusiveLock) &&
+			ConditionalLockRelationOid(outbox_chain_part("batch", oldest), AccessExclusiveLock) &&
+			ConditionalLockRelationOid(outbox_chain_part("settle", oldest), AccessExclusiveLock) &&
+			!chain_part_needed(gen - (OUTBOX_CHAIN_PARTS - 1)))
+		{
+			if (SPI_execute(psprintf("TRUNCATE outbox.cursor_%d, outbox.batch_%d, outbox.settle_%d",
+									 oldest, oldest, oldest), false, 0) != SPI_OK_UTILITY)
+				elog(ERROR, "emptying chain partition %d failed", oldest);
+			ereport(DEBUG1, (errmsg("outbox emptied chain generation " INT64_FORMAT,
+									gen - (OUTBOX_CHAIN_PARTS - 1))));
+		}
+		unit_end();
+		unit_begin("outbox: rotate");
+	}
+
+	/* a new generation, if the current one has rows and is old enough */
+	if (TimestampDifferenceExceeds(since, now, outbox_chain_rotation) &&
+		!chain_part_empty((int) (gen % OUTBOX_CHAIN_PARTS)) && chain_part_empty(oldest))
+	{
+		if (SPI_execute("SELECT pg_catalog.nextval('outbox.chain_gen')", false, 1) != SPI_OK_SELECT)
+			elog(ERROR, "chain rotation failed");
+		since = now;
+		ereport(DEBUG1, (errmsg("outbox started chain generation " INT64_FORMAT, gen + 1)));
+	}
+	unit_end();
+}
+
+/*
  * Maintenance, at most once a second.
  */
 void
@@ -691,4 +799,5 @@ outbox_maintain(void)
 	advance_subscriptions();
 	clean_up();
 	rotate_and_truncate();
+	rotate_chain();
 }

@@ -34,6 +34,13 @@ _PG_init(void)
 							1000, 10, 3600 * 1000,
 							PGC_SIGHUP, GUC_UNIT_MS,
 							NULL, NULL, NULL);
+	DefineCustomIntVariable("outbox.chain_rotation",
+							"How often the worker starts a new generation of subscription bookkeeping.",
+							"Cursor, batch and settle rows go to the current of four rotating partitions; the oldest is emptied with TRUNCATE once nothing needs it, so acks and folds leave no dead tuples.",
+							&outbox_chain_rotation,
+							10000, 100, 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
 	MarkGUCPrefixReserved("outbox");
 
 	if (process_shared_preload_libraries_in_progress)

@@ -4,8 +4,9 @@
  *		outbox.ack() and outbox.fail(): settle leased deliveries.
  *
  * A delivery leased from the stream is an id in an outbox.batch row: ack
- * removes it there (one row update per batch, not per event), fail moves it
- * to outbox.delivery as 'scheduled' or 'dead'.  A delivery that already has
+ * takes it out with an outbox.settle row (one insert per batch, not per
+ * event; nothing is updated), fail does the same and adds an
+ * outbox.delivery row, 'scheduled' or 'dead'.  A delivery that already has
  * an outbox.delivery row is updated in place.
  *
  *-------------------------------------------------------------------------
@@ -55,125 +56,108 @@ cmp_int64(const void *a, const void *b)
 }
 
 /*
- * Remove the given ids (sorted) from the batch rows of a subscription that
- * hold them.  The rows are locked first, so concurrent settlements of one
- * batch never lose each other's changes.  Marks found[] for each id that
- * was removed and returns how many.  For fail, also returns the key of
- * each removed id in keys[] (when the subscription is ordered).
+ * Take the given ids (sorted) out of the batch rows of a subscription that
+ * hold them, with a settle row per batch (outbox_batch_take: concurrent
+ * settlements of one batch wait for each other).  Marks found[] for each id
+ * that was taken and returns how many.  For fail, also returns the key of
+ * each taken id in keys[] (when the subscription is ordered).
  */
 static int
 settle_from_batches(int32 sub_id, int64 *ids, int n, bool *found,
 					Datum *keys, bool *key_nulls)
 {
-	static SPIPlanPtr sel = NULL;
-	static SPIPlanPtr upd = NULL;
-	Datum		args[4];
-	char		nulls[4] = {' ', ' ', ' ', ' '};
-	SPITupleTable *tab;
-	uint64		nrows,
-				r;
-	int			removed = 0;
+	static SPIPlanPtr find[OUTBOX_CHAIN_PARTS];
+	OutboxChain cur;
+	Datum		args[3];
 	Datum	   *dids;
+	int			removed = 0;
+	int64		g;
+	int64		first;
 	int			i;
+	int64	   *gens = NULL;
+	int64	   *nos = NULL;
+	int			nfound = 0,
+				maxfound = 0,
+				b;
 
-	if (upd == NULL)
-	{
-		Oid			t2[2] = {INT4OID, INT8ARRAYOID};
-		Oid			t4[4] = {INT4OID, INT8OID, INT8ARRAYOID, TEXTARRAYOID};
+	memset(&cur, 0, sizeof(cur));
+	cur.sub_id = sub_id;
+	cur.gen_now = outbox_chain_gen();
+	if (!outbox_cursor_read(&cur, NULL))
+		return 0;
 
-		/* rows below the cursor's scan_from are folded: skip them unread */
-		sel = outbox_prepare("SELECT batch_no, ids, keys FROM outbox.batch"
-							 " WHERE sub_id OPERATOR(pg_catalog.=) $1"
-							 " AND batch_no OPERATOR(pg_catalog.>=) (SELECT c.scan_from"
-							 "  FROM outbox.cursor c WHERE c.sub_id OPERATOR(pg_catalog.=) $1"
-							 "  ORDER BY c.fold_no DESC LIMIT 1)"
-							 " AND ids OPERATOR(pg_catalog.&&) $2 FOR UPDATE", 2, t2);
-		upd = outbox_prepare("UPDATE outbox.batch SET ids = $3, keys = $4"
-							 " WHERE sub_id OPERATOR(pg_catalog.=) $1"
-							 " AND batch_no OPERATOR(pg_catalog.=) $2", 4, t4);
-	}
 	dids = palloc(sizeof(Datum) * n);
 	for (i = 0; i < n; i++)
 		dids[i] = Int64GetDatum(ids[i]);
 	args[0] = Int32GetDatum(sub_id);
-	args[1] = PointerGetDatum(construct_array(dids, n, INT8OID, 8, FLOAT8PASSBYVAL,
+	/* rows below the cursor's scan_from are folded: skip them unread */
+	args[1] = Int64GetDatum(cur.scan_from);
+	args[2] = PointerGetDatum(construct_array(dids, n, INT8OID, 8, FLOAT8PASSBYVAL,
 											  TYPALIGN_DOUBLE));
-	if (SPI_execute_plan(sel, args, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "batch lookup failed");
-	tab = SPI_tuptable;
-	nrows = SPI_processed;
-	for (r = 0; r < nrows; r++)
+	first = Max(cur.scan_gen, cur.gen_now - (OUTBOX_CHAIN_PARTS - 1));
+	for (g = first; g <= cur.gen_now; g++)
 	{
-		bool		isnull;
-		bool		keys_null;
-		int64		batch_no = DatumGetInt64(SPI_getbinval(tab->vals[r], tab->tupdesc, 1, &isnull));
-		ArrayType  *arr = DatumGetArrayTypeP(SPI_getbinval(tab->vals[r], tab->tupdesc, 2, &isnull));
-		Datum		kd = SPI_getbinval(tab->vals[r], tab->tupdesc, 3, &keys_null);
-		Datum	   *elems;
-		Datum	   *kelems = NULL;
-		bool	   *knulls = NULL;
-		int			nelems,
-					nk,
-					k,
-					kept = 0;
-		Datum	   *keep;
-		Datum	   *keepk = NULL;
-		bool	   *keepkn = NULL;
+		int			part = (int) (g % OUTBOX_CHAIN_PARTS);
+		uint64		r;
 
-		deconstruct_array(arr, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE,
-						  &elems, NULL, &nelems);
-		if (!keys_null)
+		if (find[part] == NULL)
 		{
-			deconstruct_array(DatumGetArrayTypeP(kd), TEXTOID, -1, false,
-							  TYPALIGN_INT, &kelems, &knulls, &nk);
-			keepk = palloc(sizeof(Datum) * Max(nelems, 1));
-			keepkn = palloc(sizeof(bool) * Max(nelems, 1));
+			Oid			types[3] = {INT4OID, INT8OID, INT8ARRAYOID};
+
+			find[part] = outbox_prepare(
+				psprintf("SELECT gen, batch_no FROM outbox.batch_%d"
+						 " WHERE sub_id OPERATOR(pg_catalog.=) $1"
+						 " AND batch_no OPERATOR(pg_catalog.>=) $2"
+						 " AND ids OPERATOR(pg_catalog.&&) $3", part), 3, types);
 		}
-		keep = palloc(sizeof(Datum) * Max(nelems, 1));
-		for (k = 0; k < nelems; k++)
+		if (SPI_execute_plan(find[part], args, NULL, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "batch lookup failed");
+		for (r = 0; r < SPI_processed; r++)
 		{
-			int64		id = DatumGetInt64(elems[k]);
-			int64	   *hit = bsearch(&id, ids, n, sizeof(int64), cmp_int64);
+			bool		isnull;
 
-			if (hit != NULL && !found[hit - ids])
+			if (nfound == maxfound)
 			{
-				int			pos = hit - ids;
-
-				found[pos] = true;
-				removed++;
-				if (keys)
-				{
-					keys[pos] = kelems ? kelems[k] : (Datum) 0;
-					key_nulls[pos] = kelems ? knulls[k] : true;
-				}
-				continue;
+				maxfound = Max(8, maxfound * 2);
+				gens = gens ? repalloc(gens, sizeof(int64) * maxfound) :
+					palloc(sizeof(int64) * maxfound);
+				nos = nos ? repalloc(nos, sizeof(int64) * maxfound) :
+					palloc(sizeof(int64) * maxfound);
 			}
-			keep[kept] = elems[k];
-			if (keepk)
-			{
-				keepk[kept] = kelems[k];
-				keepkn[kept] = knulls[k];
-			}
-			kept++;
+			gens[nfound] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r],
+													   SPI_tuptable->tupdesc, 1, &isnull));
+			nos[nfound++] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r],
+														SPI_tuptable->tupdesc, 2, &isnull));
 		}
-		args[1] = Int64GetDatum(batch_no);
-		args[2] = PointerGetDatum(construct_array(keep, kept, INT8OID, 8,
-												  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-		if (keepk)
-		{
-			int			dims[1] = {kept};
-			int			lbs[1] = {1};
-
-			args[3] = PointerGetDatum(construct_md_array(keepk, keepkn, 1, dims, lbs,
-														 TEXTOID, -1, false, TYPALIGN_INT));
-			nulls[3] = ' ';
-		}
-		else
-			nulls[3] = 'n';
-		if (SPI_execute_plan(upd, args, nulls, false, 0) != SPI_OK_UPDATE)
-			elog(ERROR, "batch update failed");
 	}
-	SPI_freetuptable(tab);
+
+	for (b = 0; b < nfound; b++)
+	{
+		int64	   *taken;
+		Datum	   *tkeys = NULL;
+		bool	   *tknulls = NULL;
+		int			ntaken,
+					k;
+
+		ntaken = outbox_batch_take(sub_id, gens[b], nos[b], ids, n, false, &taken,
+								   keys ? &tkeys : NULL, keys ? &tknulls : NULL);
+		for (k = 0; k < ntaken; k++)
+		{
+			int64	   *hit = bsearch(&taken[k], ids, n, sizeof(int64), cmp_int64);
+			int			pos;
+
+			if (hit == NULL || found[hit - ids])
+				continue;
+			pos = hit - ids;
+			found[pos] = true;
+			removed++;
+			if (keys)
+			{
+				keys[pos] = tkeys[k];
+				key_nulls[pos] = tknulls[k];
+			}
+		}
+	}
 	return removed;
 }
 

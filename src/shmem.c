@@ -38,6 +38,7 @@ static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
 /* topics this transaction made ready, as bits (see outbox_topic_bit) */
 static uint64 pending_wake = 0;
+static bool pending_subs_change = false;
 static int	my_slot = -1;
 
 static Size
@@ -73,7 +74,10 @@ outbox_shmem_startup(void)
 		memset(outbox_shared, 0, shared_size());
 		outbox_shared->lock = &(GetNamedLWLockTranche("outbox"))->lock;
 		for (i = 0; i < OUTBOX_MAX_DATABASES; i++)
+		{
 			pg_atomic_init_u64(&outbox_shared->slots[i].wake, 0);
+			pg_atomic_init_u32(&outbox_shared->slots[i].subs_changes, 0);
+		}
 	}
 	LWLockRelease(AddinShmemInitLock);
 }
@@ -152,6 +156,18 @@ outbox_wake_after_commit(uint64 bits)
 }
 
 /*
+ * Note that this transaction changes subscriptions.  The worker caches the
+ * list it notifies; it learns of the change from the slot rather than from
+ * the relcache invalidation alone, because this transaction's wake-up (sent
+ * from the commit callback) can reach it before the invalidation does.
+ */
+void
+outbox_subs_changed_after_commit(void)
+{
+	pending_subs_change = true;
+}
+
+/*
  * Wake this database's worker with the bits of this transaction.  Called
  * after commit, when what it made ready is visible.
  */
@@ -173,6 +189,9 @@ wake_worker(void)
 			return;
 	}
 	slot = &outbox_shared->slots[my_slot];
+	/* before the bits: the worker reads this after taking them */
+	if (pending_subs_change)
+		pg_atomic_fetch_add_u32(&slot->subs_changes, 1);
 	pg_atomic_fetch_or_u64(&slot->wake, pending_wake);
 	latch = slot->latch;
 	if (latch != NULL)
@@ -185,15 +204,17 @@ shmem_xact_callback(XactEvent event, void *arg)
 	switch (event)
 	{
 		case XACT_EVENT_COMMIT:
-			if (pending_wake != 0)
+			if (pending_wake != 0 || pending_subs_change)
 				wake_worker();
 			pending_wake = 0;
+			pending_subs_change = false;
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
 		case XACT_EVENT_PARALLEL_COMMIT:
 		case XACT_EVENT_PREPARE:
 			pending_wake = 0;
+			pending_subs_change = false;
 			break;
 		default:
 			break;

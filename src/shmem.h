@@ -30,6 +30,7 @@ typedef struct OutboxDbSlot
 	int			failures;		/* consecutive worker failures */
 	TimestampTz retry_at;		/* no restart before this */
 	pg_atomic_uint64 wake;		/* topic bits committed since last wake */
+	pg_atomic_uint32 subs_changes;	/* commits that changed subscriptions */
 } OutboxDbSlot;
 
 typedef struct OutboxShared
@@ -48,6 +49,7 @@ extern OutboxDbSlot *outbox_slot_get(Oid dboid);
 extern uint64 outbox_topic_bit(const char *topic);
 extern void outbox_wake_after_commit(uint64 bits);
 extern void outbox_wake_init(void);
+extern void outbox_subs_changed_after_commit(void);
 
 /* launcher.c */
 extern void outbox_launcher_register(void);
@@ -59,5 +61,6 @@ extern PGDLLEXPORT void outbox_launcher_main(Datum arg);
 extern PGDLLEXPORT void outbox_worker_main(Datum arg);
 extern int	outbox_naptime;
 extern int	outbox_retention;
+extern int	outbox_chain_rotation;
 
 #endif							/* OUTBOX_SHMEM_H */

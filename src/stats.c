@@ -144,39 +144,20 @@ count_stream(OutboxSub *sub, OutboxChain *chain, Counts *c, TimestampTz now)
 }
 
 /*
- * Counts of outbox.delivery and of ids leased from the stream.
- */
-/*
  * Ids leased from the stream and not settled yet.
  */
 static void
-count_batches(OutboxSub *sub, Counts *c)
+count_batches(OutboxChain *chain, Counts *c)
 {
-	static SPIPlanPtr plan = NULL;
-	Datum		args[1] = {Int32GetDatum(sub->id)};
-	bool		isnull;
-	Datum		d;
+	int			j;
 
-	if (plan == NULL)
-	{
-		Oid			types[1] = {INT4OID};
-
-		plan = outbox_prepare(
-			"SELECT pg_catalog.sum(pg_catalog.cardinality(ids))::pg_catalog.int8"
-			" FROM outbox.batch WHERE sub_id OPERATOR(pg_catalog.=) $1"
-			" AND batch_no OPERATOR(pg_catalog.>=) (SELECT c.scan_from"
-			"  FROM outbox.cursor c WHERE c.sub_id OPERATOR(pg_catalog.=) $1"
-			"  ORDER BY c.fold_no DESC LIMIT 1)", 1, types);
-	}
-	if (SPI_execute_plan(plan, args, NULL, true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "batch count failed");
-	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	if (!isnull)
-		c->leased += DatumGetInt64(d);
+	for (j = 0; j < chain->nslices; j++)
+		if (chain->slices[j].visible)
+			c->leased += chain->slices[j].nids;
 }
 
 static void
-count_rows(OutboxSub *sub, Counts *c, TimestampTz now)
+count_rows(OutboxSub *sub, OutboxChain *chain, Counts *c, TimestampTz now)
 {
 	static SPIPlanPtr dplan = NULL;
 	Datum		args[2] = {Int32GetDatum(sub->id), TimestampTzGetDatum(now)};
@@ -213,7 +194,7 @@ count_rows(OutboxSub *sub, Counts *c, TimestampTz now)
 	if (!isnull && (c->oldest == 0 || DatumGetTimestampTz(d) < c->oldest))
 		c->oldest = DatumGetTimestampTz(d);
 
-	count_batches(sub, c);
+	count_batches(chain, c);
 }
 
 /*
@@ -342,10 +323,10 @@ outbox_stats(PG_FUNCTION_ARGS)
 			c.keys = hash_create("outbox stats keys", 256, &ctl,
 								 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 			count_rows_ordered(sub, chain, &c, now);
-			count_batches(sub, &c);
+			count_batches(chain, &c);
 		}
 		else
-			count_rows(sub, &c, now);
+			count_rows(sub, chain, &c, now);
 		count_stream(sub, chain, &c, now);
 		outbox_chain_release(chain);
 		values[0] = CStringGetTextDatum(name);

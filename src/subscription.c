@@ -13,7 +13,7 @@
  *
  *-------------------------------------------------------------------------
  */
-#include "outbox.h"
+#include "shmem.h"
 
 #include "access/htup_details.h"
 #include "catalog/namespace.h"
@@ -333,6 +333,7 @@ Datum
 outbox_subscriptions_changed(PG_FUNCTION_ARGS)
 {
 	CacheInvalidateRelcacheByRelid(outbox_relid("subscription"));
+	outbox_subs_changed_after_commit();
 	PG_RETURN_VOID();
 }
 

@@ -48,6 +48,9 @@ int			outbox_retention = 7 * 24 * 3600;
 #define WAKE_GATHER_MS 1
 
 static OutboxDbSlot *my_slot = NULL;
+
+/* subs_changes of the slot when the worker last took it in */
+static uint32 subs_changes_seen = 0;
 static bool clean_exit = false;
 
 static void
@@ -210,7 +213,17 @@ outbox_worker_main(Datum arg)
 			ProcessConfigFile(PGC_SIGHUP);
 		}
 		if (my_slot != NULL)
+		{
+			uint32		changes;
+
 			wake_bits = pg_atomic_exchange_u64(&my_slot->wake, 0);
+			changes = pg_atomic_read_u32(&my_slot->subs_changes);
+			if (changes != subs_changes_seen)
+			{
+				subs_changes_seen = changes;
+				outbox_forget_subscriptions();
+			}
+		}
 
 		if (!extension_present())
 		{

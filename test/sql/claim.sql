@@ -67,8 +67,11 @@ BEGIN
 END
 $$;
 SELECT count(*) AS events, count(DISTINCT n) AS distinct_events, min(n), max(n) FROM drained;
+-- folded batch rows stay until their partition is emptied, below scan_from
 SELECT count(*) < 10 AS batches_folded
-  FROM outbox.batch b JOIN outbox.subscription s ON s.id = b.sub_id WHERE s.name = 'clm_drain';
+  FROM outbox.batch b JOIN outbox.subscription s ON s.id = b.sub_id
+  JOIN outbox.cursor_now c ON c.sub_id = s.id
+ WHERE s.name = 'clm_drain' AND b.batch_no >= c.scan_from;
 SELECT ready, leased FROM outbox.stats WHERE subscription = 'clm_drain';
 -- its lease was handed over so that folding could go on; it still acks
 SELECT count(*) AS handed_over FROM outbox.delivery d JOIN outbox.subscription s ON s.id = d.sub_id
