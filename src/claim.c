@@ -562,7 +562,7 @@ scan_segment(ClaimState *st, OutboxSegment *seg)
 	{
 		Oid			types[4] = {INT8OID, INT8OID, TEXTARRAYOID, INT8OID};
 
-		plan = outbox_prepare(
+		plan = outbox_prepare_generic(
 			"SELECT id, topic, key, payload, headers, deliver_at, enqueued_at"
 			" FROM outbox.event"
 			" WHERE id OPERATOR(pg_catalog.>) $1 AND id OPERATOR(pg_catalog.<=) $2"

@@ -90,6 +90,7 @@ extern void outbox_become_owner(Oid *save_userid, int *save_sec);
 extern void outbox_restore_user(Oid save_userid, int save_sec);
 extern Oid	outbox_relid(const char *relname);
 extern SPIPlanPtr outbox_prepare(const char *sql, int nargs, Oid *argtypes);
+extern SPIPlanPtr outbox_prepare_generic(const char *sql, int nargs, Oid *argtypes);
 extern int64 outbox_interval_usecs(const Interval *iv);
 extern void outbox_check_interval(const Interval *iv, const char *what);
 

@@ -126,6 +126,26 @@ outbox_prepare(const char *sql, int nargs, Oid *argtypes)
 	return plan;
 }
 
+/*
+ * Like outbox_prepare, for a query that must keep its generic plan.  The
+ * stream scans ask for the first rows of an id range in id order: with a
+ * custom plan and no statistics yet (a freshly loaded backlog), the
+ * planner may read the whole range and sort it, at every claim.
+ */
+SPIPlanPtr
+outbox_prepare_generic(const char *sql, int nargs, Oid *argtypes)
+{
+	SPIPlanPtr	plan = SPI_prepare_cursor(sql, nargs, argtypes,
+										  CURSOR_OPT_GENERIC_PLAN);
+
+	if (plan == NULL)
+		elog(ERROR, "SPI_prepare failed for \"%s\": %s",
+			 sql, SPI_result_code_string(SPI_result));
+	if (SPI_keepplan(plan) != 0)
+		elog(ERROR, "SPI_keepplan failed");
+	return plan;
+}
+
 static Interval *
 copy_interval(Datum d)
 {
