@@ -531,6 +531,87 @@ outbox_chain_read(int32 sub_id)
 }
 
 /*
+ * The batch rows of a subscription, not folded yet, that hold any of the
+ * given ids (sorted): their generations and numbers, which the caller then
+ * takes ids from with outbox_batch_take.  Compares sorted id lists in C
+ * rather than with an array overlap in SQL, which compares every pair.
+ * Returns how many.
+ */
+int
+outbox_batches_holding(int32 sub_id, int64 *ids, int n, int64 **gens,
+					   int64 **nos)
+{
+	OutboxChain cur;
+	Snapshot	snap;
+	int64		g;
+	int			found = 0,
+				max = 0;
+
+	memset(&cur, 0, sizeof(cur));
+	cur.sub_id = sub_id;
+	cur.gen_now = outbox_chain_gen();
+	*gens = *nos = NULL;
+	if (!outbox_cursor_read(&cur, NULL))
+		return 0;
+
+	snap = RegisterSnapshot(GetLatestSnapshot());
+	for (g = first_gen(cur.scan_gen, cur.gen_now); g <= cur.gen_now; g++)
+	{
+		Relation	rel,
+					index;
+		SysScanDesc scan;
+		ScanKeyData key[2];
+		HeapTuple	tup;
+
+		rel = open_part("batch", g, &index);
+		ScanKeyInit(&key[0], BATCH_SUB_ID, BTEqualStrategyNumber, F_INT4EQ,
+					Int32GetDatum(sub_id));
+		/* rows below the cursor's scan_from are folded: skip them unread */
+		ScanKeyInit(&key[1], BATCH_NO, BTGreaterEqualStrategyNumber, F_INT8GE,
+					Int64GetDatum(cur.scan_from));
+		scan = systable_beginscan(rel, RelationGetRelid(index), true, snap, 2, key);
+		while (HeapTupleIsValid(tup = systable_getnext(scan)))
+		{
+			bool		isnull;
+			ArrayType  *arr = DatumGetArrayTypeP(heap_getattr(tup, BATCH_IDS,
+															  RelationGetDescr(rel),
+															  &isnull));
+			int			nb = ArrayGetNItems(ARR_NDIM(arr), ARR_DIMS(arr));
+			int64	   *b = (int64 *) ARR_DATA_PTR(arr);
+			int			i = 0,
+						j = 0;
+
+			/* both sorted: merge */
+			while (i < nb && j < n && b[i] != ids[j])
+			{
+				if (b[i] < ids[j])
+					i++;
+				else
+					j++;
+			}
+			if (i == nb || j == n)
+				continue;
+			if (found == max)
+			{
+				max = Max(8, max * 2);
+				*gens = *gens ? repalloc(*gens, sizeof(int64) * max) :
+					palloc(sizeof(int64) * max);
+				*nos = *nos ? repalloc(*nos, sizeof(int64) * max) :
+					palloc(sizeof(int64) * max);
+			}
+			(*gens)[found] = DatumGetInt64(heap_getattr(tup, BATCH_GEN,
+														RelationGetDescr(rel), &isnull));
+			(*nos)[found++] = DatumGetInt64(heap_getattr(tup, BATCH_NO,
+														 RelationGetDescr(rel), &isnull));
+		}
+		systable_endscan(scan);
+		close_part(rel, index);
+	}
+	UnregisterSnapshot(snap);
+	return found;
+}
+
+/*
  * Take ids out of a batch: lock its row (or give up and return -1 if
  * skip_locked and another transaction has it), see what settle rows took
  * already, and write one settle row for the ids still in it, all of them

@@ -82,6 +82,8 @@ typedef struct OutboxChain
 extern int64 outbox_chain_gen(void);
 extern Oid	outbox_chain_part(const char *table, int64 gen);
 extern bool outbox_cursor_read(OutboxChain *chain, Snapshot snapshot);
+extern int	outbox_batches_holding(int32 sub_id, int64 *ids, int n,
+								   int64 **gens, int64 **nos);
 extern int	outbox_batch_take(int32 sub_id, int64 gen, int64 batch_no,
 							  int64 *ids, int n, bool skip_locked,
 							  int64 **taken, Datum **keys, bool **key_nulls);

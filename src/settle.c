@@ -66,71 +66,13 @@ static int
 settle_from_batches(int32 sub_id, int64 *ids, int n, bool *found,
 					Datum *keys, bool *key_nulls)
 {
-	static SPIPlanPtr find[OUTBOX_CHAIN_PARTS];
-	OutboxChain cur;
-	Datum		args[3];
-	Datum	   *dids;
 	int			removed = 0;
-	int64		g;
-	int64		first;
-	int			i;
-	int64	   *gens = NULL;
-	int64	   *nos = NULL;
-	int			nfound = 0,
-				maxfound = 0,
+	int64	   *gens;
+	int64	   *nos;
+	int			nfound,
 				b;
 
-	memset(&cur, 0, sizeof(cur));
-	cur.sub_id = sub_id;
-	cur.gen_now = outbox_chain_gen();
-	if (!outbox_cursor_read(&cur, NULL))
-		return 0;
-
-	dids = palloc(sizeof(Datum) * n);
-	for (i = 0; i < n; i++)
-		dids[i] = Int64GetDatum(ids[i]);
-	args[0] = Int32GetDatum(sub_id);
-	/* rows below the cursor's scan_from are folded: skip them unread */
-	args[1] = Int64GetDatum(cur.scan_from);
-	args[2] = PointerGetDatum(construct_array(dids, n, INT8OID, 8, FLOAT8PASSBYVAL,
-											  TYPALIGN_DOUBLE));
-	first = Max(cur.scan_gen, cur.gen_now - (OUTBOX_CHAIN_PARTS - 1));
-	for (g = first; g <= cur.gen_now; g++)
-	{
-		int			part = (int) (g % OUTBOX_CHAIN_PARTS);
-		uint64		r;
-
-		if (find[part] == NULL)
-		{
-			Oid			types[3] = {INT4OID, INT8OID, INT8ARRAYOID};
-
-			find[part] = outbox_prepare(
-				psprintf("SELECT gen, batch_no FROM outbox.batch_%d"
-						 " WHERE sub_id OPERATOR(pg_catalog.=) $1"
-						 " AND batch_no OPERATOR(pg_catalog.>=) $2"
-						 " AND ids OPERATOR(pg_catalog.&&) $3", part), 3, types);
-		}
-		if (SPI_execute_plan(find[part], args, NULL, false, 0) != SPI_OK_SELECT)
-			elog(ERROR, "batch lookup failed");
-		for (r = 0; r < SPI_processed; r++)
-		{
-			bool		isnull;
-
-			if (nfound == maxfound)
-			{
-				maxfound = Max(8, maxfound * 2);
-				gens = gens ? repalloc(gens, sizeof(int64) * maxfound) :
-					palloc(sizeof(int64) * maxfound);
-				nos = nos ? repalloc(nos, sizeof(int64) * maxfound) :
-					palloc(sizeof(int64) * maxfound);
-			}
-			gens[nfound] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r],
-													   SPI_tuptable->tupdesc, 1, &isnull));
-			nos[nfound++] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r],
-														SPI_tuptable->tupdesc, 2, &isnull));
-		}
-	}
-
+	nfound = outbox_batches_holding(sub_id, ids, n, &gens, &nos);
 	for (b = 0; b < nfound; b++)
 	{
 		int64	   *taken;
