@@ -185,6 +185,13 @@ outbox_worker_main(Datum arg)
 	/* nothing a user creates may change what our queries mean */
 	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
 
+	/*
+	 * The maintenance queries are short but their estimates are not (views
+	 * over partitions, per-row subplans): with JIT they paid hundreds of
+	 * milliseconds of compilation a round, and notifications waited.
+	 */
+	SetConfigOption("jit", "off", PGC_SUSET, PGC_S_OVERRIDE);
+
 	if (!attach())
 	{
 		clean_exit = true;
