@@ -536,6 +536,7 @@ advance_subscriptions(void)
 		}
 		PG_END_TRY();
 		unit_end();
+		outbox_notify_between();
 	}
 }
 
@@ -802,6 +803,8 @@ outbox_maintain(void)
 	last = now;
 	advance_subscriptions();
 	clean_up();
+	outbox_notify_between();
 	rotate_and_truncate();
+	outbox_notify_between();
 	rotate_chain();
 }

@@ -155,6 +155,39 @@ extension_present(void)
  * stream of commits does not make the worker redo them after every one.
  * Returns when the timed work is due next.
  */
+/*
+ * Between the units of a maintenance round: send the notifications of
+ * commits that came in meanwhile, so that a long round (many
+ * subscriptions) does not hold them back.
+ */
+void
+outbox_notify_between(void)
+{
+	uint64		bits;
+
+	if (my_slot == NULL)
+		return;
+	bits = pg_atomic_exchange_u64(&my_slot->wake, 0);
+	if (pg_atomic_read_u32(&my_slot->subs_changes) != subs_changes_seen)
+	{
+		subs_changes_seen = pg_atomic_read_u32(&my_slot->subs_changes);
+		outbox_forget_subscriptions();
+	}
+	if (bits == 0)
+		return;
+	PG_TRY();
+	{
+		(void) outbox_notify_round(bits, false);
+	}
+	PG_CATCH();
+	{
+		/* the round's error handling will look at them again */
+		pg_atomic_fetch_or_u64(&my_slot->wake, bits);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+}
+
 static TimestampTz
 round_of_work(uint64 wake_bits, bool timed)
 {
