@@ -210,8 +210,9 @@ cmp_settle(const void *a, const void *b)
 	return (x->batch_no > y->batch_no) - (x->batch_no < y->batch_no);
 }
 
-static int
-cmp_int64(const void *a, const void *b)
+/* qsort/bsearch comparator for int64 */
+int
+outbox_cmp_int64(const void *a, const void *b)
 {
 	int64		x = *(const int64 *) a;
 	int64		y = *(const int64 *) b;
@@ -387,7 +388,7 @@ read_slices(OutboxChain *chain)
 					for (k = 0; k < hit->nids; k++)
 					{
 						int64	   *p = bsearch(&hit->ids[k], all, nall,
-												sizeof(int64), cmp_int64);
+												sizeof(int64), outbox_cmp_int64);
 
 						if (p == NULL)
 							continue;
@@ -612,6 +613,27 @@ outbox_batches_holding(int32 sub_id, int64 *ids, int n, int64 **gens,
 }
 
 /*
+ * What outbox_batch_take took, as an int8[] of the ids and a text[] of
+ * their keys, for statements that unnest the two side by side.
+ */
+void
+outbox_taken_arrays(int64 *taken, Datum *keys, bool *key_nulls, int n,
+					Datum *ids_array, Datum *keys_array)
+{
+	Datum	   *dids = palloc(sizeof(Datum) * Max(n, 1));
+	int			dims[1] = {n};
+	int			lbs[1] = {1};
+	int			k;
+
+	for (k = 0; k < n; k++)
+		dids[k] = Int64GetDatum(taken[k]);
+	*ids_array = PointerGetDatum(construct_array(dids, n, INT8OID, 8,
+												 FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	*keys_array = PointerGetDatum(construct_md_array(keys, key_nulls, 1, dims, lbs,
+													 TEXTOID, -1, false, TYPALIGN_INT));
+}
+
+/*
  * Take ids out of a batch: lock its row (or give up and return -1 if
  * skip_locked and another transaction has it), see what settle rows took
  * already, and write one settle row for the ids still in it, all of them
@@ -690,7 +712,7 @@ outbox_batch_take(int32 sub_id, int64 gen, int64 batch_no, int64 *want,
 		for (k = 0; k < settles[r].nids; k++)
 		{
 			int64	   *p = bsearch(&settles[r].ids[k], all, nall, sizeof(int64),
-									cmp_int64);
+									outbox_cmp_int64);
 
 			if (p != NULL)
 				gone[p - all] = true;
@@ -707,7 +729,7 @@ outbox_batch_take(int32 sub_id, int64 gen, int64 batch_no, int64 *want,
 	{
 		if (gone[k])
 			continue;
-		if (want != NULL && bsearch(&all[k], want, nwant, sizeof(int64), cmp_int64) == NULL)
+		if (want != NULL && bsearch(&all[k], want, nwant, sizeof(int64), outbox_cmp_int64) == NULL)
 			continue;
 		if (keys)
 		{
@@ -1020,20 +1042,11 @@ outbox_chain_fold(OutboxChain *chain, int min_slices)
 				break;
 			if (ntaken > 0)
 			{
-				Datum	   *dids = palloc(sizeof(Datum) * ntaken);
 				Datum		hargs[4];
-				int			dims[1] = {ntaken};
-				int			lbs[1] = {1};
-				int			k;
 
-				for (k = 0; k < ntaken; k++)
-					dids[k] = Int64GetDatum(taken[k]);
 				hargs[0] = Int32GetDatum(chain->sub_id);
 				hargs[1] = TimestampTzGetDatum(s->lease_until);
-				hargs[2] = PointerGetDatum(construct_array(dids, ntaken, INT8OID, 8,
-														   FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-				hargs[3] = PointerGetDatum(construct_md_array(keys, key_nulls, 1, dims, lbs,
-															  TEXTOID, -1, false, TYPALIGN_INT));
+				outbox_taken_arrays(taken, keys, key_nulls, ntaken, &hargs[2], &hargs[3]);
 				if (SPI_execute_plan(hand_plan, hargs, NULL, false, 0) != SPI_OK_INSERT)
 					elog(ERROR, "lease hand-over failed");
 			}

@@ -87,6 +87,9 @@ extern int	outbox_batches_holding(int32 sub_id, int64 *ids, int n,
 extern int	outbox_batch_take(int32 sub_id, int64 gen, int64 batch_no,
 							  int64 *ids, int n, bool skip_locked,
 							  int64 **taken, Datum **keys, bool **key_nulls);
+extern void outbox_taken_arrays(int64 *taken, Datum *keys, bool *key_nulls,
+								int n, Datum *ids_array, Datum *keys_array);
+extern int	outbox_cmp_int64(const void *a, const void *b);
 extern OutboxChain *outbox_chain_read(int32 sub_id);
 extern void outbox_chain_release(OutboxChain *chain);
 extern List *outbox_chain_segments(OutboxChain *chain);

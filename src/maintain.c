@@ -344,27 +344,16 @@ expire_leases(void)
 		int64	   *taken;
 		Datum	   *keys;
 		bool	   *key_nulls;
-		int			ntaken,
-					k;
+		int			ntaken;
 		Datum		args[3];
-		Datum	   *dids;
-		int			dims[1];
-		int			lbs[1] = {1};
 
 		/* an ack or fail of this batch in progress: next round */
 		ntaken = outbox_batch_take(sub_id, gen, batch_no, NULL, 0, true,
 								   &taken, &keys, &key_nulls);
 		if (ntaken <= 0)
 			continue;
-		dids = palloc(sizeof(Datum) * ntaken);
-		for (k = 0; k < ntaken; k++)
-			dids[k] = Int64GetDatum(taken[k]);
-		dims[0] = ntaken;
 		args[0] = Int32GetDatum(sub_id);
-		args[1] = PointerGetDatum(construct_array(dids, ntaken, INT8OID, 8,
-												  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-		args[2] = PointerGetDatum(construct_md_array(keys, key_nulls, 1, dims, lbs,
-													 TEXTOID, -1, false, TYPALIGN_INT));
+		outbox_taken_arrays(taken, keys, key_nulls, ntaken, &args[1], &args[2]);
 		if (SPI_execute_plan(bins, args, NULL, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "lease expiry insert failed");
 		notify_sub(name);

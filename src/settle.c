@@ -46,15 +46,6 @@ sub_bits(OutboxSub *sub)
 	return bits;
 }
 
-static int
-cmp_int64(const void *a, const void *b)
-{
-	int64		x = *(const int64 *) a;
-	int64		y = *(const int64 *) b;
-
-	return (x > y) - (x < y);
-}
-
 /*
  * Take the given ids (sorted) out of the batch rows of a subscription that
  * hold them, with a settle row per batch (outbox_batch_take: concurrent
@@ -85,7 +76,7 @@ settle_from_batches(int32 sub_id, int64 *ids, int n, bool *found,
 								   keys ? &tkeys : NULL, keys ? &tknulls : NULL);
 		for (k = 0; k < ntaken; k++)
 		{
-			int64	   *hit = bsearch(&taken[k], ids, n, sizeof(int64), cmp_int64);
+			int64	   *hit = bsearch(&taken[k], ids, n, sizeof(int64), outbox_cmp_int64);
 			int			pos;
 
 			if (hit == NULL || found[hit - ids])
@@ -144,7 +135,7 @@ ack_deliveries(int32 sub_id, int64 *ids, int n, bool *found)
 		bool		isnull;
 		int64		id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r],
 													 SPI_tuptable->tupdesc, 1, &isnull));
-		int64	   *hit = bsearch(&id, ids, n, sizeof(int64), cmp_int64);
+		int64	   *hit = bsearch(&id, ids, n, sizeof(int64), outbox_cmp_int64);
 
 		if (hit != NULL && !found[hit - ids])
 		{
@@ -224,7 +215,7 @@ ack_ahead(OutboxSub *sub, int64 *ids, int n, bool *found)
 		args[1] = Int64GetDatum(id);
 		if (SPI_execute_plan(ins, args, NULL, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "delivery insert failed");
-		hit = bsearch(&id, ids, n, sizeof(int64), cmp_int64);
+		hit = bsearch(&id, ids, n, sizeof(int64), outbox_cmp_int64);
 		if (SPI_processed == 1 && hit != NULL && !found[hit - ids])
 		{
 			found[hit - ids] = true;
@@ -320,7 +311,7 @@ outbox_ack_many(PG_FUNCTION_ARGS)
 	ids = palloc(sizeof(int64) * n);
 	for (i = 0; i < n; i++)
 		ids[i] = DatumGetInt64(elems[i]);
-	qsort(ids, n, sizeof(int64), cmp_int64);
+	qsort(ids, n, sizeof(int64), outbox_cmp_int64);
 	for (i = 0; i < n; i++)
 		if (m == 0 || ids[i] != ids[m - 1])
 			ids[m++] = ids[i];

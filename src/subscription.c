@@ -110,13 +110,11 @@ outbox_restore_user(Oid save_userid, int save_sec)
 	SetUserIdAndSecContext(save_userid, save_sec);
 }
 
-/*
- * SPI_prepare and keep a plan; for statics that live for the session.
- */
-SPIPlanPtr
-outbox_prepare(const char *sql, int nargs, Oid *argtypes)
+/* SPI_prepare with cursor options, and keep the plan for the session. */
+static SPIPlanPtr
+prepare_kept(const char *sql, int nargs, Oid *argtypes, int options)
 {
-	SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
+	SPIPlanPtr	plan = SPI_prepare_cursor(sql, nargs, argtypes, options);
 
 	if (plan == NULL)
 		elog(ERROR, "SPI_prepare failed for \"%s\": %s",
@@ -124,6 +122,15 @@ outbox_prepare(const char *sql, int nargs, Oid *argtypes)
 	if (SPI_keepplan(plan) != 0)
 		elog(ERROR, "SPI_keepplan failed");
 	return plan;
+}
+
+/*
+ * SPI_prepare and keep a plan; for statics that live for the session.
+ */
+SPIPlanPtr
+outbox_prepare(const char *sql, int nargs, Oid *argtypes)
+{
+	return prepare_kept(sql, nargs, argtypes, 0);
 }
 
 /*
@@ -135,15 +142,7 @@ outbox_prepare(const char *sql, int nargs, Oid *argtypes)
 SPIPlanPtr
 outbox_prepare_generic(const char *sql, int nargs, Oid *argtypes)
 {
-	SPIPlanPtr	plan = SPI_prepare_cursor(sql, nargs, argtypes,
-										  CURSOR_OPT_GENERIC_PLAN);
-
-	if (plan == NULL)
-		elog(ERROR, "SPI_prepare failed for \"%s\": %s",
-			 sql, SPI_result_code_string(SPI_result));
-	if (SPI_keepplan(plan) != 0)
-		elog(ERROR, "SPI_keepplan failed");
-	return plan;
+	return prepare_kept(sql, nargs, argtypes, CURSOR_OPT_GENERIC_PLAN);
 }
 
 static Interval *

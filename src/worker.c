@@ -156,6 +156,28 @@ extension_present(void)
  * Returns when the timed work is due next.
  */
 /*
+ * Take the topic bits committed since the last call, and drop the cached
+ * subscription list if a commit changed subscriptions meanwhile.
+ */
+static uint64
+take_wake_bits(void)
+{
+	uint64		bits;
+	uint32		changes;
+
+	if (my_slot == NULL)
+		return 0;
+	bits = pg_atomic_exchange_u64(&my_slot->wake, 0);
+	changes = pg_atomic_read_u32(&my_slot->subs_changes);
+	if (changes != subs_changes_seen)
+	{
+		subs_changes_seen = changes;
+		outbox_forget_subscriptions();
+	}
+	return bits;
+}
+
+/*
  * Between the units of a maintenance round: send the notifications of
  * commits that came in meanwhile, so that a long round (many
  * subscriptions) does not hold them back.
@@ -163,16 +185,8 @@ extension_present(void)
 void
 outbox_notify_between(void)
 {
-	uint64		bits;
+	uint64		bits = take_wake_bits();
 
-	if (my_slot == NULL)
-		return;
-	bits = pg_atomic_exchange_u64(&my_slot->wake, 0);
-	if (pg_atomic_read_u32(&my_slot->subs_changes) != subs_changes_seen)
-	{
-		subs_changes_seen = pg_atomic_read_u32(&my_slot->subs_changes);
-		outbox_forget_subscriptions();
-	}
 	if (bits == 0)
 		return;
 	PG_TRY();
@@ -252,18 +266,7 @@ outbox_worker_main(Datum arg)
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
 		}
-		if (my_slot != NULL)
-		{
-			uint32		changes;
-
-			wake_bits = pg_atomic_exchange_u64(&my_slot->wake, 0);
-			changes = pg_atomic_read_u32(&my_slot->subs_changes);
-			if (changes != subs_changes_seen)
-			{
-				subs_changes_seen = changes;
-				outbox_forget_subscriptions();
-			}
-		}
+		wake_bits = take_wake_bits();
 
 		if (!extension_present())
 		{
