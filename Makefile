@@ -15,7 +15,11 @@ OBJS = \
 	src/maintain.o
 
 EXTENSION = outbox
-DATA = sql/outbox--1.0.sql
+# 1.0 is released and never changes; every later change goes into an
+# upgrade script, and the install script of the current version is 1.0 plus
+# the upgrades, so CREATE EXTENSION and ALTER EXTENSION UPDATE cannot differ.
+DATA = sql/outbox--1.0.sql sql/outbox--1.0--1.1.sql
+DATA_built = sql/outbox--1.1.sql
 PGFILEDESC = "outbox - transactional event delivery"
 
 # pg_regress inputs live in test/sql, expected output in expected/.
@@ -35,3 +39,8 @@ include $(PGXS)
 
 # every object depends on the shared headers (PGXS tracks no dependencies)
 $(OBJS): $(wildcard src/*.h)
+
+sql/outbox--1.1.sql: sql/outbox--1.0.sql sql/outbox--1.0--1.1.sql
+	{ echo '-- outbox 1.1: generated from outbox--1.0.sql and outbox--1.0--1.1.sql; do not edit.'; \
+	  echo '\\echo Use "CREATE EXTENSION outbox" to load this file. \\quit'; \
+	  grep -hv '^\\echo ' $^; } > $@
