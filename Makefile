@@ -12,7 +12,10 @@ OBJS = \
 	src/shmem.o \
 	src/launcher.o \
 	src/worker.o \
-	src/maintain.o
+	src/maintain.o \
+	src/notify.o \
+	src/lease.o \
+	src/retention.o
 
 EXTENSION = outbox
 # 1.0 is released and never changes; every later change goes into an

@@ -1,7 +1,9 @@
 /*-------------------------------------------------------------------------
  *
  * maintain.h
- *		The units of work of the per-database worker (maintain.c).
+ *		The units of work of the per-database worker: notifications
+ *		(notify.c), lease expiry (lease.c), the maintenance round
+ *		(maintain.c) and retention (retention.c).  worker.c runs them.
  *
  *-------------------------------------------------------------------------
  */
@@ -9,13 +11,40 @@
 #define OUTBOX_MAINTAIN_H
 
 #include "outbox.h"
+#include "shmem.h"
 
-extern TimestampTz outbox_notify_round(uint64 bits, bool timed);
+/* maintain.c */
+extern void outbox_unit_begin(const char *what);
+extern void outbox_unit_end(void);
 extern void outbox_maintain(void);
+
+/* notify.c */
+extern void outbox_notify_attach(OutboxDbSlot *slot);
+extern uint64 outbox_take_wake_bits(void);
+extern void outbox_wake_again(uint64 bits);
+extern void outbox_notify_sub(const char *name);
+extern void outbox_notify_matching(uint64 bits);
+extern TimestampTz outbox_notify_round(uint64 bits, bool timed);
+extern void outbox_notify_between(void);
 extern void outbox_forget_subscriptions(void);
 
-/* worker.c */
-extern void outbox_notify_between(void);
-extern TimestampTz outbox_earliest(TimestampTz a, TimestampTz b);
+/* lease.c */
+extern TimestampTz outbox_expire_leases(void);
+
+/* retention.c */
+extern void outbox_clean_up(void);
+extern void outbox_rotate_and_truncate(void);
+extern void outbox_rotate_chain(void);
+
+/* The earlier of two times, 0 meaning none. */
+static inline TimestampTz
+outbox_earliest(TimestampTz a, TimestampTz b)
+{
+	if (a == 0)
+		return b;
+	if (b == 0)
+		return a;
+	return Min(a, b);
+}
 
 #endif							/* OUTBOX_MAINTAIN_H */

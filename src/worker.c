@@ -49,8 +49,6 @@ int			outbox_retention = 7 * 24 * 3600;
 
 static OutboxDbSlot *my_slot = NULL;
 
-/* subs_changes of the slot when the worker last took it in */
-static uint32 subs_changes_seen = 0;
 static bool clean_exit = false;
 
 static void
@@ -104,6 +102,7 @@ attach(void)
 		my_slot->no_extension = false;
 	}
 	LWLockRelease(outbox_shared->lock);
+	outbox_notify_attach(my_slot);
 	on_shmem_exit(worker_detach, 0);
 	return true;
 }
@@ -155,53 +154,6 @@ extension_present(void)
  * stream of commits does not make the worker redo them after every one.
  * Returns when the timed work is due next.
  */
-/*
- * Take the topic bits committed since the last call, and drop the cached
- * subscription list if a commit changed subscriptions meanwhile.
- */
-static uint64
-take_wake_bits(void)
-{
-	uint64		bits;
-	uint32		changes;
-
-	if (my_slot == NULL)
-		return 0;
-	bits = pg_atomic_exchange_u64(&my_slot->wake, 0);
-	changes = pg_atomic_read_u32(&my_slot->subs_changes);
-	if (changes != subs_changes_seen)
-	{
-		subs_changes_seen = changes;
-		outbox_forget_subscriptions();
-	}
-	return bits;
-}
-
-/*
- * Between the units of a maintenance round: send the notifications of
- * commits that came in meanwhile, so that a long round (many
- * subscriptions) does not hold them back.
- */
-void
-outbox_notify_between(void)
-{
-	uint64		bits = take_wake_bits();
-
-	if (bits == 0)
-		return;
-	PG_TRY();
-	{
-		(void) outbox_notify_round(bits, false);
-	}
-	PG_CATCH();
-	{
-		/* the round's error handling will look at them again */
-		pg_atomic_fetch_or_u64(&my_slot->wake, bits);
-		PG_RE_THROW();
-	}
-	PG_END_TRY();
-}
-
 static TimestampTz
 round_of_work(uint64 wake_bits, bool timed)
 {
@@ -252,8 +204,7 @@ outbox_worker_main(Datum arg)
 	round_cxt = AllocSetContextCreate(TopMemoryContext, "outbox worker round",
 									  ALLOCSET_DEFAULT_SIZES);
 	/* wake-ups of commits before a crash or restart were lost: look at all */
-	if (my_slot != NULL)
-		pg_atomic_fetch_or_u64(&my_slot->wake, OUTBOX_WAKE_ALL);
+	outbox_wake_again(OUTBOX_WAKE_ALL);
 	for (;;)
 	{
 		long		timeout;
@@ -266,7 +217,7 @@ outbox_worker_main(Datum arg)
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
 		}
-		wake_bits = take_wake_bits();
+		wake_bits = outbox_take_wake_bits();
 
 		if (!extension_present())
 		{
@@ -303,8 +254,7 @@ outbox_worker_main(Datum arg)
 			error_pause = error_pause == 0 ? 1000 : Min(error_pause * 2, MAX_ERROR_PAUSE_MS);
 			next_timed = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), error_pause);
 			/* commits of this round may have been missed: look at all again */
-			if (my_slot != NULL)
-				pg_atomic_fetch_or_u64(&my_slot->wake, wake_bits);
+			outbox_wake_again(wake_bits);
 		}
 		PG_END_TRY();
 		MemoryContextSwitchTo(TopMemoryContext);

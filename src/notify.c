@@ -1,0 +1,384 @@
+/*-------------------------------------------------------------------------
+ *
+ * notify.c
+ *		Wake-up notifications: one NOTIFY per subscription per round, for
+ *		commits that made deliveries ready, returned leases and deliveries
+ *		that came due.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "chain.h"
+#include "shmem.h"
+#include "maintain.h"
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "commands/async.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "storage/lmgr.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/inval.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+void
+outbox_notify_sub(const char *name)
+{
+	char		channel[NAMEDATALEN];
+
+	snprintf(channel, sizeof(channel), "outbox.%s", name);
+	Async_Notify(channel, name);
+}
+
+/*
+ * Notify the subscriptions (not paused) that read any of the topics whose
+ * bits are set.  Without shared memory there are no bits: look at the
+ * events and ready deliveries that appeared since the last round instead.
+ */
+
+static void
+notify_ready(uint64 bits)
+{
+	static SPIPlanPtr new_topics_plan = NULL;
+	static SPIPlanPtr ready_plan = NULL;
+	static int64 seen_id = -1;
+	uint64		i;
+
+	if (ready_plan == NULL)
+	{
+		Oid			t1[1] = {INT8OID};
+
+		new_topics_plan = outbox_prepare("SELECT DISTINCT topic, max(id) OVER ()"
+										 " FROM outbox.event WHERE id > $1", 1, t1);
+		ready_plan = outbox_prepare("SELECT DISTINCT d.sub_id FROM outbox.delivery d"
+									" WHERE d.state = 'ready'", 0, NULL);
+	}
+
+	if (outbox_shared == NULL)
+	{
+		Datum		arg;
+
+		if (seen_id < 0)
+		{
+			/* first round: anything may be waiting */
+			bits = OUTBOX_WAKE_ALL;
+			seen_id = 0;
+		}
+		arg = Int64GetDatum(seen_id);
+		if (SPI_execute_plan(new_topics_plan, &arg, NULL, true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "new events lookup failed");
+		for (i = 0; i < SPI_processed; i++)
+		{
+			bool		isnull;
+
+			bits |= outbox_topic_bit(TextDatumGetCString(
+				SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull)));
+			seen_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
+												  SPI_tuptable->tupdesc, 2, &isnull));
+		}
+		if (SPI_execute_plan(ready_plan, NULL, NULL, true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "ready deliveries lookup failed");
+		if (SPI_processed > 0)
+			bits = OUTBOX_WAKE_ALL;
+	}
+
+	outbox_notify_matching(bits);
+}
+
+/* the worker's slot in shared memory (NULL without it) */
+static OutboxDbSlot *wake_slot = NULL;
+
+/* subs_changes of the slot when the worker last took it in */
+static uint32 subs_changes_seen = 0;
+
+/* The worker has its slot: take wake-ups from it. */
+void
+outbox_notify_attach(OutboxDbSlot *slot)
+{
+	wake_slot = slot;
+}
+
+/* Put wake-up bits back, for a later round to notify. */
+void
+outbox_wake_again(uint64 bits)
+{
+	if (wake_slot != NULL && bits != 0)
+		pg_atomic_fetch_or_u64(&wake_slot->wake, bits);
+}
+
+/* subscriptions as notify_matching needs them, cached in the worker */
+typedef struct SubBits
+{
+	char	   *name;
+	uint64		bits;			/* OUTBOX_WAKE_ALL for every topic */
+} SubBits;
+
+static List *sub_cache = NIL;
+static bool sub_cache_valid = false;
+static Oid	sub_cache_relid = InvalidOid;
+
+static void
+sub_cache_invalidate(Datum arg, Oid relid)
+{
+	if (!OidIsValid(relid) || relid == sub_cache_relid)
+		sub_cache_valid = false;
+}
+
+/* A commit changed subscriptions: reload the list before notifying again. */
+void
+outbox_forget_subscriptions(void)
+{
+	sub_cache_valid = false;
+}
+
+/*
+ * The subscriptions that are not paused, with their topic bits.  Reloaded
+ * after subscribe, unsubscribe, pause and resume, which send a relcache
+ * invalidation on outbox.subscription.
+ */
+static List *
+subscriptions(void)
+{
+	static SPIPlanPtr plan = NULL;
+	static bool registered = false;
+	MemoryContext oldcxt;
+	ListCell   *lc;
+	uint64		i;
+
+	if (sub_cache_valid)
+		return sub_cache;
+	if (!registered)
+	{
+		CacheRegisterRelcacheCallback(sub_cache_invalidate, (Datum) 0);
+		registered = true;
+	}
+	sub_cache_relid = outbox_relid("subscription");
+	sub_cache_valid = true;
+	if (plan == NULL)
+		plan = outbox_prepare("SELECT name, topics FROM outbox.subscription"
+							  " WHERE NOT paused", 0, NULL);
+	/*
+	 * A fresh snapshot, not the unit's: an invalidation accepted earlier in
+	 * this transaction may be for a commit its snapshot does not see, and
+	 * the list would then stay stale until the next change.
+	 */
+	if (SPI_execute_snapshot(plan, NULL, NULL, GetLatestSnapshot(), InvalidSnapshot,
+							 true, false, 0) != SPI_OK_SELECT)
+	{
+		sub_cache_valid = false;
+		elog(ERROR, "subscription lookup failed");
+	}
+	foreach(lc, sub_cache)
+		pfree(((SubBits *) lfirst(lc))->name);
+	list_free_deep(sub_cache);
+	sub_cache = NIL;
+	oldcxt = MemoryContextSwitchTo(TopMemoryContext);
+	for (i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+		bool		all_topics;
+		SubBits    *sb = palloc(sizeof(SubBits));
+		Datum		topics = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &all_topics);
+
+		sb->name = TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[i],
+													 SPI_tuptable->tupdesc, 1, &isnull));
+		sb->bits = 0;
+		if (all_topics)
+			sb->bits = OUTBOX_WAKE_ALL;
+		else
+		{
+			Datum	   *elems;
+			int			nelems,
+						j;
+
+			deconstruct_array(DatumGetArrayTypeP(topics), TEXTOID, -1, false,
+							  TYPALIGN_INT, &elems, NULL, &nelems);
+			for (j = 0; j < nelems; j++)
+				sb->bits |= outbox_topic_bit(TextDatumGetCString(elems[j]));
+		}
+		sub_cache = lappend(sub_cache, sb);
+	}
+	MemoryContextSwitchTo(oldcxt);
+	return sub_cache;
+}
+
+/*
+ * Notify every subscription (not paused) with a topic whose bit is set.
+ */
+void
+outbox_notify_matching(uint64 bits)
+{
+	ListCell   *lc;
+
+	if (bits == 0)
+		return;
+	foreach(lc, subscriptions())
+	{
+		SubBits    *sb = lfirst(lc);
+
+		if (bits == OUTBOX_WAKE_ALL || (sb->bits & bits) != 0)
+			outbox_notify_sub(sb->name);
+	}
+}
+
+
+/*
+ * Notify the subscriptions whose delayed or retried deliveries came due
+ * since the last round.  Returns when the next one comes due.
+ */
+static TimestampTz
+notify_due(void)
+{
+	static SPIPlanPtr due_plan = NULL;
+	static SPIPlanPtr next_plan = NULL;
+	static SPIPlanPtr delayed_plan = NULL;
+	static SPIPlanPtr next_delayed_plan = NULL;
+	static TimestampTz last = 0;
+	TimestampTz now = GetCurrentTimestamp();
+	TimestampTz next = 0;
+	Datum		args[2];
+	uint64		i;
+	bool		isnull;
+	Datum		d;
+	uint64		bits = 0;
+
+	if (next_delayed_plan == NULL)
+	{
+		Oid			t2[2] = {TIMESTAMPTZOID, TIMESTAMPTZOID};
+		Oid			t1[1] = {TIMESTAMPTZOID};
+
+		due_plan = outbox_prepare(
+			"SELECT DISTINCT s.name FROM outbox.delivery d"
+			" JOIN outbox.subscription s ON s.id = d.sub_id"
+			" WHERE d.state IN ('ready', 'scheduled')"
+			" AND d.visible_at > $1 AND d.visible_at <= $2 AND NOT s.paused", 2, t2);
+		next_plan = outbox_prepare(
+			"SELECT min(visible_at) FROM outbox.delivery"
+			" WHERE state IN ('ready', 'scheduled') AND visible_at > $1", 1, t1);
+		/* delayed events no claim has reached yet are only in the stream */
+		delayed_plan = outbox_prepare(
+			"SELECT DISTINCT topic FROM outbox.event"
+			" WHERE deliver_at > $1 AND deliver_at <= $2", 2, t2);
+		next_delayed_plan = outbox_prepare(
+			"SELECT min(deliver_at) FROM outbox.event WHERE deliver_at > $1", 1, t1);
+	}
+	args[0] = TimestampTzGetDatum(last);
+	args[1] = TimestampTzGetDatum(now);
+	if (SPI_execute_plan(due_plan, args, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "due deliveries lookup failed");
+	for (i = 0; i < SPI_processed; i++)
+		outbox_notify_sub(TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[i],
+													 SPI_tuptable->tupdesc, 1, &isnull)));
+	if (SPI_execute_plan(delayed_plan, args, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "delayed events lookup failed");
+	for (i = 0; i < SPI_processed; i++)
+		bits |= outbox_topic_bit(TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[i],
+																   SPI_tuptable->tupdesc, 1, &isnull)));
+	outbox_notify_matching(bits);
+
+	if (SPI_execute_plan(next_plan, &args[1], NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "next due lookup failed");
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (!isnull)
+		next = DatumGetTimestampTz(d);
+	if (SPI_execute_plan(next_delayed_plan, &args[1], NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "next delayed event lookup failed");
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (!isnull)
+		next = outbox_earliest(next, DatumGetTimestampTz(d));
+	last = now;
+	return next;
+}
+
+/*
+ * The notifying part of a round, in one transaction, so that a
+ * subscription gets at most one notification per round (PostgreSQL folds
+ * identical notifications of a transaction into one): for commits that
+ * made deliveries ready, for leases returned, for deliveries that came
+ * due.  Returns when the next lease or delivery falls due.
+ */
+TimestampTz
+outbox_notify_round(uint64 bits, bool timed)
+{
+	TimestampTz next = 0;
+
+	if (bits == 0 && !timed)
+		return 0;
+	if (!timed && outbox_shared != NULL)
+	{
+		/*
+		 * The usual wake-up: with the subscriptions cached (the check is
+		 * made after the transaction has taken in invalidations) there is
+		 * no query to run, only notifications to send.
+		 */
+		pgstat_report_activity(STATE_RUNNING, "outbox: notify");
+		StartTransactionCommand();
+		if (sub_cache_valid)
+		{
+			outbox_notify_matching(bits);
+			CommitTransactionCommand();
+			return 0;
+		}
+		CommitTransactionCommand();
+	}
+	outbox_unit_begin("outbox: notify");
+	if (bits != 0 || (timed && outbox_shared == NULL))
+		notify_ready(bits);
+	if (timed)
+	{
+		next = outbox_expire_leases();
+		next = outbox_earliest(next, notify_due());
+	}
+	outbox_unit_end();
+	return next;
+}
+
+/*
+ * Take the topic bits committed since the last call, and drop the cached
+ * subscription list if a commit changed subscriptions meanwhile.
+ */
+uint64
+outbox_take_wake_bits(void)
+{
+	uint64		bits;
+	uint32		changes;
+
+	if (wake_slot == NULL)
+		return 0;
+	bits = pg_atomic_exchange_u64(&wake_slot->wake, 0);
+	changes = pg_atomic_read_u32(&wake_slot->subs_changes);
+	if (changes != subs_changes_seen)
+	{
+		subs_changes_seen = changes;
+		outbox_forget_subscriptions();
+	}
+	return bits;
+}
+
+/*
+ * Between the units of a maintenance round: send the notifications of
+ * commits that came in meanwhile, so that a long round (many
+ * subscriptions) does not hold them back.
+ */
+void
+outbox_notify_between(void)
+{
+	uint64		bits = outbox_take_wake_bits();
+
+	if (bits == 0)
+		return;
+	PG_TRY();
+	{
+		(void) outbox_notify_round(bits, false);
+	}
+	PG_CATCH();
+	{
+		/* the round's error handling will look at them again */
+		pg_atomic_fetch_or_u64(&wake_slot->wake, bits);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+}
