@@ -70,6 +70,13 @@ enum
 	CURSOR_NATTS = CURSOR_SCAN_GEN
 };
 
+/* columns of outbox.chain_state */
+enum
+{
+	CHAIN_STATE_ONE = 1,
+	CHAIN_STATE_GEN
+};
+
 /* columns of outbox.settle */
 enum
 {
@@ -81,14 +88,70 @@ enum
 };
 
 /*
- * The current generation of cursor, batch and settle rows: the last value
- * of outbox.chain_gen, which only the worker advances (see maintain.c).
+ * The current generation of cursor, batch and settle rows: the row of
+ * outbox.chain_state, which only the worker advances (see retention.c),
+ * read with a fresh snapshot whatever the caller's isolation level.  It is
+ * a table row and not a sequence because it must never move except by a
+ * committed advance: crash recovery and promotion move sequences ahead
+ * (their WAL is written ahead), and a generation that jumps puts rows of
+ * two generations into one partition and makes readers take a stale
+ * cursor for the newest.
  */
 int64
 outbox_chain_gen(void)
 {
-	return DatumGetInt64(DirectFunctionCall1(pg_sequence_last_value,
-											 ObjectIdGetDatum(outbox_relid("chain_gen"))));
+	Relation	rel = table_open(outbox_relid("chain_state"), AccessShareLock);
+	SysScanDesc scan;
+	HeapTuple	tup;
+	int64		gen = -1;
+
+	scan = systable_beginscan(rel, InvalidOid, false, GetLatestSnapshot(), 0, NULL);
+	tup = systable_getnext(scan);
+	if (HeapTupleIsValid(tup))
+	{
+		bool		isnull;
+		Datum		d = heap_getattr(tup, CHAIN_STATE_GEN, RelationGetDescr(rel), &isnull);
+
+		if (!isnull)
+			gen = DatumGetInt64(d);
+	}
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	if (gen < 0)
+		elog(ERROR, "outbox.chain_state is missing its row");
+	return gen;
+}
+
+/*
+ * Is generation gen still safe to write, now that the caller has locked
+ * its partitions?  The worker empties the partition of generation g only
+ * once the current generation is g + 3, under a lock that conflicts with
+ * ours; so if the current generation is less than that now, it was less
+ * before we locked, and the partition holds generation gen until we
+ * commit.  Otherwise the caller reads the generation again and retries.
+ */
+bool
+outbox_chain_gen_still(int64 gen)
+{
+	return outbox_chain_gen() - gen < OUTBOX_CHAIN_PARTS - 1;
+}
+
+/*
+ * The current generation, with the partition of "table" that holds it
+ * locked for writing until the end of the transaction.
+ */
+int64
+outbox_chain_gen_for_insert(const char *table)
+{
+	for (;;)
+	{
+		int64		gen = outbox_chain_gen();
+
+		LockRelationOid(outbox_chain_part(table, gen), RowExclusiveLock);
+		if (outbox_chain_gen_still(gen))
+			return gen;
+		CHECK_FOR_INTERRUPTS();
+	}
 }
 
 /* The partition of "table" (cursor, batch or settle) that holds generation gen. */
@@ -519,7 +582,13 @@ outbox_chain_read(int32 sub_id)
 	OutboxChain *chain = palloc0(sizeof(OutboxChain));
 
 	chain->sub_id = sub_id;
-	chain->gen_now = outbox_chain_gen();
+	/* the claim's batch row and a fold's cursor row go into this generation */
+	do
+	{
+		chain->gen_now = outbox_chain_gen();
+		LockRelationOid(outbox_chain_part("batch", chain->gen_now), RowExclusiveLock);
+		LockRelationOid(outbox_chain_part("cursor", chain->gen_now), RowExclusiveLock);
+	} while (!outbox_chain_gen_still(chain->gen_now));
 	if (!outbox_cursor_read(chain, NULL))
 		elog(ERROR, "cursor of subscription %d is missing", sub_id);
 	read_slices(chain);
@@ -664,7 +733,7 @@ outbox_batch_take(int32 sub_id, int64 gen, int64 batch_no, int64 *want,
 				r;
 	bool	   *gone;
 	Datum	   *dids;
-	int64		now = outbox_chain_gen();
+	int64		now = outbox_chain_gen_for_insert("settle");
 
 	if (lock_plans[skip_locked][part] == NULL)
 	{
@@ -1099,4 +1168,15 @@ outbox_chain_fold(OutboxChain *chain, int min_slices)
 	args[9] = Int64GetDatum(scan_gen);
 	if (SPI_execute_plan(ins_plan, args, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "cursor insert failed");
+}
+
+/*
+ * SQL: the current generation, with its cursor partition locked for
+ * writing (subscribe writes a new subscription's first cursor row).
+ */
+PG_FUNCTION_INFO_V1(outbox_chain_gen_sql);
+Datum
+outbox_chain_gen_sql(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_INT64(outbox_chain_gen_for_insert("cursor"));
 }

@@ -75,11 +75,13 @@ typedef struct OutboxChain
 /*
  * Cursor, batch and settle rows are written to generation "gen" of four
  * rotating partitions (gen % 4), which the worker empties with TRUNCATE in
- * turn; see maintain.c.
+ * turn; see retention.c.
  */
 #define OUTBOX_CHAIN_PARTS 4
 
 extern int64 outbox_chain_gen(void);
+extern bool outbox_chain_gen_still(int64 gen);
+extern int64 outbox_chain_gen_for_insert(const char *table);
 extern Oid	outbox_chain_part(const char *table, int64 gen);
 extern bool outbox_cursor_read(OutboxChain *chain, Snapshot snapshot);
 extern int	outbox_batches_holding(int32 sub_id, int64 *ids, int n,

@@ -269,11 +269,23 @@ outbox_rotate_chain(void)
 		outbox_unit_begin("outbox: rotate");
 	}
 
-	/* a new generation, if the current one has rows and is old enough */
+	/*
+	 * A new generation, if the current one has rows and is old enough, and
+	 * the partitions it moves into are empty.  Writers lock the partitions
+	 * of the generation they write before they check that it is still
+	 * current enough (outbox_chain_gen_still), so with these locks held no
+	 * write into the oldest partitions is in progress or can start.
+	 */
 	if (TimestampDifferenceExceeds(since, now, outbox_chain_rotation) &&
-		!chain_part_empty((int) (gen % OUTBOX_CHAIN_PARTS)) && chain_part_empty(oldest))
+		!chain_part_empty((int) (gen % OUTBOX_CHAIN_PARTS)) &&
+		ConditionalLockRelationOid(outbox_chain_part("cursor", oldest), ShareLock) &&
+		ConditionalLockRelationOid(outbox_chain_part("batch", oldest), ShareLock) &&
+		ConditionalLockRelationOid(outbox_chain_part("settle", oldest), ShareLock) &&
+		chain_part_empty(oldest))
 	{
-		if (SPI_execute("SELECT pg_catalog.nextval('outbox.chain_gen')", false, 1) != SPI_OK_SELECT)
+		if (SPI_execute(psprintf("UPDATE outbox.chain_state SET gen = gen + 1"
+								 " WHERE gen = " INT64_FORMAT, gen), false, 0) != SPI_OK_UPDATE ||
+			SPI_processed != 1)
 			elog(ERROR, "chain rotation failed");
 		since = now;
 		ereport(DEBUG1, (errmsg("outbox started chain generation " INT64_FORMAT, gen + 1)));
