@@ -27,6 +27,26 @@
 /* rows a single cleanup statement touches at most */
 #define STEP_ROWS	1000
 
+/*
+ * SQL: event e is still needed by some subscription.  By a delivery that is
+ * not done (pending, leased, waiting, dead), or by a subscription of its
+ * topic whose folded cursor has not passed its transaction (it may not have
+ * been handed out yet, or only to a claim not settled).  Whatever retention
+ * removes, such events are kept (in outbox.event_kept), so that neither a
+ * quiet subscription nor a delivery due in a month holds the buckets.
+ */
+#define EVENT_NEEDED(e, cursors) \
+	"(EXISTS (SELECT 1 FROM outbox.delivery d WHERE d.event_id = " e ".id" \
+	"  AND d.state <> 'done')" \
+	" OR EXISTS (SELECT 1 FROM " cursors " c" \
+	"  WHERE NOT pg_visible_in_snapshot(((" e ".id >> " CppAsString2(OUTBOX_SEQ_BITS) ")::text)::xid8, c.lo)" \
+	"  AND (c.topics IS NULL OR " e ".topic = ANY (c.topics))))"
+
+/* SQL: every subscription's folded cursor and topics, as EVENT_NEEDED reads them */
+#define CURSORS(where) \
+	"(SELECT c.lo, s.topics FROM outbox.cursor_now c" \
+	" JOIN outbox.subscription s ON s.id = c.sub_id " where ")"
+
 /* outbox.chain_rotation: milliseconds between generations of chain rows */
 int			outbox_chain_rotation = 10000;
 
@@ -35,7 +55,7 @@ int			outbox_chain_rotation = 10000;
 /*
  * Delete, a step at a time: done markers behind their subscription's
  * cursor, commit-order records no chain can need, and kept copies of events
- * that no longer have a dead letter.  (Old cursor, batch and settle rows go
+ * that nothing needs any more (with their dedup keys and done markers).  (Old cursor, batch and settle rows go
  * with their partition: rotate_chain.)
  */
 void
@@ -61,10 +81,12 @@ outbox_clean_up(void)
 			"  pg_snapshot_xmin(pg_current_snapshot()))"
 			" LIMIT " CppAsString2(STEP_ROWS) ")", 0, NULL);
 		kept_plan = outbox_prepare(
-			"DELETE FROM outbox.event_kept k WHERE ctid IN ("
-			" SELECT ctid FROM outbox.event_kept k WHERE NOT EXISTS ("
-			"  SELECT 1 FROM outbox.delivery d WHERE d.event_id = k.id AND d.state <> 'done')"
-			" LIMIT " CppAsString2(STEP_ROWS) ")", 0, NULL);
+			"WITH gone AS (DELETE FROM outbox.event_kept k WHERE ctid IN ("
+			"  SELECT ctid FROM outbox.event_kept k WHERE NOT " EVENT_NEEDED("k", CURSORS(""))
+			"  LIMIT " CppAsString2(STEP_ROWS) ") RETURNING k.id),"
+			" dedup AS (DELETE FROM outbox.dedup WHERE event_id IN (SELECT id FROM gone))"
+			" DELETE FROM outbox.delivery WHERE state = 'done'"
+			" AND event_id IN (SELECT id FROM gone)", 0, NULL);
 	}
 	if (SPI_execute_plan(done_plan, NULL, NULL, false, 0) != SPI_OK_DELETE ||
 		SPI_execute_plan(keys_plan, NULL, NULL, false, 0) != SPI_OK_DELETE ||
@@ -86,38 +108,25 @@ int8_result(const char *sql)
 }
 
 /*
- * Can bucket b be emptied?  Every subscription's folded cursor must be past
- * its newest event, no delivery may still need one of its events (dead
- * letters excepted: those events are kept), and its newest event must be
- * older than outbox.retention.
+ * Is bucket b due to be emptied?  When its newest event is older than
+ * outbox.retention.  What is still needed of it is copied out first.
  */
 static bool
-bucket_done(int b, int64 max_id, TimestampTz now)
+bucket_due(int b, int64 max_id)
 {
-	char	   *sql;
-
-	sql = psprintf("SELECT count(*) FROM outbox.event_%d WHERE id = " INT64_FORMAT
-				   " AND enqueued_at > now() - make_interval(secs => %d)",
-				   b, max_id, outbox_retention);
-	if (int8_result(sql) != 0)
-		return false;
-	sql = psprintf("SELECT count(*) FROM outbox.cursor_now"
-				   " WHERE NOT ('" UINT64_FORMAT "'::xid8 < pg_snapshot_xmin(lo))",
-				   OUTBOX_ID_XID(max_id));
-	if (int8_result(sql) != 0)
-		return false;
-	sql = psprintf("SELECT count(*) FROM (SELECT 1 FROM outbox.delivery d"
-				   " JOIN outbox.event_%d e ON e.id = d.event_id"
-				   " WHERE d.state IN ('ready', 'scheduled', 'leased', 'waiting') LIMIT 1) x", b);
-	if (int8_result(sql) != 0)
-		return false;
-	return true;
+	return int8_result(psprintf("SELECT count(*) FROM outbox.event_%d WHERE id = " INT64_FORMAT
+								" AND enqueued_at > now() - make_interval(secs => %d)",
+								b, max_id, outbox_retention)) == 0;
 }
 
 /*
- * Empty the buckets nothing needs any more, and rotate the current bucket
- * when it is old enough and the next one is empty.  Buckets rotate every
- * half retention, so about three of the four hold events.
+ * Empty the buckets whose events are past retention, and rotate the current
+ * bucket when it is old enough and the next one is empty.  Buckets rotate
+ * every half retention, so about three of the four hold events.  Events a
+ * subscription or delivery still needs are copied to outbox.event_kept
+ * first (with their done markers and dedup keys left in place), so storage
+ * is bounded by what is needed plus the retention window, whatever one
+ * quiet subscription does.
  */
 void
 outbox_rotate_and_truncate(void)
@@ -152,7 +161,7 @@ outbox_rotate_and_truncate(void)
 				next_empty = true;
 			continue;
 		}
-		if (!bucket_done(b, max_id, now))
+		if (!bucket_due(b, max_id))
 			continue;
 		snprintf(relname, sizeof(relname), "event_%d", b);
 		relid = outbox_relid(relname);
@@ -161,16 +170,23 @@ outbox_rotate_and_truncate(void)
 			continue;
 		/* a late enqueue may have added events before we locked */
 		if (int8_result(psprintf("SELECT max(id) FROM outbox.event_%d", b)) != max_id ||
-			!bucket_done(b, max_id, now))
+			!bucket_due(b, max_id))
 			continue;
-		if (SPI_execute(psprintf("INSERT INTO outbox.event_kept"
+		/* only cursors that have not passed the bucket's newest event matter */
+		if (SPI_execute(psprintf("WITH lag AS MATERIALIZED " CURSORS("WHERE NOT ('" UINT64_FORMAT "'::xid8 < pg_snapshot_xmin(c.lo))")
+								 " INSERT INTO outbox.event_kept"
 								 " SELECT id, 4, topic, key, payload, headers, deliver_at, enqueued_at"
-								 " FROM outbox.event_%d e WHERE EXISTS (SELECT 1 FROM outbox.delivery d"
-								 "  WHERE d.event_id = e.id AND d.state = 'dead')", b), false, 0) != SPI_OK_INSERT ||
+								 " FROM outbox.event_%d e WHERE " EVENT_NEEDED("e", "lag"),
+								 OUTBOX_ID_XID(max_id), b),
+						false, 0) != SPI_OK_INSERT ||
 			SPI_execute(psprintf("DELETE FROM outbox.dedup WHERE event_id IN"
-								 " (SELECT id FROM outbox.event_%d)", b), false, 0) != SPI_OK_DELETE ||
+								 " (SELECT id FROM outbox.event_%d e WHERE NOT EXISTS"
+								 "  (SELECT 1 FROM outbox.event_kept k WHERE k.id = e.id))", b),
+						false, 0) != SPI_OK_DELETE ||
 			SPI_execute(psprintf("DELETE FROM outbox.delivery WHERE state = 'done' AND event_id IN"
-								 " (SELECT id FROM outbox.event_%d)", b), false, 0) != SPI_OK_DELETE ||
+								 " (SELECT id FROM outbox.event_%d e WHERE NOT EXISTS"
+								 "  (SELECT 1 FROM outbox.event_kept k WHERE k.id = e.id))", b),
+						false, 0) != SPI_OK_DELETE ||
 			SPI_execute(psprintf("TRUNCATE outbox.event_%d", b), false, 0) != SPI_OK_UTILITY)
 			elog(ERROR, "emptying bucket %d failed", b);
 		ereport(DEBUG1, (errmsg("outbox emptied bucket %d", b)));
