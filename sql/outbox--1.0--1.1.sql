@@ -4,3 +4,158 @@
 -- which fault or feature it is for.
 
 \echo Use "ALTER EXTENSION outbox UPDATE" to load this file. \quit
+
+--
+-- Faults 5, 6, 10 and 11 of issue 8 (subscriptions changing under their
+-- deliveries; isolation levels): src/lifecycle.c.
+--
+-- unsubscribe, and subscribe of an existing subscription, take the
+-- subscription's lifetime lock exclusively, so they wait for every open
+-- transaction that may write its rows (consumers and the worker hold it in
+-- share mode to their end): no orphan rows (fault 6), and a change of
+-- topics or of "ordered" sees every delivery as it is.  Re-subscribing
+-- keeps the undelivered events of dropped topics (fault 11) and applies a
+-- switch of "ordered" to the deliveries not yet claimed (fault 5).  A new
+-- subscription's origin is a snapshot taken when subscribe runs, not the
+-- transaction's (fault 10: REPEATABLE READ).
+--
+
+CREATE FUNCTION outbox._hold_subscription(subscription text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'outbox_hold_subscription_sql'
+LANGUAGE C VOLATILE;
+
+CREATE FUNCTION outbox._drop_subscription(subscription text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'outbox_drop_subscription'
+LANGUAGE C VOLATILE;
+
+CREATE FUNCTION outbox._resubscribed(subscription text, old_topics text[], old_ordered boolean)
+RETURNS void
+AS 'MODULE_PATHNAME', 'outbox_resubscribed'
+LANGUAGE C VOLATILE;
+
+CREATE FUNCTION outbox._latest_snapshot()
+RETURNS pg_snapshot
+AS 'MODULE_PATHNAME', 'outbox_latest_snapshot'
+LANGUAGE C VOLATILE;
+
+REVOKE ALL ON FUNCTION outbox._hold_subscription(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION outbox._drop_subscription(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION outbox._resubscribed(text, text[], boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION outbox._latest_snapshot() FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION outbox.subscribe(
+	subscription text,
+	topics text[],
+	max_attempts int DEFAULT 10,
+	lease interval DEFAULT '30 seconds',
+	backoff_base interval DEFAULT '1 second',
+	backoff_max interval DEFAULT '1 hour',
+	ordered boolean DEFAULT false)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	t text;
+	new_id integer;
+	gen bigint;
+	stored text[];
+	origin pg_catalog.pg_snapshot;
+	old_id integer;
+	old_topics text[];
+	old_ordered boolean;
+BEGIN
+	IF subscription IS NULL THEN
+		RAISE EXCEPTION 'subscription must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	PERFORM outbox._check_name(subscription);
+	IF topics IS NULL THEN
+		RAISE EXCEPTION 'topics must not be null' USING ERRCODE = 'null_value_not_allowed',
+			HINT = 'Use ARRAY[''*''] to subscribe to every topic.';
+	END IF;
+	IF max_attempts IS NULL OR ordered IS NULL THEN
+		RAISE EXCEPTION 'settings must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF pg_catalog.cardinality(topics) OPERATOR(pg_catalog.=) 0 THEN
+		RAISE EXCEPTION 'topics must not be empty' USING ERRCODE = 'invalid_parameter_value',
+			HINT = 'Use ARRAY[''*''] to subscribe to every topic.';
+	END IF;
+	FOREACH t IN ARRAY topics LOOP
+		IF t IS NULL THEN
+			RAISE EXCEPTION 'topics must not contain null' USING ERRCODE = 'null_value_not_allowed';
+		END IF;
+		IF t OPERATOR(pg_catalog.=) '' OR pg_catalog.octet_length(t) OPERATOR(pg_catalog.>) 200 THEN
+			RAISE EXCEPTION 'topic must be 1 to 200 bytes long' USING ERRCODE = 'invalid_parameter_value',
+				DETAIL = pg_catalog.format('The topic given was %s bytes long.', pg_catalog.octet_length(t));
+		END IF;
+		IF t OPERATOR(pg_catalog.=) '*' AND pg_catalog.cardinality(topics) OPERATOR(pg_catalog.>) 1 THEN
+			RAISE EXCEPTION 'topic ''*'' cannot be mixed with topic names' USING ERRCODE = 'invalid_parameter_value',
+				HINT = 'Subscribe to ARRAY[''*''] alone to receive every topic.';
+		END IF;
+	END LOOP;
+	IF max_attempts OPERATOR(pg_catalog.<) 1 THEN
+		RAISE EXCEPTION 'max_attempts must be at least 1' USING ERRCODE = 'invalid_parameter_value',
+			DETAIL = pg_catalog.format('The value given was %s.', max_attempts);
+	END IF;
+	PERFORM outbox._check_interval(lease, 'lease');
+	PERFORM outbox._check_interval(backoff_base, 'backoff_base');
+	PERFORM outbox._check_interval(backoff_max, 'backoff_max');
+
+	IF topics OPERATOR(pg_catalog.=) ARRAY['*'] THEN
+		stored := NULL;
+	ELSE
+		SELECT pg_catalog.array_agg(DISTINCT u.x ORDER BY u.x) INTO stored FROM pg_catalog.unnest(topics) AS u(x);
+	END IF;
+
+	-- No consumer or worker transaction of this subscription is open from
+	-- here on, and none starts before this one ends.
+	PERFORM outbox._hold_subscription(subscription);
+	SELECT s.id, s.topics, s.ordered INTO old_id, old_topics, old_ordered
+	  FROM outbox.subscription s WHERE s.name OPERATOR(pg_catalog.=) subscription;
+	IF old_id IS NOT NULL THEN
+		-- REPEATABLE READ, SERIALIZABLE: changed or dropped since this
+		-- transaction's snapshot is a serialization failure (40001)
+		UPDATE outbox.subscription s
+		   SET topics = stored, max_attempts = subscribe.max_attempts, lease = subscribe.lease,
+			   backoff_base = subscribe.backoff_base, backoff_max = subscribe.backoff_max,
+			   ordered = subscribe.ordered
+		 WHERE s.id OPERATOR(pg_catalog.=) old_id;
+		IF old_topics IS DISTINCT FROM stored OR old_ordered IS DISTINCT FROM subscribe.ordered THEN
+			PERFORM outbox._resubscribed(subscription, old_topics, old_ordered);
+		END IF;
+	ELSE
+		new_id := pg_catalog.nextval('outbox.subscription_id_seq'::pg_catalog.regclass);
+		-- Events of transactions that have finished now are not for the new
+		-- subscription; everything later is.  Taken now, not from an older
+		-- transaction snapshot (REPEATABLE READ).
+		origin := outbox._latest_snapshot();
+		BEGIN
+			INSERT INTO outbox.subscription (id, name, topics, max_attempts, lease, backoff_base, backoff_max, ordered, origin)
+			VALUES (new_id, subscription, stored, max_attempts, lease, backoff_base, backoff_max, ordered, origin);
+		EXCEPTION WHEN unique_violation THEN
+			-- created since this transaction's snapshot was taken
+			RAISE EXCEPTION 'could not serialize access due to concurrent subscribe'
+				USING ERRCODE = 'serialization_failure';
+		END;
+		gen := pg_catalog.pg_sequence_last_value('outbox.chain_gen'::pg_catalog.regclass);
+		INSERT INTO outbox.cursor (gen, sub_id, fold_no, delta, lo, hi, pos, ended, scan_from, scan_gen)
+		VALUES (gen, new_id, 0, 0, origin, origin, 0, true, 0, gen);
+	END IF;
+	PERFORM outbox._subscriptions_changed();
+END
+$$;
+
+CREATE OR REPLACE FUNCTION outbox.unsubscribe(subscription text)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	-- waits for open transactions that may write its rows, then deletes
+	-- them all, as they are now
+	PERFORM outbox._drop_subscription(subscription);
+	PERFORM outbox._subscriptions_changed();
+END
+$$;
