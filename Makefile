@@ -15,7 +15,8 @@ OBJS = \
 	src/maintain.o \
 	src/notify.o \
 	src/lease.o \
-	src/retention.o
+	src/retention.o \
+	src/lifecycle.o
 
 EXTENSION = outbox
 # 1.0 is released and never changes; every later change goes into an
@@ -26,11 +27,11 @@ DATA_built = sql/outbox--1.1.sql
 PGFILEDESC = "outbox - transactional event delivery"
 
 # pg_regress inputs live in test/sql, expected output in expected/.
-REGRESS = setup subscribe enqueue claim settle ordering dedup privileges errors
+REGRESS = setup subscribe enqueue claim settle ordering dedup privileges errors semantics
 # PG15's pg_regress reads expected output from <outputdir>/expected, so the
 # output goes to the top directory (results/, ignored by git).
 REGRESS_OPTS = --inputdir=test
-ISOLATION = claim_concurrency claim_rollback dedup_race ordering_race
+ISOLATION = claim_concurrency claim_rollback dedup_race ordering_race unsubscribe_race isolation_levels
 ISOLATION_OPTS = --inputdir=test --outputdir=.
 
 # no JIT bitcode: nothing here is worth inlining, and it needs clang

@@ -35,7 +35,46 @@ AS 'MODULE_PATHNAME', 'outbox_chain_gen_sql'
 LANGUAGE C VOLATILE;
 REVOKE ALL ON FUNCTION outbox._chain_gen_for_insert() FROM PUBLIC;
 
--- subscribe writes the first cursor row into the current generation.
+--
+-- Faults 5, 6, 10 and 11 of issue 8 (subscriptions changing under their
+-- deliveries; isolation levels): src/lifecycle.c.
+--
+-- unsubscribe, and subscribe of an existing subscription, take the
+-- subscription's lifetime lock exclusively, so they wait for every open
+-- transaction that may write its rows (consumers and the worker hold it in
+-- share mode to their end): no orphan rows (fault 6), and a change of
+-- topics or of "ordered" sees every delivery as it is.  Re-subscribing
+-- keeps the undelivered events of dropped topics (fault 11) and applies a
+-- switch of "ordered" to the deliveries not yet claimed (fault 5).  A new
+-- subscription's origin is a snapshot taken when subscribe runs, not the
+-- transaction's (fault 10: REPEATABLE READ).
+--
+
+CREATE FUNCTION outbox._hold_subscription(subscription text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'outbox_hold_subscription_sql'
+LANGUAGE C VOLATILE;
+
+CREATE FUNCTION outbox._drop_subscription(subscription text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'outbox_drop_subscription'
+LANGUAGE C VOLATILE;
+
+CREATE FUNCTION outbox._resubscribed(subscription text, old_topics text[], old_ordered boolean)
+RETURNS void
+AS 'MODULE_PATHNAME', 'outbox_resubscribed'
+LANGUAGE C VOLATILE;
+
+CREATE FUNCTION outbox._latest_snapshot()
+RETURNS pg_snapshot
+AS 'MODULE_PATHNAME', 'outbox_latest_snapshot'
+LANGUAGE C VOLATILE;
+
+REVOKE ALL ON FUNCTION outbox._hold_subscription(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION outbox._drop_subscription(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION outbox._resubscribed(text, text[], boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION outbox._latest_snapshot() FROM PUBLIC;
+
 CREATE OR REPLACE FUNCTION outbox.subscribe(
 	subscription text,
 	topics text[],
@@ -54,6 +93,9 @@ DECLARE
 	gen bigint;
 	stored text[];
 	origin pg_catalog.pg_snapshot;
+	old_id integer;
+	old_topics text[];
+	old_ordered boolean;
 BEGIN
 	IF subscription IS NULL THEN
 		RAISE EXCEPTION 'subscription must not be null' USING ERRCODE = 'null_value_not_allowed';
@@ -97,22 +139,53 @@ BEGIN
 		SELECT pg_catalog.array_agg(DISTINCT u.x ORDER BY u.x) INTO stored FROM pg_catalog.unnest(topics) AS u(x);
 	END IF;
 
-	UPDATE outbox.subscription s
-	   SET topics = stored, max_attempts = subscribe.max_attempts, lease = subscribe.lease,
-		   backoff_base = subscribe.backoff_base, backoff_max = subscribe.backoff_max,
-		   ordered = subscribe.ordered
-	 WHERE s.name OPERATOR(pg_catalog.=) subscription;
-	IF NOT FOUND THEN
+	-- No consumer or worker transaction of this subscription is open from
+	-- here on, and none starts before this one ends.
+	PERFORM outbox._hold_subscription(subscription);
+	SELECT s.id, s.topics, s.ordered INTO old_id, old_topics, old_ordered
+	  FROM outbox.subscription s WHERE s.name OPERATOR(pg_catalog.=) subscription;
+	IF old_id IS NOT NULL THEN
+		-- REPEATABLE READ, SERIALIZABLE: changed or dropped since this
+		-- transaction's snapshot is a serialization failure (40001)
+		UPDATE outbox.subscription s
+		   SET topics = stored, max_attempts = subscribe.max_attempts, lease = subscribe.lease,
+			   backoff_base = subscribe.backoff_base, backoff_max = subscribe.backoff_max,
+			   ordered = subscribe.ordered
+		 WHERE s.id OPERATOR(pg_catalog.=) old_id;
+		IF old_topics IS DISTINCT FROM stored OR old_ordered IS DISTINCT FROM subscribe.ordered THEN
+			PERFORM outbox._resubscribed(subscription, old_topics, old_ordered);
+		END IF;
+	ELSE
 		new_id := pg_catalog.nextval('outbox.subscription_id_seq'::pg_catalog.regclass);
-		-- Events of transactions that this snapshot sees as finished are not
-		-- for the new subscription; everything later is.
-		origin := pg_catalog.pg_current_snapshot();
-		INSERT INTO outbox.subscription (id, name, topics, max_attempts, lease, backoff_base, backoff_max, ordered, origin)
-		VALUES (new_id, subscription, stored, max_attempts, lease, backoff_base, backoff_max, ordered, origin);
+		-- Events of transactions that have finished now are not for the new
+		-- subscription; everything later is.  Taken now, not from an older
+		-- transaction snapshot (REPEATABLE READ).
+		origin := outbox._latest_snapshot();
+		BEGIN
+			INSERT INTO outbox.subscription (id, name, topics, max_attempts, lease, backoff_base, backoff_max, ordered, origin)
+			VALUES (new_id, subscription, stored, max_attempts, lease, backoff_base, backoff_max, ordered, origin);
+		EXCEPTION WHEN unique_violation THEN
+			-- created since this transaction's snapshot was taken
+			RAISE EXCEPTION 'could not serialize access due to concurrent subscribe'
+				USING ERRCODE = 'serialization_failure';
+		END;
 		gen := outbox._chain_gen_for_insert();
 		INSERT INTO outbox.cursor (gen, sub_id, fold_no, delta, lo, hi, pos, ended, scan_from, scan_gen)
 		VALUES (gen, new_id, 0, 0, origin, origin, 0, true, 0, gen);
 	END IF;
+	PERFORM outbox._subscriptions_changed();
+END
+$$;
+
+CREATE OR REPLACE FUNCTION outbox.unsubscribe(subscription text)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	-- waits for open transactions that may write its rows, then deletes
+	-- them all, as they are now
+	PERFORM outbox._drop_subscription(subscription);
 	PERFORM outbox._subscriptions_changed();
 END
 $$;

@@ -754,7 +754,10 @@ outbox_batch_take(int32 sub_id, int64 gen, int64 batch_no, int64 *want,
 	}
 	args[0] = Int32GetDatum(sub_id);
 	args[1] = Int64GetDatum(batch_no);
-	if (SPI_execute_plan(lock_plans[skip_locked][part], args, NULL, false, 1) != SPI_OK_SELECT)
+	/* the row as it is now, also in a REPEATABLE READ transaction */
+	if (SPI_execute_snapshot(lock_plans[skip_locked][part], args, NULL,
+							 GetLatestSnapshot(), InvalidSnapshot, false, false,
+							 1) != SPI_OK_SELECT)
 		elog(ERROR, "batch lock failed");
 	if (SPI_processed != 1)
 		return -1;
@@ -1116,7 +1119,8 @@ outbox_chain_fold(OutboxChain *chain, int min_slices)
 				hargs[0] = Int32GetDatum(chain->sub_id);
 				hargs[1] = TimestampTzGetDatum(s->lease_until);
 				outbox_taken_arrays(taken, keys, key_nulls, ntaken, &hargs[2], &hargs[3]);
-				if (SPI_execute_plan(hand_plan, hargs, NULL, false, 0) != SPI_OK_INSERT)
+				if (SPI_execute_snapshot(hand_plan, hargs, NULL, GetLatestSnapshot(),
+										 InvalidSnapshot, false, false, 0) != SPI_OK_INSERT)
 					elog(ERROR, "lease hand-over failed");
 			}
 			handed = true;

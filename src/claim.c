@@ -94,6 +94,20 @@ emit(ClaimState *st, Candidate *c, int32 attempt)
 }
 
 /*
+ * Run a statement with a snapshot taken now.  A consumer's transaction may
+ * be REPEATABLE READ or SERIALIZABLE: what it claims and settles must be
+ * the deliveries as they are now, not as its older snapshot shows them
+ * (the subscription's lifetime lock and the claim lock keep them from
+ * changing under it).
+ */
+static int
+exec_latest(SPIPlanPtr plan, Datum *args, const char *nulls, bool read_only)
+{
+	return SPI_execute_snapshot(plan, args, nulls, GetLatestSnapshot(),
+								InvalidSnapshot, read_only, false, 0);
+}
+
+/*
  * Might the subscription have a due delivery?  One probe of the partial
  * index the claim query uses, to spare the usual claim (nothing retried,
  * nothing delayed) that query's executor start.  Rows locked by other
@@ -158,7 +172,7 @@ claim_deliveries(ClaimState *st)
 	args[1] = Int32GetDatum(st->want - st->got);
 	args[2] = TimestampTzGetDatum(st->lease_until);
 	args[3] = TimestampTzGetDatum(st->now);
-	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_SELECT)
+	if (exec_latest(plan, args, NULL, false) != SPI_OK_SELECT)
 		elog(ERROR, "claim of deliveries failed");
 	for (i = 0; i < SPI_processed; i++)
 	{
@@ -177,6 +191,15 @@ claim_deliveries(ClaimState *st)
 		c.enqueued_at = SPI_getbinval(tup, desc, 7, &isnull);
 		emit(st, &c, attempt);
 	}
+}
+
+static int
+cmp_candidate(const void *a, const void *b)
+{
+	int64		x = ((const Candidate *) a)->id;
+	int64		y = ((const Candidate *) b)->id;
+
+	return (x > y) - (x < y);
 }
 
 static bool
@@ -346,7 +369,7 @@ materialize(ClaimState *st, int64 id, const char *state, TimestampTz visible_at,
 	args[4] = key;
 	nulls[4] = key_null ? 'n' : ' ';
 	args[5] = Int64GetDatum(seq);
-	if (SPI_execute_plan(plan, args, nulls, false, 0) != SPI_OK_INSERT)
+	if (exec_latest(plan, args, nulls, false) != SPI_OK_INSERT)
 		elog(ERROR, "delivery insert failed");
 }
 
@@ -383,7 +406,7 @@ promote_waiting(ClaimState *st)
 							 " AND state OPERATOR(pg_catalog.=) 'waiting'", 3, t3);
 	}
 	args[0] = Int32GetDatum(st->sub->id);
-	if (SPI_execute_plan(sel, args, NULL, true, 0) != SPI_OK_SELECT)
+	if (exec_latest(sel, args, NULL, true) != SPI_OK_SELECT)
 		elog(ERROR, "waiting deliveries lookup failed");
 	tab = SPI_tuptable;
 	n = SPI_processed;
@@ -404,7 +427,7 @@ promote_waiting(ClaimState *st)
 			continue;
 		args[1] = Int64GetDatum(id);
 		args[2] = TimestampTzGetDatum(st->now);
-		if (SPI_execute_plan(upd, args, NULL, false, 0) != SPI_OK_UPDATE)
+		if (exec_latest(upd, args, NULL, false) != SPI_OK_UPDATE)
 			elog(ERROR, "waiting delivery release failed");
 		set_busy(st, h, true);
 	}
@@ -412,49 +435,75 @@ promote_waiting(ClaimState *st)
 }
 
 /*
- * Drop candidates that already have a delivery row: events acked before
- * any claim reached them.
+ * Drop candidates (sorted by id) that already have a delivery row: events
+ * acked before any claim reached them, or kept by a change of topics.
+ * Read with a dirty snapshot: an ack-ahead whose transaction is still open
+ * may commit (then the event is done) or roll back (then it is not), so
+ * neither leasing nor skipping it is right yet.  *stop_at is then the
+ * first such id: the claim ends its slice before it, and a later claim
+ * looks again.  Returns how many candidates are kept, all below *stop_at.
  */
 static int
-drop_settled_ahead(ClaimState *st, Candidate *cands, int n)
+drop_settled_ahead(ClaimState *st, Candidate *cands, int n, int64 *stop_at)
 {
-	static SPIPlanPtr plan = NULL;
-	Datum		args[3];
-	uint64		i;
+	Relation	rel;
+	SysScanDesc scan;
+	ScanKeyData key[3];
+	SnapshotData dirty;
+	HeapTuple	tup;
+	bool	   *has_row;
+	bool	   *only_open;
 	int			j,
 				k;
 
+	*stop_at = 0;
 	if (n == 0)
 		return 0;
-	if (plan == NULL)
-	{
-		Oid			types[3] = {INT4OID, INT8OID, INT8OID};
-
-		plan = outbox_prepare("SELECT event_id FROM outbox.delivery"
-							  " WHERE sub_id OPERATOR(pg_catalog.=) $1"
-							  " AND event_id OPERATOR(pg_catalog.>=) $2"
-							  " AND event_id OPERATOR(pg_catalog.<=) $3", 3, types);
-	}
-	args[0] = Int32GetDatum(st->sub->id);
-	args[1] = Int64GetDatum(cands[0].id);
-	args[2] = Int64GetDatum(cands[n - 1].id);
-	if (SPI_execute_plan(plan, args, NULL, true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "delivery lookup failed");
-	if (SPI_processed == 0)
-		return n;
-	for (i = 0; i < SPI_processed; i++)
+	has_row = palloc0(sizeof(bool) * n);
+	only_open = palloc0(sizeof(bool) * n);
+	InitDirtySnapshot(dirty);
+	rel = table_open(outbox_relid("delivery"), AccessShareLock);
+	ScanKeyInit(&key[0], 1 /* sub_id */ , BTEqualStrategyNumber, F_INT4EQ,
+				Int32GetDatum(st->sub->id));
+	ScanKeyInit(&key[1], 2 /* event_id */ , BTGreaterEqualStrategyNumber,
+				F_INT8GE, Int64GetDatum(cands[0].id));
+	ScanKeyInit(&key[2], 2 /* event_id */ , BTLessEqualStrategyNumber,
+				F_INT8LE, Int64GetDatum(cands[n - 1].id));
+	scan = systable_beginscan(rel, outbox_relid("delivery_pkey"), true, &dirty, 3, key);
+	while (HeapTupleIsValid(tup = systable_getnext(scan)))
 	{
 		bool		isnull;
-		int64		id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
-													 SPI_tuptable->tupdesc, 1, &isnull));
+		int64		id = DatumGetInt64(heap_getattr(tup, 2, RelationGetDescr(rel), &isnull));
+		bool		open = TransactionIdIsValid(dirty.xmin) &&
+			!TransactionIdIsCurrentTransactionId(HeapTupleHeaderGetXmin(tup->t_data));
+		Candidate	probe;
+		Candidate  *hit;
 
-		for (j = 0; j < n; j++)
-			if (cands[j].id == id)
-				cands[j].id = -1;
+		probe.id = id;
+		hit = bsearch(&probe, cands, n, sizeof(Candidate), cmp_candidate);
+		if (hit == NULL)
+			continue;
+		j = hit - cands;
+		/* an older committed version (a row being updated) settles it */
+		if (!has_row[j])
+			only_open[j] = open;
+		else if (!open)
+			only_open[j] = false;
+		has_row[j] = true;
 	}
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+
 	for (j = 0, k = 0; j < n; j++)
-		if (cands[j].id >= 0)
+	{
+		if (has_row[j] && only_open[j])
+		{
+			*stop_at = cands[j].id;
+			break;
+		}
+		if (!has_row[j])
 			cands[k++] = cands[j];
+	}
 	return k;
 }
 
@@ -563,6 +612,41 @@ take_event(ClaimState *st, Candidate *c, Datum deliver_at, bool deliver_at_null)
 }
 
 /*
+ * The id ranges (starts[r], ends[r]] that hold a segment's events, in id
+ * order: the ranges of the transactions that were running at "lo" and
+ * have committed by "hi", then the range of transactions started between
+ * the two.  Looking only there keeps a long-running transaction from
+ * making every claim rescan what earlier deltas handed out.
+ */
+static int
+segment_ranges(OutboxSegment *seg, int64 **starts, int64 **ends)
+{
+	OutboxSnap *lo = seg->lo;
+	OutboxSnap *hi = seg->hi;
+	int			nranges = 0;
+	uint32		i;
+
+	*starts = palloc(sizeof(int64) * (lo->nxip + 1));
+	*ends = palloc(sizeof(int64) * (lo->nxip + 1));
+	for (i = 0; i < lo->nxip; i++)
+	{
+		uint64		x = U64FromFullTransactionId(lo->xip[i]);
+
+		if (outbox_snap_visible(hi, x))
+		{
+			(*starts)[nranges] = OUTBOX_XID_FIRST_ID(x) - 1;
+			(*ends)[nranges++] = OUTBOX_XID_FIRST_ID(x + 1) - 1;
+		}
+	}
+	if (U64FromFullTransactionId(hi->xmax) > U64FromFullTransactionId(lo->xmax))
+	{
+		(*starts)[nranges] = OUTBOX_XID_FIRST_ID(U64FromFullTransactionId(lo->xmax)) - 1;
+		(*ends)[nranges++] = OUTBOX_XID_FIRST_ID(U64FromFullTransactionId(hi->xmax)) - 1;
+	}
+	return nranges;
+}
+
+/*
  * Scan one segment of the stream, leasing up to what the claim still
  * wants, and record what it covered.
  */
@@ -585,6 +669,7 @@ scan_segment(ClaimState *st, OutboxSegment *seg)
 	Candidate  *cands;
 	int			ncands = 0;
 	int			room = st->want - st->got;
+	int64		stop_at;
 
 	if (plan == NULL)
 	{
@@ -598,30 +683,7 @@ scan_segment(ClaimState *st, OutboxSegment *seg)
 			" ORDER BY id LIMIT $4", 4, types);
 	}
 
-	/*
-	 * The delta's events have ids in the ranges of the transactions that
-	 * were running at "lo" and have committed by "hi", then in the range of
-	 * transactions started between the two.  Looking only there keeps a
-	 * long-running transaction from making every claim rescan what earlier
-	 * deltas handed out.
-	 */
-	starts = palloc(sizeof(int64) * (lo->nxip + 1));
-	ends = palloc(sizeof(int64) * (lo->nxip + 1));
-	for (i = 0; i < lo->nxip; i++)
-	{
-		uint64		x = U64FromFullTransactionId(lo->xip[i]);
-
-		if (outbox_snap_visible(hi, x))
-		{
-			starts[nranges] = OUTBOX_XID_FIRST_ID(x) - 1;
-			ends[nranges++] = OUTBOX_XID_FIRST_ID(x + 1) - 1;
-		}
-	}
-	if (U64FromFullTransactionId(hi->xmax) > U64FromFullTransactionId(lo->xmax))
-	{
-		starts[nranges] = OUTBOX_XID_FIRST_ID(U64FromFullTransactionId(lo->xmax)) - 1;
-		ends[nranges++] = OUTBOX_XID_FIRST_ID(U64FromFullTransactionId(hi->xmax)) - 1;
-	}
+	nranges = segment_ranges(seg, &starts, &ends);
 
 	memset(&slice, 0, sizeof(slice));
 	slice.batch_no = -1;
@@ -705,9 +767,15 @@ scan_segment(ClaimState *st, OutboxSegment *seg)
 		slice.pos_to = seg->to;
 		slice.ended = seg->to_end;
 	}
-	st->chain->slices[idx] = slice;
 
-	ncands = drop_settled_ahead(st, cands, ncands);
+	ncands = drop_settled_ahead(st, cands, ncands, &stop_at);
+	if (stop_at > 0)
+	{
+		/* an ack-ahead in progress: leave it and what follows for later */
+		slice.pos_to = stop_at - 1;
+		slice.ended = false;
+	}
+	st->chain->slices[idx] = slice;
 	for (i = 0; i < (uint32) ncands; i++)
 		emit(st, &cands[i], 1);
 
@@ -827,6 +895,10 @@ outbox_claim_advance(OutboxSub *sub)
 	List	   *segs;
 	ListCell   *lc;
 
+	/* not while unsubscribe or a change of settings waits or runs */
+	if (!outbox_try_hold_sub(sub->name))
+		return;
+	sub = outbox_lookup_sub(sub->name);
 	if (!outbox_try_lock_sub(sub->id))
 		return;
 	memset(&st, 0, sizeof(st));
@@ -850,4 +922,203 @@ outbox_claim_advance(OutboxSub *sub)
 	outbox_chain_fold(st.chain, 0);
 	outbox_unlock_sub(sub->id);
 	outbox_chain_release(st.chain);
+}
+
+/*
+ * For subscribe, under the subscription's lifetime lock, after its topics
+ * changed: events of topics it no longer has, committed and not handed out
+ * yet, become deliveries of their own ('ready', 'scheduled' when delayed,
+ * 'waiting' behind their key when ordered), so that the subscription keeps
+ * them.  Claims skip stream events that have a delivery row, so none is
+ * handed out twice if a topic comes back.  Returns whether it kept any.
+ */
+bool
+outbox_claim_keep_topics(OutboxSub *sub, ArrayType *old_topics)
+{
+	static SPIPlanPtr plan = NULL;
+	ClaimState	st;
+	List	   *segs;
+	ListCell   *lc;
+	Datum	   *topics;
+	int			ntopics,
+				t;
+	bool		kept = false;
+
+	if (sub->topics == NULL)
+		return false;			/* every topic now: none was dropped */
+	if (plan == NULL)
+	{
+		Oid			types[3] = {INT8OID, INT8OID, TEXTARRAYOID};
+
+		plan = outbox_prepare_generic(
+			"SELECT id, topic, key, deliver_at, enqueued_at FROM outbox.event"
+			" WHERE id OPERATOR(pg_catalog.>) $1 AND id OPERATOR(pg_catalog.<=) $2"
+			" AND ($3 IS NULL OR topic OPERATOR(pg_catalog.=) ANY ($3))"
+			" ORDER BY id LIMIT 1000", 3, types);
+	}
+	deconstruct_array(sub->topics, TEXTOID, -1, false, TYPALIGN_INT,
+					  &topics, NULL, &ntopics);
+
+	memset(&st, 0, sizeof(st));
+	st.sub = sub;
+	st.now = GetCurrentTimestamp();
+	outbox_lock_sub(sub->id);
+	st.chain = outbox_chain_read(sub->id);
+	if (sub->ordered)
+		load_busy_keys(&st);
+	segs = outbox_chain_segments(st.chain);
+	foreach(lc, segs)
+	{
+		OutboxSegment *seg = lfirst(lc);
+		int64	   *starts;
+		int64	   *ends;
+		int			nranges,
+					r;
+
+		if (seg->new_delta && outbox_snap_equal(seg->lo, seg->hi))
+			continue;
+		nranges = segment_ranges(seg, &starts, &ends);
+		for (r = 0; r < nranges; r++)
+		{
+			int64		cur = Max(starts[r], seg->from);
+			int64		end = Min(ends[r], seg->to);
+
+			while (cur < end)
+			{
+				Datum		args[3];
+				char		nulls[3] = {' ', ' ', ' '};
+				SPITupleTable *tab;
+				uint64		n,
+							j;
+
+				CHECK_FOR_INTERRUPTS();
+				args[0] = Int64GetDatum(cur);
+				args[1] = Int64GetDatum(end);
+				args[2] = old_topics ? PointerGetDatum(old_topics) : (Datum) 0;
+				nulls[2] = old_topics ? ' ' : 'n';
+				if (SPI_execute_snapshot(plan, args, nulls, st.chain->snapshot,
+										 InvalidSnapshot, true, false, 0) != SPI_OK_SELECT)
+					elog(ERROR, "event scan failed");
+				tab = SPI_tuptable;
+				n = SPI_processed;
+				for (j = 0; j < n; j++)
+				{
+					HeapTuple	tup = tab->vals[j];
+					TupleDesc	desc = tab->tupdesc;
+					bool		isnull,
+								key_null,
+								da_null;
+					int64		id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+					char	   *topic = TextDatumGetCString(SPI_getbinval(tup, desc, 2, &isnull));
+					Datum		key = SPI_getbinval(tup, desc, 3, &key_null);
+					Datum		da = SPI_getbinval(tup, desc, 4, &da_null);
+					Datum		ea = SPI_getbinval(tup, desc, 5, &isnull);
+					bool		delayed = !da_null && DatumGetTimestampTz(da) > st.now;
+					bool		still = false;
+
+					cur = id;
+					if (!outbox_segment_contains(seg, id))
+						continue;
+					for (t = 0; t < ntopics && !still; t++)
+						still = strcmp(TextDatumGetCString(topics[t]), topic) == 0;
+					if (still)
+						continue;	/* the stream still brings it */
+					if (sub->ordered && !key_null)
+					{
+						int64		h = outbox_key_hash(TextDatumGetCString(key));
+						int64		seq = 0;
+						bool		blocked = key_in(st.busy, h);
+
+						if (earlier_commit_pending(&st, h, OUTBOX_ID_XID(id), &seq))
+							blocked = true;
+						if (blocked)
+						{
+							materialize(&st, id, "waiting",
+										delayed ? DatumGetTimestampTz(da) : 0,
+										key, key_null, seq);
+							set_busy(&st, h, false);
+							kept = true;
+							continue;
+						}
+						set_busy(&st, h, true);
+					}
+					materialize(&st, id, delayed ? "scheduled" : "ready",
+								delayed ? DatumGetTimestampTz(da) : DatumGetTimestampTz(ea),
+								key, key_null, 0);
+					kept = true;
+				}
+				if (n < 1000)
+					break;
+			}
+		}
+	}
+	outbox_unlock_sub(sub->id);
+	outbox_chain_release(st.chain);
+	return kept;
+}
+
+/*
+ * For subscribe, under the subscription's lifetime lock, when "ordered"
+ * was switched on: deliveries leased while it was off must hold back the
+ * later events of their keys, but the batch rows of those claims carry no
+ * keys.  Their unsettled ids are handed over to 'leased' delivery rows
+ * with their keys (as a fold hands over slow leases), and delivery rows
+ * get the keys of their events.
+ */
+void
+outbox_claim_order_leases(OutboxSub *sub)
+{
+	static SPIPlanPtr hand = NULL;
+	static SPIPlanPtr keys = NULL;
+	OutboxChain *chain;
+	Datum		args[3];
+	int			i;
+
+	if (hand == NULL)
+	{
+		Oid			t3[3] = {INT4OID, TIMESTAMPTZOID, INT8ARRAYOID};
+		Oid			t1[1] = {INT4OID};
+
+		hand = outbox_prepare(
+			"INSERT INTO outbox.delivery (sub_id, event_id, state, attempts, lease_until, key)"
+			" SELECT $1, e.id, 'leased', 1, $2, e.key FROM outbox.event e"
+			" WHERE e.id OPERATOR(pg_catalog.=) ANY ($3) ON CONFLICT DO NOTHING", 3, t3);
+		keys = outbox_prepare(
+			"UPDATE outbox.delivery d SET key = e.key FROM outbox.event e"
+			" WHERE d.sub_id OPERATOR(pg_catalog.=) $1 AND d.key IS NULL"
+			" AND e.id OPERATOR(pg_catalog.=) d.event_id AND e.key IS NOT NULL"
+			" AND d.state OPERATOR(pg_catalog.<>) ALL ('{done,dead}'::pg_catalog.text[])",
+			1, t1);
+	}
+	outbox_lock_sub(sub->id);
+	chain = outbox_chain_read(sub->id);
+	for (i = 0; i < chain->nslices; i++)
+	{
+		OutboxSlice *s = &chain->slices[i];
+		int64	   *taken;
+		Datum	   *dids;
+		int			ntaken,
+					k;
+
+		if (s->nids == 0 || s->key_hashes != NULL)
+			continue;			/* nothing leased, or written with keys */
+		ntaken = outbox_batch_take(sub->id, s->gen, s->batch_no, NULL, 0, false,
+								   &taken, NULL, NULL);
+		if (ntaken <= 0)
+			continue;
+		dids = palloc(sizeof(Datum) * ntaken);
+		for (k = 0; k < ntaken; k++)
+			dids[k] = Int64GetDatum(taken[k]);
+		args[0] = Int32GetDatum(sub->id);
+		args[1] = TimestampTzGetDatum(s->lease_until);
+		args[2] = PointerGetDatum(construct_array(dids, ntaken, INT8OID, 8,
+												  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+		if (exec_latest(hand, args, NULL, false) != SPI_OK_INSERT)
+			elog(ERROR, "lease hand-over failed");
+	}
+	args[0] = Int32GetDatum(sub->id);
+	if (exec_latest(keys, args, NULL, false) != SPI_OK_UPDATE)
+		elog(ERROR, "delivery key update failed");
+	outbox_unlock_sub(sub->id);
+	outbox_chain_release(chain);
 }

@@ -120,13 +120,23 @@ outbox_expire_leases(void)
 		int32		sub_id = DatumGetInt32(SPI_getbinval(tab->vals[i], tab->tupdesc, 1, &isnull));
 		int64		gen = DatumGetInt64(SPI_getbinval(tab->vals[i], tab->tupdesc, 2, &isnull));
 		int64		batch_no = DatumGetInt64(SPI_getbinval(tab->vals[i], tab->tupdesc, 3, &isnull));
-		char	   *name = TextDatumGetCString(SPI_getbinval(tab->vals[i], tab->tupdesc, 4, &isnull));
+		Datum		named = SPI_getbinval(tab->vals[i], tab->tupdesc, 4, &isnull);
+		char	   *name;
 		int64	   *taken;
 		Datum	   *keys;
 		bool	   *key_nulls;
 		int			ntaken;
 		Datum		args[3];
 
+		/*
+		 * Not while unsubscribe waits or runs (lifecycle.c): rows written
+		 * for a subscription it is deleting would outlive it.
+		 */
+		if (isnull)
+			continue;
+		name = TextDatumGetCString(named);
+		if (!outbox_try_hold_sub(name) || !outbox_sub_exists(sub_id))
+			continue;
 		/* an ack or fail of this batch in progress: next round */
 		ntaken = outbox_batch_take(sub_id, gen, batch_no, NULL, 0, true,
 								   &taken, &keys, &key_nulls);

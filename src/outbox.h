@@ -21,6 +21,7 @@
 #include "datatype/timestamp.h"
 #include "executor/spi.h"
 #include "fmgr.h"
+#include "utils/array.h"
 #include "utils/snapshot.h"
 #include "utils/xid8.h"
 
@@ -94,12 +95,19 @@ extern SPIPlanPtr outbox_prepare_generic(const char *sql, int nargs, Oid *argtyp
 extern int64 outbox_interval_usecs(const Interval *iv);
 extern void outbox_check_interval(const Interval *iv, const char *what);
 
+/* lifecycle.c */
+extern void outbox_hold_sub(const char *name);
+extern bool outbox_try_hold_sub(const char *name);
+extern bool outbox_sub_exists(int32 sub_id);
+
 /* enqueue.c */
 extern int64 outbox_key_hash(const char *key);
 extern void outbox_enqueue_init(void);
 
 /* claim.c */
 extern void outbox_claim_advance(OutboxSub *sub);
+extern bool outbox_claim_keep_topics(OutboxSub *sub, ArrayType *old_topics);
+extern void outbox_claim_order_leases(OutboxSub *sub);
 
 /* settle.c */
 extern TimestampTz outbox_backoff(OutboxSub *sub, int32 attempts,

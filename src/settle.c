@@ -22,11 +22,26 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
+#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 PG_FUNCTION_INFO_V1(outbox_ack);
 PG_FUNCTION_INFO_V1(outbox_ack_many);
 PG_FUNCTION_INFO_V1(outbox_fail);
+
+/*
+ * Run a statement with a snapshot taken now, whatever the isolation level:
+ * an ack or fail settles the delivery as it is now (a lease the worker
+ * returned after this transaction's snapshot was taken included), under
+ * the subscription's lifetime lock and the row locks of what it changes.
+ */
+static int
+exec_latest(SPIPlanPtr plan, Datum *args, const char *nulls, bool read_only,
+			long count)
+{
+	return SPI_execute_snapshot(plan, args, nulls, GetLatestSnapshot(),
+								InvalidSnapshot, read_only, false, count);
+}
 
 /* the wake-up bits of a subscription's topics */
 static uint64
@@ -128,7 +143,7 @@ ack_deliveries(int32 sub_id, int64 *ids, int n, bool *found)
 	args[0] = Int32GetDatum(sub_id);
 	args[1] = PointerGetDatum(construct_array(dids, m, INT8OID, 8, FLOAT8PASSBYVAL,
 											  TYPALIGN_DOUBLE));
-	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_UPDATE_RETURNING)
+	if (exec_latest(plan, args, NULL, false, 0) != SPI_OK_UPDATE_RETURNING)
 		elog(ERROR, "delivery ack failed");
 	for (r = 0; r < SPI_processed; r++)
 	{
@@ -213,7 +228,7 @@ ack_ahead(OutboxSub *sub, int64 *ids, int n, bool *found)
 			continue;
 		args[0] = Int32GetDatum(sub->id);
 		args[1] = Int64GetDatum(id);
-		if (SPI_execute_plan(ins, args, NULL, false, 0) != SPI_OK_INSERT)
+		if (exec_latest(ins, args, NULL, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "delivery insert failed");
 		hit = bsearch(&id, ids, n, sizeof(int64), outbox_cmp_int64);
 		if (SPI_processed == 1 && hit != NULL && !found[hit - ids])
@@ -422,7 +437,7 @@ outbox_fail(PG_FUNCTION_ARGS)
 
 		args[0] = Int32GetDatum(sub->id);
 		args[1] = Int64GetDatum(id);
-		if (SPI_execute_plan(sel, args, NULL, false, 1) != SPI_OK_SELECT)
+		if (exec_latest(sel, args, NULL, false, 1) != SPI_OK_SELECT)
 			elog(ERROR, "delivery lookup failed");
 		if (SPI_processed == 0)
 		{
@@ -454,7 +469,7 @@ outbox_fail(PG_FUNCTION_ARGS)
 	nulls[6] = key_null ? 'n' : ' ';
 	if (found)
 	{
-		if (SPI_execute_plan(ins, args, nulls, false, 0) != SPI_OK_INSERT)
+		if (exec_latest(ins, args, nulls, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "delivery insert failed");
 	}
 	else
@@ -462,7 +477,7 @@ outbox_fail(PG_FUNCTION_ARGS)
 		Datum		uargs[5] = {args[0], args[1], args[2], args[4], args[5]};
 		char		unulls[5] = {' ', ' ', ' ', nulls[4], nulls[5]};
 
-		if (SPI_execute_plan(upd, uargs, unulls, false, 0) != SPI_OK_UPDATE)
+		if (exec_latest(upd, uargs, unulls, false, 0) != SPI_OK_UPDATE)
 			elog(ERROR, "delivery update failed");
 	}
 	/*

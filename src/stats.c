@@ -80,19 +80,26 @@ count_stream(OutboxSub *sub, OutboxChain *chain, Counts *c, TimestampTz now)
 
 	if (plan == NULL)
 	{
-		Oid			types[3] = {INT8OID, INT8OID, TEXTARRAYOID};
+		Oid			types[4] = {INT8OID, INT8OID, TEXTARRAYOID, INT4OID};
 
-		plan = outbox_prepare("SELECT id, deliver_at, enqueued_at, key FROM outbox.event"
-							  " WHERE id OPERATOR(pg_catalog.>) $1 AND id OPERATOR(pg_catalog.<=) $2"
-							  " AND ($3 IS NULL OR topic OPERATOR(pg_catalog.=) ANY ($3))"
-							  " ORDER BY id", 3, types);
+		/*
+		 * Events with a delivery row (acked ahead of any claim, or kept by
+		 * a change of topics) are counted from that row, if at all.
+		 */
+		plan = outbox_prepare("SELECT e.id, e.deliver_at, e.enqueued_at, e.key FROM outbox.event e"
+							  " WHERE e.id OPERATOR(pg_catalog.>) $1 AND e.id OPERATOR(pg_catalog.<=) $2"
+							  " AND ($3 IS NULL OR e.topic OPERATOR(pg_catalog.=) ANY ($3))"
+							  " AND NOT EXISTS (SELECT 1 FROM outbox.delivery d"
+							  "  WHERE d.sub_id OPERATOR(pg_catalog.=) $4"
+							  "  AND d.event_id OPERATOR(pg_catalog.=) e.id)"
+							  " ORDER BY e.id", 4, types);
 	}
 	segs = outbox_chain_segments(chain);
 	foreach(lc, segs)
 	{
 		OutboxSegment *seg = lfirst(lc);
-		Datum		args[3];
-		char		nulls[3] = {' ', ' ', ' '};
+		Datum		args[4];
+		char		nulls[4] = {' ', ' ', ' ', ' '};
 		Portal		portal;
 		int64		lo_id = Max(seg->from,
 								OUTBOX_XID_FIRST_ID(U64FromFullTransactionId(seg->lo->xmin)) - 1);
@@ -105,6 +112,7 @@ count_stream(OutboxSub *sub, OutboxChain *chain, Counts *c, TimestampTz now)
 		args[1] = Int64GetDatum(hi_id);
 		args[2] = sub->topics ? PointerGetDatum(sub->topics) : (Datum) 0;
 		nulls[2] = sub->topics ? ' ' : 'n';
+		args[3] = Int32GetDatum(sub->id);
 		portal = SPI_cursor_open(NULL, plan, args, nulls, true);
 		for (;;)
 		{

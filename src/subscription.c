@@ -24,6 +24,7 @@
 #include "utils/builtins.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
+#include "utils/snapmgr.h"
 #include "utils/syscache.h"
 
 PG_FUNCTION_INFO_V1(outbox_channel);
@@ -180,7 +181,12 @@ outbox_lookup_sub(const char *name)
 			" ordered, paused, origin FROM outbox.subscription"
 			" WHERE name OPERATOR(pg_catalog.=) $1", 1, types);
 	}
-	if (SPI_execute_plan(plan, &arg, NULL, true, 1) != SPI_OK_SELECT)
+	/*
+	 * As it is now, not as an older transaction snapshot shows it: callers
+	 * hold its lifetime lock (lifecycle.c), so it stays so until they end.
+	 */
+	if (SPI_execute_snapshot(plan, &arg, NULL, GetLatestSnapshot(),
+							 InvalidSnapshot, true, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "subscription lookup failed");
 	if (SPI_processed == 0)
 		ereport(ERROR,
@@ -277,6 +283,8 @@ outbox_consumer_begin(FunctionCallInfo fcinfo, Oid *save_user, int *save_sec)
 				 errmsg("subscription must not be null")));
 	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	outbox_check_name(name);
+	/* no unsubscribe or change of settings until this transaction ends */
+	outbox_hold_sub(name);
 	SPI_connect();
 	outbox_become_owner(save_user, save_sec);
 	sub = outbox_lookup_sub(name);
