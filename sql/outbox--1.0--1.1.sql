@@ -4,3 +4,15 @@
 -- which fault or feature it is for.
 
 \echo Use "ALTER EXTENSION outbox UPDATE" to load this file. \quit
+
+--
+-- Fault 4 of issue 8: out-of-range intervals broke the worker.  1.0 only
+-- refused negative intervals, so a backoff_base of a million years was
+-- stored and made every lease-expiry round fail ("timestamp out of range").
+-- The check is now the C one that claim and fail use too: at most 100 years,
+-- each of the interval's parts as well (src/subscription.c).
+--
+CREATE OR REPLACE FUNCTION outbox._check_interval(value interval, what text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'outbox_check_interval_sql'
+LANGUAGE C IMMUTABLE PARALLEL SAFE;
