@@ -33,6 +33,7 @@
 #include "common/hashfn.h"
 #include "miscadmin.h"
 #include "storage/lock.h"
+#include "tcop/utility.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/inval.h"
@@ -402,6 +403,7 @@ outbox_enqueue(PG_FUNCTION_ARGS)
 	int			save_sec = 0;
 	bool		use_spi;
 
+	PreventCommandIfReadOnly("outbox.enqueue()");
 	if (PG_ARGISNULL(0))
 		null_argument("topic");
 	if (PG_ARGISNULL(1))

@@ -18,6 +18,7 @@
 
 #include "common/pg_prng.h"
 #include "miscadmin.h"
+#include "tcop/utility.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
@@ -258,6 +259,7 @@ outbox_ack(PG_FUNCTION_ARGS)
 	int64		id;
 	int			done;
 
+	PreventCommandIfReadOnly("outbox.ack()");
 	if (PG_ARGISNULL(1))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
@@ -287,6 +289,7 @@ outbox_ack_many(PG_FUNCTION_ARGS)
 	int64	   *ids;
 	int			done;
 
+	PreventCommandIfReadOnly("outbox.ack()");
 	sub = outbox_consumer_begin(fcinfo, &save_user, &save_sec);
 	if (PG_ARGISNULL(1))
 	{
@@ -382,6 +385,7 @@ outbox_fail(PG_FUNCTION_ARGS)
 	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
 	const char *state;
 
+	PreventCommandIfReadOnly("outbox.fail()");
 	if (PG_ARGISNULL(1))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
