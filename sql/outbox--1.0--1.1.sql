@@ -16,3 +16,11 @@ CREATE OR REPLACE FUNCTION outbox._check_interval(value interval, what text)
 RETURNS void
 AS 'MODULE_PATHNAME', 'outbox_check_interval_sql'
 LANGUAGE C IMMUTABLE PARALLEL SAFE;
+-- Settings stored by 1.0 beyond the limit are brought down to it, so that
+-- claims with the subscription's lease cannot overflow either.
+UPDATE outbox.subscription
+   SET lease = LEAST(lease, interval '36000 days'),
+	   backoff_base = LEAST(backoff_base, interval '36000 days'),
+	   backoff_max = LEAST(backoff_max, interval '36000 days')
+ WHERE lease > interval '36000 days' OR backoff_base > interval '36000 days'
+	OR backoff_max > interval '36000 days';

@@ -8,7 +8,9 @@
 #   failed every round;
 # - fault 14: outbox.retention over 49.7 days overflowed an int of
 #   milliseconds, and '60d' rotated the event bucket at once; with '60d' a
-#   bucket must not rotate while it does with '1s'.
+#   bucket must not rotate while it does with '1s';
+# - settings stored by 1.0 beyond the limits are brought down to them by
+#   the update to 1.1.
 
 use strict;
 use warnings FATAL => 'all';
@@ -102,6 +104,28 @@ $node->reload;
 ok( $node->poll_query_until(
 		'postgres', $consume . "(SELECT bucket <> $bucket FROM outbox.state)"),
 	"retention '1s': the bucket rotates");
+
+#
+# Settings that 1.0 accepted beyond the limit are brought down to it by
+# ALTER EXTENSION UPDATE: a lease of a million years made every claim of
+# its subscription fail ("timestamp out of range").
+#
+$node->safe_psql('postgres', 'CREATE DATABASE upgraded');
+$node->safe_psql(
+	'upgraded', q{
+	CREATE EXTENSION outbox VERSION '1.0';
+	SELECT outbox.subscribe('huge', ARRAY['h'], lease => '1000000 years',
+		backoff_base => '1000000 years');
+	SELECT outbox.enqueue('h', '{}');
+	ALTER EXTENSION outbox UPDATE;
+});
+is( $node->safe_psql(
+		'upgraded',
+		"SELECT lease || ' ' || backoff_base || ' ' || backoff_max FROM outbox.subscription"),
+	'36000 days 36000 days 01:00:00',
+	'the update brings 1.0 settings beyond the limit down to it');
+is($node->safe_psql('upgraded', "SELECT count(*) FROM outbox.claim('huge')"),
+	'1', 'and the subscription can be claimed from');
 
 $node->stop;
 done_testing();
