@@ -20,6 +20,7 @@
 #include "catalog/pg_type.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "tcop/utility.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
@@ -810,6 +811,8 @@ outbox_claim(PG_FUNCTION_ARGS)
 	List	   *segs;
 	ListCell   *lc;
 
+	/* a write, like INSERT: refused whether or not there is anything to claim */
+	PreventCommandIfReadOnly("outbox.claim()");
 	if (PG_ARGISNULL(1))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),

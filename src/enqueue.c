@@ -33,6 +33,7 @@
 #include "common/hashfn.h"
 #include "miscadmin.h"
 #include "storage/lock.h"
+#include "tcop/utility.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/inval.h"
@@ -300,6 +301,23 @@ null_argument(const char *what)
 }
 
 /*
+ * Refuse a text over max bytes: key and dedup_key end up in btree indexes,
+ * which cannot hold a long one (see OUTBOX_MAX_KEY_LEN), and an event that
+ * could be enqueued but not claimed or failed would wedge its topic.
+ */
+static void
+check_text_length(text *value, const char *what, int max)
+{
+	int			len = VARSIZE_ANY_EXHDR(value);
+
+	if (len > max)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must be at most %d bytes long", what, max),
+				 errdetail("The %s given was %d bytes long.", what, len)));
+}
+
+/*
  * If (topic, dedup_key) belongs to a retained event, return its id.
  * Otherwise claim the pair for new_id and return new_id.  A concurrent
  * enqueue of the same pair makes the unique index wait for its outcome.
@@ -385,6 +403,7 @@ outbox_enqueue(PG_FUNCTION_ARGS)
 	int			save_sec = 0;
 	bool		use_spi;
 
+	PreventCommandIfReadOnly("outbox.enqueue()");
 	if (PG_ARGISNULL(0))
 		null_argument("topic");
 	if (PG_ARGISNULL(1))
@@ -406,6 +425,15 @@ outbox_enqueue(PG_FUNCTION_ARGS)
 					 errmsg("headers must be a JSON object"),
 					 errhint("Pass NULL for no headers, or an object such as '{\"trace\": \"abc\"}'.")));
 	}
+	if (!PG_ARGISNULL(2))
+		check_text_length(PG_GETARG_TEXT_PP(2), "key", OUTBOX_MAX_KEY_LEN);
+	if (!PG_ARGISNULL(5))
+		check_text_length(PG_GETARG_TEXT_PP(5), "dedup_key", OUTBOX_MAX_DEDUP_KEY_LEN);
+	if (!PG_ARGISNULL(4) && TIMESTAMP_NOT_FINITE(PG_GETARG_TIMESTAMPTZ(4)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("deliver_at must be a finite time"),
+				 errhint("Pass NULL to deliver at once.")));
 	topic_str = text_to_cstring(topic);
 
 	id = next_event_id();

@@ -37,6 +37,17 @@
 	" AND t.batch_no = b.batch_no AND u.id = ANY (t.ids)))"
 
 /*
+ * SQL: the backoff of fail() (outbox_backoff) after "n" attempts, jitter
+ * included, for subscription "s".  In double precision seconds, which
+ * neither the doubling nor the cap can overflow (an interval times 2^30
+ * does, from a base of a few days), capped like outbox_backoff.
+ */
+#define BACKOFF_SQL(n) \
+	"make_interval(secs => LEAST(date_part('epoch', s.backoff_max)," \
+	" date_part('epoch', s.backoff_base) * power(2::float8, LEAST(GREATEST(" n " - 1, 0), 62))," \
+	" " CppAsString2(OUTBOX_MAX_INTERVAL_DAYS) " * 86400.0) * (0.5 + random() * 0.5))"
+
+/*
  * Leases that passed, of claims that committed, are treated as
  * fail(..., error => 'lease expired'): scheduled at the backoff, or dead
  * at max_attempts.  A claim whose transaction is still open is invisible
@@ -61,7 +72,6 @@ outbox_expire_leases(void)
 	{
 		Oid			t3[3] = {INT4OID, INT8ARRAYOID, TEXTARRAYOID};
 
-		/* the backoff of fail(), in SQL: 2^(attempts-1) capped to stay finite */
 		dplan = outbox_prepare(
 			"WITH due AS ("
 			" SELECT d.sub_id, d.event_id FROM outbox.delivery d"
@@ -70,8 +80,7 @@ outbox_expire_leases(void)
 			" UPDATE outbox.delivery d SET"
 			"  state = CASE WHEN d.attempts >= s.max_attempts THEN 'dead' ELSE 'scheduled' END,"
 			"  visible_at = CASE WHEN d.attempts >= s.max_attempts THEN NULL ELSE"
-			"   now() + LEAST(s.backoff_max, s.backoff_base * power(2, LEAST(d.attempts - 1, 30)))"
-			"   * (0.5 + random() * 0.5) END,"
+			"   now() + " BACKOFF_SQL("d.attempts") " END,"
 			"  dead_at = CASE WHEN d.attempts >= s.max_attempts THEN now() END,"
 			"  lease_until = NULL, last_error = 'lease expired'"
 			" FROM due, outbox.subscription s"
@@ -91,7 +100,7 @@ outbox_expire_leases(void)
 			" (sub_id, event_id, state, attempts, visible_at, key, last_error, dead_at)"
 			" SELECT $1, u.id, CASE WHEN s.max_attempts <= 1 THEN 'dead' ELSE 'scheduled' END, 1,"
 			"  CASE WHEN s.max_attempts <= 1 THEN NULL ELSE"
-			"   now() + LEAST(s.backoff_max, s.backoff_base) * (0.5 + random() * 0.5) END,"
+			"   now() + " BACKOFF_SQL("1") " END,"
 			"  u.key, 'lease expired', CASE WHEN s.max_attempts <= 1 THEN now() END"
 			" FROM unnest($2, $3) AS u(id, key), outbox.subscription s"
 			" WHERE s.id = $1 AND u.id IS NOT NULL"

@@ -45,6 +45,31 @@
 #define OUTBOX_MAX_TOPIC_LEN	200
 
 /*
+ * Limits that keep every input storable and computable later (README,
+ * "Limits"): what enqueue, subscribe, claim and fail accept can never make
+ * a later claim, fail or worker round fail.
+ *
+ * Texts that reach a btree index are bounded in bytes, whatever the
+ * encoding.  An index entry holds at most 2704 bytes (a third of a page,
+ * less overhead); key goes into delivery_key_idx beside an int4, dedup_key
+ * into outbox.dedup's primary key beside a topic of up to 200 bytes.  1024
+ * bytes leaves room for both, uncompressed.
+ */
+#define OUTBOX_MAX_KEY_LEN		1024
+#define OUTBOX_MAX_DEDUP_KEY_LEN 1024
+
+/*
+ * Intervals (leases, backoff, retry_in) are at most 100 years, months
+ * counted as 30 days as interval comparison does, and so is each of their
+ * months, days and time parts.  now() plus that, or the backoff capped at
+ * it, stays far inside the timestamp range (up to 294276 AD), and the
+ * backoff's doubling can be computed in int64 microseconds.
+ */
+#define OUTBOX_MAX_INTERVAL_DAYS	36000
+#define OUTBOX_MAX_INTERVAL_USECS	(INT64CONST(36000) * USECS_PER_DAY)
+#define OUTBOX_MAX_INTERVAL_TEXT	"100 years"
+
+/*
  * A transaction snapshot with 64-bit xids, laid out exactly like the core
  * type pg_snapshot so that it can be stored in columns of that type.
  */

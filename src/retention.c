@@ -194,8 +194,9 @@ outbox_rotate_and_truncate(void)
 			next_empty = true;
 	}
 
+	/* in int64 microseconds: half of retention in int milliseconds overflows past 49.7 days */
 	if (next_empty &&
-		TimestampDifferenceExceeds(since, now, Max(outbox_retention / 2, 1) * 1000) &&
+		now - since >= (int64) Max(outbox_retention / 2, 1) * USECS_PER_SEC &&
 		int8_result(psprintf("SELECT count(*) FROM (SELECT 1 FROM outbox.event_%d LIMIT 1) x",
 							 current)) > 0)
 	{

@@ -15,10 +15,10 @@
 #include "shmem.h"
 
 #include "catalog/pg_type.h"
-#include <math.h>
 
 #include "common/pg_prng.h"
 #include "miscadmin.h"
+#include "tcop/utility.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
@@ -274,6 +274,7 @@ outbox_ack(PG_FUNCTION_ARGS)
 	int64		id;
 	int			done;
 
+	PreventCommandIfReadOnly("outbox.ack()");
 	if (PG_ARGISNULL(1))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
@@ -303,6 +304,7 @@ outbox_ack_many(PG_FUNCTION_ARGS)
 	int64	   *ids;
 	int			done;
 
+	PreventCommandIfReadOnly("outbox.ack()");
 	sub = outbox_consumer_begin(fcinfo, &save_user, &save_sec);
 	if (PG_ARGISNULL(1))
 	{
@@ -339,29 +341,39 @@ outbox_ack_many(PG_FUNCTION_ARGS)
  * When a failed delivery is tried again: now() + retry_in if given, else
  * now() + least(backoff_max, backoff_base * 2^(attempts-1)) * j, with j
  * uniform in [0.5, 1.0] so that failures of one cause spread out.
+ *
+ * The doubling is done in int64 microseconds and stops at the cap, so no
+ * attempts count overflows it; the cap is also held to the largest interval
+ * subscribe accepts, for settings stored before that limit existed.
+ * retry_in was checked by the caller (outbox_check_interval).
  */
 TimestampTz
 outbox_backoff(OutboxSub *sub, int32 attempts, const Interval *retry_in)
 {
 	TimestampTz now = GetCurrentTransactionStartTimestamp();
-	int64		delay;
+	int64		base;
+	int64		max;
+	int64		d;
+	int			shift;
+	double		j;
 
 	if (retry_in != NULL)
 		return DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
 													   TimestampTzGetDatum(now),
 													   PointerGetDatum(retry_in)));
-	else
-	{
-		double		base = (double) outbox_interval_usecs(&sub->backoff_base);
-		double		max = (double) outbox_interval_usecs(&sub->backoff_max);
-		double		d = base * pow(2.0, (double) Max(attempts - 1, 0));
-		double		j = 0.5 + 0.5 * pg_prng_double(&pg_global_prng_state);
 
-		if (d > max)
-			d = max;
-		delay = (int64) (d * j);
-		return now + delay;
-	}
+	base = Max(outbox_interval_usecs(&sub->backoff_base), 0);
+	max = Max(Min(outbox_interval_usecs(&sub->backoff_max),
+				  OUTBOX_MAX_INTERVAL_USECS), 0);
+	shift = Max(attempts - 1, 0);
+	if (base == 0)
+		d = 0;
+	else if (shift >= 62 || base > (max >> shift))
+		d = max;				/* base * 2^shift > max */
+	else
+		d = base << shift;		/* <= max, no overflow */
+	j = 0.5 + 0.5 * pg_prng_double(&pg_global_prng_state);
+	return now + (int64) ((double) d * j);
 }
 
 /*
@@ -388,6 +400,7 @@ outbox_fail(PG_FUNCTION_ARGS)
 	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
 	const char *state;
 
+	PreventCommandIfReadOnly("outbox.fail()");
 	if (PG_ARGISNULL(1))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),

@@ -12,7 +12,8 @@
  * committing backend remembers its database's slot, checks it still
  * belongs to its database, ORs its topics into the slot's atomic bitmap
  * and sets the worker's latch.  A wake-up that races with a worker's
- * restart is at worst late by one naptime.
+ * restart is at worst late by one naptime.  A prepared transaction's
+ * wake-up is sent by the session that runs COMMIT PREPARED.
  *
  *-------------------------------------------------------------------------
  */
@@ -27,6 +28,7 @@
 #include "storage/lwlock.h"
 #include "storage/proc.h"
 #include "storage/shmem.h"
+#include "tcop/utility.h"
 #include "utils/memutils.h"
 
 PG_FUNCTION_INFO_V1(outbox_wake_sql);
@@ -35,6 +37,7 @@ OutboxShared *outbox_shared = NULL;
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+static ProcessUtility_hook_type prev_utility_hook = NULL;
 
 /* topics this transaction made ready, as bits (see outbox_topic_bit) */
 static uint64 pending_wake = 0;
@@ -221,10 +224,52 @@ shmem_xact_callback(XactEvent event, void *arg)
 	}
 }
 
+/*
+ * COMMIT PREPARED: the prepared transaction's wake-up bits stayed in the
+ * memory of the backend that prepared it, which dropped them at PREPARE (a
+ * prepared transaction may be committed by any session, after a restart
+ * too).  So the session that commits it wakes the worker for every topic,
+ * and has it reread the subscriptions, after its own commit.  Which topics
+ * that transaction touched is not known here; waking all costs one
+ * notification per subscription, and two-phase commit is rare.  ROLLBACK
+ * PREPARED makes nothing ready and wakes no one.
+ */
+static void
+wake_utility_hook(PlannedStmt *pstmt, const char *queryString,
+				  bool readOnlyTree, ProcessUtilityContext context,
+				  ParamListInfo params, QueryEnvironment *queryEnv,
+				  DestReceiver *dest, QueryCompletion *qc)
+{
+	Node	   *parsetree = pstmt->utilityStmt;
+
+	if (prev_utility_hook)
+		prev_utility_hook(pstmt, queryString, readOnlyTree, context, params,
+						  queryEnv, dest, qc);
+	else
+		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context,
+								params, queryEnv, dest, qc);
+
+	if (IsA(parsetree, TransactionStmt) &&
+		((TransactionStmt *) parsetree)->kind == TRANS_STMT_COMMIT_PREPARED)
+	{
+		outbox_wake_after_commit(OUTBOX_WAKE_ALL);
+		outbox_subs_changed_after_commit();
+	}
+}
+
+/*
+ * Called from _PG_init.  The COMMIT PREPARED hook only when preloaded: only
+ * then is there a worker to wake.
+ */
 void
 outbox_wake_init(void)
 {
 	RegisterXactCallback(shmem_xact_callback, NULL);
+	if (process_shared_preload_libraries_in_progress)
+	{
+		prev_utility_hook = ProcessUtility_hook;
+		ProcessUtility_hook = wake_utility_hook;
+	}
 }
 
 /*

@@ -26,11 +26,13 @@
 #include "utils/lsyscache.h"
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
+#include "utils/timestamp.h"
 
 PG_FUNCTION_INFO_V1(outbox_channel);
 PG_FUNCTION_INFO_V1(outbox_may_consume);
 PG_FUNCTION_INFO_V1(outbox_check_name_sql);
 PG_FUNCTION_INFO_V1(outbox_subscriptions_changed);
+PG_FUNCTION_INFO_V1(outbox_check_interval_sql);
 
 /*
  * Subscription names: ^[a-z0-9_][a-z0-9_.-]{0,47}$, so that a channel name
@@ -381,11 +383,53 @@ outbox_interval_usecs(const Interval *iv)
 	return (int64) us;
 }
 
+/*
+ * Refuse an interval that is negative, or whose sum or any part (months,
+ * days, time) is over OUTBOX_MAX_INTERVAL_USECS: timestamp arithmetic adds
+ * the parts one at a time, so a huge part balanced by another would still
+ * overflow.  "what" names the argument in the message.
+ */
 void
 outbox_check_interval(const Interval *iv, const char *what)
 {
-	if (outbox_interval_usecs(iv) < 0)
+	int64		us = outbox_interval_usecs(iv);
+	bool		parts_ok;
+
+	parts_ok = Abs((int64) iv->month) * DAYS_PER_MONTH <= OUTBOX_MAX_INTERVAL_DAYS &&
+		Abs((int64) iv->day) <= OUTBOX_MAX_INTERVAL_DAYS &&
+		iv->time <= OUTBOX_MAX_INTERVAL_USECS &&
+		iv->time >= -OUTBOX_MAX_INTERVAL_USECS;
+	if (us < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s must not be negative", what)));
+				 errmsg("%s must not be negative", what),
+				 errdetail("The value given was %s.",
+						   DatumGetCString(DirectFunctionCall1(interval_out,
+															   IntervalPGetDatum(iv))))));
+	if (us > OUTBOX_MAX_INTERVAL_USECS || !parts_ok)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must be at most %s", what, OUTBOX_MAX_INTERVAL_TEXT),
+				 errdetail(us > OUTBOX_MAX_INTERVAL_USECS ?
+						   "The value given was %s." :
+						   "The value given was %s, with a part of over 100 years.",
+						   DatumGetCString(DirectFunctionCall1(interval_out,
+															   IntervalPGetDatum(iv))))));
+}
+
+/*
+ * outbox._check_interval(value, what): the same rule for the SQL
+ * functions (subscribe), so that there is one.
+ */
+Datum
+outbox_check_interval_sql(PG_FUNCTION_ARGS)
+{
+	const char *what = PG_ARGISNULL(1) ? "interval" : text_to_cstring(PG_GETARG_TEXT_PP(1));
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be null", what)));
+	outbox_check_interval(PG_GETARG_INTERVAL_P(0), what);
+	PG_RETURN_VOID();
 }
