@@ -37,6 +37,14 @@
 #define OUTBOX_XID_FIRST_ID(x)	((int64) ((uint64) (x) << OUTBOX_SEQ_BITS))
 #define OUTBOX_POS_END			PG_INT64_MAX
 
+/*
+ * The schema version this library reads and writes: the extension's
+ * default_version.  With an older schema (a new library installed, ALTER
+ * EXTENSION outbox UPDATE not run yet) every call that needs what the
+ * older schema lacks refuses with a hint to update (outbox_relid).
+ */
+#define OUTBOX_SCHEMA_VERSION	"1.1"
+
 /* rotating event tables, outbox.event_0 .. _3 */
 #define OUTBOX_BUCKETS			4
 

@@ -15,13 +15,18 @@
  */
 #include "shmem.h"
 
+#include "access/genam.h"
 #include "access/htup_details.h"
+#include "access/table.h"
+#include "catalog/indexing.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_extension.h"
 #include "catalog/pg_class.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/snapmgr.h"
@@ -63,7 +68,39 @@ outbox_check_name(const char *name)
 }
 
 /*
- * The oid of a table of the outbox schema.
+ * The version of the outbox extension installed in this database, or NULL.
+ */
+static char *
+installed_version(void)
+{
+	Relation	rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tup;
+	char	   *version = NULL;
+
+	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber,
+				F_NAMEEQ, CStringGetDatum("outbox"));
+	scan = systable_beginscan(rel, ExtensionNameIndexId, true, NULL, 1, &key);
+	tup = systable_getnext(scan);
+	if (HeapTupleIsValid(tup))
+	{
+		bool		isnull;
+		Datum		d = heap_getattr(tup, Anum_pg_extension_extversion,
+									 RelationGetDescr(rel), &isnull);
+
+		if (!isnull)
+			version = TextDatumGetCString(d);
+	}
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return version;
+}
+
+/*
+ * The oid of a table of the outbox schema.  A table that is missing
+ * because the schema is older than this library (ALTER EXTENSION UPDATE
+ * not run yet) is a clear error with a hint, never a misread.
  */
 Oid
 outbox_relid(const char *relname)
@@ -72,7 +109,17 @@ outbox_relid(const char *relname)
 	Oid			relid = get_relname_relid(relname, nsp);
 
 	if (!OidIsValid(relid))
+	{
+		char	   *version = installed_version();
+
+		if (version != NULL && strcmp(version, OUTBOX_SCHEMA_VERSION) != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("the outbox library needs version %s of the extension, but this database has version %s",
+							OUTBOX_SCHEMA_VERSION, version),
+					 errhint("Run ALTER EXTENSION outbox UPDATE.")));
 		elog(ERROR, "outbox relation \"%s\" is missing", relname);
+	}
 	return relid;
 }
 
