@@ -798,8 +798,10 @@ sub claim
 			}
 			my $lease_s = $tiny ? 0.2 : $S->{configs}[-1]{lease};
 			for my $c (@{ $S->{configs} }) { $lease_s = $c->{lease} if !$tiny && $c->{lease} > $lease_s; }
+			# a REPEATABLE READ snapshot taken before the pause may not see it
+			my $seen_by = $tx->{iso} eq 'read committed' ? $t_sent : $tx->{t_snap};
 			$self->violation("claim returned rows of paused subscription $name")
-			  if @$rows && $S->{paused} eq '1' && $S->{pause_commit} < $t_sent;
+			  if @$rows && $S->{paused} eq '1' && $S->{pause_commit} < $seen_by;
 			my %keys;
 			for my $r (@$rows)
 			{
