@@ -15,6 +15,7 @@
 #                   the owner's subscribe in a REPEATABLE READ transaction)
 #     readonly      enqueue in READ ONLY transactions (must raise 25006)
 #     resubscribe   re-subscribe with changed topics
+#     ordered       ordered subscriptions altogether
 #     ordered_switch re-subscribe switching "ordered"
 #     unsubscribe, pause, replay, ackahead, tinylease, longkey (3,800-byte
 #     keys), farfuture (deliver_at a day ahead), huge (a subscription with

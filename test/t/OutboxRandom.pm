@@ -1021,11 +1021,12 @@ sub random_config
 	my @t = grep { $self->chance(0.5) } qw(a b c);
 	@t = ($self->pick(qw(a b c))) unless @t;
 	@t = ('*') if $self->chance(0.15);
-	my $ordered = $self->chance(0.3) ? 1 : 0;
+	my $ordered = !$self->skipped('ordered') && $self->chance(0.3) ? 1 : 0;
 	if ($old)
 	{
 		@t = @{ $old->{topics} } if $self->skipped('resubscribe') || $self->chance(0.5);
 		$ordered = $old->{ordered} if $self->skipped('ordered_switch') || $self->chance(0.7);
+		$ordered = 0 if $self->skipped('ordered');
 	}
 	return {
 		topics => \@t,
