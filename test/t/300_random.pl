@@ -21,7 +21,10 @@
 #     keys), farfuture (deliver_at a day ahead), huge (a subscription with
 #     backoff_base '1000000 years')
 #     killbackend, killworker, restart    the injected faults
-#     leasecheck, storage, workerlog      checks
+#     leasecheck, storage, workerlog, stats   checks (stats: the counts of
+#                   outbox.stats against the model at quiescent points)
+#     reclaim       allow a transaction to claim again an event whose lease
+#                   in that same transaction ran out (the contract is silent)
 #
 # A failure prints the seed, the step and the last operations; the same seed
 # chooses the same operations (what the worker does in the meantime depends
