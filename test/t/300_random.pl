@@ -30,8 +30,28 @@
 # chooses the same operations (what the worker does in the meantime depends
 # on time, so a replay may differ in results).
 #
-# Today's code (before the fixes of issue 8) needs, for the suite to pass:
-#   OUTBOX_RANDOM_SKIP defaults to the list in @default_skip below.
+# Today's code (1.0, before the fixes of issue 8) fails the test with every
+# one of these on (see the seeds in the report of the "random" branch), so
+# OUTBOX_RANDOM_SKIP defaults to @default_skip below; drop a name from it when
+# the fault it stands for is fixed:
+#   killbackend, killworker, restart  fault 1 (a crash undoes committed
+#                 claims and acks: deliveries handed out again at the same
+#                 attempt, fail() of a just-claimed delivery returns NULL)
+#   isolation     fault 10 (REPEATABLE READ late ack returns false; subscribe
+#                 in REPEATABLE READ takes an old snapshot as origin)
+#   ackahead      fault 10 (READ COMMITTED: an uncommitted ack-ahead and a
+#                 claim + ack of another session both return true)
+#   readonly      fault 13 (enqueue writes in a READ ONLY transaction)
+#   resubscribe   fault 11 (re-subscribing with other topics drops the
+#                 undelivered events of the old topics)
+#   storage       fault 7 (a far deliver_at or a paused subscription pins
+#                 every bucket)
+#   ordered       ordered subscriptions hand out a key's later event while
+#                 an earlier one is not done (found by this test; see report)
+#   stats         outbox.stats counts fewer deliveries than are pending
+#                 (found by this test; see report)
+#   reclaim       a transaction gets again an event whose lease in that
+#                 same transaction ran out (contract silent; see report)
 use strict;
 use warnings FATAL => 'all';
 
@@ -40,7 +60,8 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use OutboxRandom;
 
-my @default_skip = ();
+my @default_skip = qw(killbackend killworker restart isolation ackahead readonly
+  resubscribe storage ordered stats reclaim);
 my $seed = $ENV{OUTBOX_RANDOM_SEED} // (time % 1000000);
 my $seconds = $ENV{OUTBOX_RANDOM_SECONDS} // 50;
 my @skip = defined $ENV{OUTBOX_RANDOM_SKIP}
