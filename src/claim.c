@@ -286,7 +286,11 @@ load_busy_keys(ClaimState *st)
  * The commit sequence of transaction xid for key hash h (0 when it was not
  * recorded), and whether a transaction of the same key that committed
  * earlier may still be ahead in the stream.  That happens when two
- * producers of a key commit in the opposite order of their xids.
+ * producers of a key commit in the opposite order of their xids, and also
+ * to a smaller xid whose events a claim took and then rolled back: they are
+ * a hole in the chain again while later events of the key were held back
+ * meanwhile.  So every transaction of the key past the folded cursor is
+ * looked at, whatever its xid; those below the cursor's xmin are done.
  */
 static bool
 earlier_commit_pending(ClaimState *st, int64 h, uint64 xid, int64 *seq)
@@ -308,7 +312,7 @@ earlier_commit_pending(ClaimState *st, int64 h, uint64 xid, int64 *seq)
 							  " AND xid OPERATOR(pg_catalog.>=) $2", 2, types);
 	}
 	args[0] = Int64GetDatum(h);
-	args[1] = FullTransactionIdGetDatum(FullTransactionIdFromU64(xid));
+	args[1] = FullTransactionIdGetDatum(st->chain->lo->xmin);
 	if (SPI_execute_snapshot(plan, args, NULL, st->chain->snapshot,
 							 InvalidSnapshot, true, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "key commit lookup failed");

@@ -9,6 +9,8 @@
 #
 #   OUTBOX_RANDOM_SEED=n       the seed (default: from the time; printed)
 #   OUTBOX_RANDOM_SECONDS=n    how long to run operations (default 50)
+#   OUTBOX_RANDOM_HOLD=n       after a failure, keep the cluster up n seconds
+#                              for a look (the failure prints its host and port)
 #   OUTBOX_RANDOM_SKIP=a,b     switch operation kinds or checks off:
 #     prepared      PREPARE TRANSACTION / COMMIT PREPARED / ROLLBACK PREPARED
 #     isolation     REPEATABLE READ and SERIALIZABLE (consumers, producers,

@@ -118,6 +118,13 @@ sub violation
 	diag("last operations:");
 	diag("  $_") for @{ $self->{trace} };
 	fail("seed $self->{seed} step $self->{step}: $msg");
+	if ($ENV{OUTBOX_RANDOM_HOLD})
+	{
+		# keep the cluster up for a look (psql -h HOST -p PORT postgres)
+		diag("holding the cluster for $ENV{OUTBOX_RANDOM_HOLD} s: host "
+			  . $self->{node}->host . " port " . $self->{node}->port);
+		sleep($ENV{OUTBOX_RANDOM_HOLD});
+	}
 	die "violation\n";
 }
 
@@ -890,6 +897,12 @@ sub check_claim
 			next unless $before;
 			my $od = $self->deliv($S->{inc}, $oid);
 			next if $od->{done} || $od->{dead};
+			# acked or dead-lettered earlier in this same transaction: done
+			# for it (a rollback undoes both)
+			next if grep {
+				$_->[1] == $S->{inc} && $_->[2] == $oid && defined $_->[3]
+				  && (($_->[0] eq 'ack' && $_->[3]) || ($_->[0] eq 'fail' && $_->[3] eq 'dead'))
+			} @{ $tx->{ops} };
 			my $dead = $self->oq("SELECT count(*) FROM outbox.dead_letters"
 				  . " WHERE subscription = '$name' AND event_id = $oid")->[0][0];
 			if ($dead) { $od->{dead} = 1; next; }
