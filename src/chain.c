@@ -472,17 +472,34 @@ slice_from_tuple(OutboxSlice *sp, Relation rel, HeapTuple tup,
 static void
 add_hole(OutboxChain *chain, const OutboxHeld *h)
 {
-	if (chain->holes == NULL)
-		chain->holes = palloc(sizeof(OutboxHeld) * Max(chain->nheld, 1));
+	int			i;
+
+	for (i = 0; i < chain->nholes; i++)
+	{
+		OutboxHeld *o = &chain->holes[i];
+
+		if (o->batch_no == h->batch_no && o->delta == h->delta &&
+			o->pos_from == h->pos_from && o->pos_to == h->pos_to &&
+			outbox_snap_equal(o->lo, h->lo) && outbox_snap_equal(o->hi, h->hi))
+			return;				/* known already */
+	}
+	if (chain->nholes == chain->maxholes)
+	{
+		chain->maxholes = Max(8, chain->maxholes * 2);
+		chain->holes = chain->holes == NULL ?
+			palloc(sizeof(OutboxHeld) * chain->maxholes) :
+			repalloc(chain->holes, sizeof(OutboxHeld) * chain->maxholes);
+	}
 	chain->holes[chain->nholes++] = *h;
 }
 
 /*
  * The slices the cursor row records as passed: each batch row still there
- * becomes a slice marked "held" (below scan_from, where the scan does not
- * look); the range of each that is gone (its claim rolled back) a hole.
- * Their partitions are kept until no cursor row records them
+ * becomes a slice marked "held" (usually below scan_from, where the scan
+ * does not look); the range of each that is gone (its claim rolled back) a
+ * hole.  Their partitions are kept until no cursor row records them
  * (chain_part_needed in retention.c), so a row that is not found is gone.
+ * Records known already (from the cursor row read before) are skipped.
  */
 static void
 read_held(OutboxChain *chain)
@@ -495,17 +512,18 @@ read_held(OutboxChain *chain)
 		OutboxHeld *h = &chain->held[i];
 		bool		found = false;
 
-		if (h->batch_no >= 0 && h->batch_no >= chain->scan_from)
+		if (h->batch_no >= 0)
 		{
-			/* the scan read it already, if it is there */
 			for (j = 0; j < chain->nslices; j++)
 				if (chain->slices[j].batch_no == h->batch_no)
 				{
 					chain->slices[j].held = true;
 					found = true;
 				}
+			for (j = 0; j < chain->nholes && !found; j++)
+				found = chain->holes[j].batch_no == h->batch_no;
 		}
-		else if (h->batch_no >= 0)
+		if (!found && h->batch_no >= 0)
 		{
 			SettleRow  *settles;
 			int			nsettles;
@@ -729,13 +747,14 @@ outbox_cursor_read(OutboxChain *chain, Snapshot snapshot)
  * know where its batch rows start, the batch rows are read, and then the
  * cursor again with a snapshot taken after: a fold that commits in between
  * then shows as rows the new cursor already covers, which the walk skips,
- * never as a hole.  The snapshot is registered; release it with
- * outbox_chain_release.
+ * never as a hole, and what it recorded as passed is read as well.  The
+ * snapshot is registered; release it with outbox_chain_release.
  */
 OutboxChain *
 outbox_chain_read(int32 sub_id)
 {
 	OutboxChain *chain = palloc0(sizeof(OutboxChain));
+	int64		fold_no;
 
 	chain->sub_id = sub_id;
 	/* the claim's batch row and a fold's cursor row go into this generation */
@@ -751,8 +770,20 @@ outbox_chain_read(int32 sub_id)
 
 	chain->snapshot = RegisterSnapshot(GetLatestSnapshot());
 	chain->now = outbox_snap_from_snapshot(chain->snapshot);
+	fold_no = chain->fold_no;
 	if (!outbox_cursor_read(chain, chain->snapshot))
 		elog(ERROR, "cursor of subscription %d is missing", sub_id);
+	if (chain->fold_no != fold_no && chain->nheld > 0)
+	{
+		/*
+		 * A fold committed meanwhile.  What it recorded as passed is in the
+		 * rows read, or was recorded before, except for a slice whose claim
+		 * rolled back since: that range must still show as a hole.
+		 */
+		read_held(chain);
+		if (chain->nslices > 1)
+			qsort(chain->slices, chain->nslices, sizeof(OutboxSlice), cmp_slice);
+	}
 	return chain;
 }
 

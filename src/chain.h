@@ -88,6 +88,7 @@ typedef struct OutboxChain
 	OutboxHeld *held;
 	/* ... of which the batch row is gone: ranges to hand out again */
 	int			nholes;
+	int			maxholes;
 	OutboxHeld *holes;
 	/* batch rows, in stream order */
 	int			nslices;
