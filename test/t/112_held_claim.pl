@@ -22,7 +22,7 @@ my $node = outbox_node('held_claim', "outbox.chain_rotation = '200ms'",
 sub sql { return $node->safe_psql('postgres', $_[0]); }
 
 sql(q{
-	CREATE TABLE seen (sub text, id bigint, attempt int);
+	CREATE TABLE seen (sub text, id bigint, attempt int, seq serial);
 	-- claim and ack one event at a time, each in its own transaction
 	CREATE PROCEDURE churn(sub text, topic text, rounds int)
 	LANGUAGE plpgsql AS $$
@@ -157,6 +157,39 @@ sub held_run
 		'expired: each handed out again once, attempt 2');
 	is(sql("SELECT count(*) || '/' || count(DISTINCT id) FROM seen WHERE sub = 'expired'"),
 		'1011/1011', 'expired: and nothing else twice');
+}
+
+# 4. Ordered: the held claim's key stays busy while it is held, and after
+# it rolls back its events come again before the key's later event.
+{
+	sql("SELECT outbox.subscribe('ordered', ARRAY['ordered'], ordered => true)");
+	sql("CALL churn('ordered', 'ordered', 8)");
+	sql("SELECT outbox.enqueue('ordered', jsonb_build_object('k', g), key => 'k')"
+		  . " FROM generate_series(1, 3) g");
+	my $held = $node->background_psql('postgres');
+	$held->query_safe('BEGIN');
+	my $ids = $held->query_safe(
+		"SELECT string_agg(event_id::text, ',' ORDER BY event_id)"
+		  . " FROM outbox.claim('ordered', 3)");
+	is(scalar(split /,/, $ids), 1,
+		'ordered: the held transaction claimed the first event of key k (the others wait)');
+	sql("SELECT outbox.enqueue('ordered', '{\"k\": 4}', key => 'k')");
+	sql("DELETE FROM seen WHERE sub = 'chain_max'");
+	sql("CALL churn('ordered', 'ordered', 1000)");
+	cmp_ok(sql("SELECT id FROM seen WHERE sub = 'chain_max'"), '<', 100,
+		'ordered: the chain stayed short while a claim was held');
+	is(sql("SELECT count(*) FROM seen s JOIN outbox.event e ON e.id = s.id"
+			  . " WHERE s.sub = 'ordered' AND e.key = 'k'"),
+		'0', 'ordered: nothing of key k was handed out meanwhile');
+	$held->query_safe('ROLLBACK');
+	$held->quit;
+	drain('ordered');
+	is( sql(
+			"SELECT string_agg((e.payload->>'k') || ':' || s.attempt, ',' ORDER BY s.seq)"
+			  . " FROM seen s JOIN outbox.event e ON e.id = s.id"
+			  . " WHERE s.sub = 'ordered' AND e.key = 'k'"),
+		'1:1,2:1,3:1,4:1',
+		'ordered: key k in order after the rollback, each once, attempt 1');
 }
 
 # The folds of the held claims (the worker may have been first) stayed in
