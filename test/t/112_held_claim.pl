@@ -159,7 +159,35 @@ sub held_run
 		'1011/1011', 'expired: and nothing else twice');
 }
 
-# 4. Ordered: the held claim's key stays busy while it is held, and after
+# 4. An ack held open: a committed claim's ack stays in progress (a
+# settlement in progress also stopped folding); it commits at last.
+{
+	sql("SELECT outbox.subscribe('ackheld', ARRAY['ackheld'])");
+	sql("CALL churn('ackheld', 'ackheld', 8)");
+	sql("SELECT outbox.enqueue('ackheld', jsonb_build_object('held', g))"
+		  . " FROM generate_series(1, 3) g");
+	my $ids = sql(
+		"SELECT string_agg(event_id::text, ',' ORDER BY event_id)"
+		  . " FROM outbox.claim('ackheld', 3, '1 hour')");
+	my $held = $node->background_psql('postgres');
+	$held->query_safe('BEGIN');
+	is($held->query_safe("SELECT outbox.ack('ackheld', '{$ids}'::bigint[])"),
+		'3', 'ackheld: the held transaction acks 3 events');
+	sql("DELETE FROM seen WHERE sub = 'chain_max'");
+	sql("CALL churn('ackheld', 'ackheld', 1000)");
+	my $chain_max = sql("SELECT id FROM seen WHERE sub = 'chain_max'");
+	cmp_ok($chain_max, '<', 100,
+		"ackheld: the chain stayed short while an ack was held ($chain_max batch rows at most)");
+	$held->query_safe('COMMIT');
+	$held->quit;
+	drain('ackheld');
+	is(sql("SELECT count(*) FROM seen WHERE sub = 'ackheld' AND id IN ($ids)"),
+		'0', 'ackheld: the acked events are not handed out again');
+	is(sql("SELECT count(*) || '/' || count(DISTINCT id) FROM seen WHERE sub = 'ackheld'"),
+		'1008/1008', 'ackheld: every other event once');
+}
+
+# 5. Ordered: the held claim's key stays busy while it is held, and after
 # it rolls back its events come again before the key's later event.
 {
 	sql("SELECT outbox.subscribe('ordered', ARRAY['ordered'], ordered => true)");
