@@ -209,3 +209,39 @@ UPDATE outbox.subscription
 	   backoff_max = LEAST(backoff_max, interval '36000 days')
  WHERE lease > interval '36000 days' OR backoff_base > interval '36000 days'
 	OR backoff_max > interval '36000 days';
+
+--
+-- Fault 9 of issue 8: one claim held open slowed everyone.  A fold stopped
+-- at the first slice whose claiming transaction was still open, so a
+-- consumer working for minutes inside its claim's transaction made the
+-- chain behind it grow, and every other claim read all of it.  A fold now
+-- passes such a slice (once enough settled slices follow it) and records
+-- it in the new cursor row: its batch row (gen, batch_no) and its whole
+-- description, because if that transaction rolls back the row is gone and
+-- its range must be handed out again.  batch_no -1: the row is known to be
+-- gone, only the range is left (src/chain.c, outbox_chain_fold).  NULL, as
+-- in rows written before: nothing passed.
+--
+CREATE TYPE outbox.held_slice AS (
+	gen				bigint,
+	batch_no		bigint,
+	delta			bigint,
+	lo				pg_snapshot,
+	hi				pg_snapshot,
+	pos_from		bigint,
+	pos_to			bigint,
+	ended			boolean
+);
+ALTER TABLE outbox.cursor ADD COLUMN held outbox.held_slice[];
+CREATE OR REPLACE VIEW outbox.cursor_now AS
+	SELECT DISTINCT ON (c.sub_id) c.*
+	  FROM outbox.cursor c
+	 ORDER BY c.sub_id, c.fold_no DESC;
+-- Every snapshot from which a subscription's stream may still have to be
+-- read: its folded cursor's and those of the slices it passed.  Retention
+-- keeps what any of them has not passed.
+CREATE VIEW outbox.cursor_floor AS
+	SELECT c.sub_id, c.lo FROM outbox.cursor_now c
+	UNION ALL
+	SELECT c.sub_id, h.lo FROM outbox.cursor_now c, pg_catalog.unnest(c.held) h;
+REVOKE ALL ON outbox.cursor_floor FROM PUBLIC;

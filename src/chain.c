@@ -15,6 +15,11 @@
  * waits for another's transaction.  A claim that rolls back leaves a hole
  * in the chain; the next claim finds it and hands its events out again.
  *
+ * A slice whose transaction stays open (a consumer working inside its
+ * claim's transaction) is passed by folds once enough slices follow it,
+ * and recorded in the cursor row, so that it does not make the chain every
+ * claim reads grow (outbox_chain_fold).
+ *
  *-------------------------------------------------------------------------
  */
 #include "chain.h"
@@ -25,6 +30,7 @@
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
+#include "executor/executor.h"
 #include "miscadmin.h"
 #include "storage/lmgr.h"
 #include "storage/procarray.h"
@@ -67,7 +73,21 @@ enum
 	CURSOR_ENDED,
 	CURSOR_SCAN_FROM,
 	CURSOR_SCAN_GEN,
-	CURSOR_NATTS = CURSOR_SCAN_GEN
+	CURSOR_HELD,
+	CURSOR_NATTS = CURSOR_HELD
+};
+
+/* fields of outbox.held_slice */
+enum
+{
+	HELD_GEN = 1,
+	HELD_BATCH_NO,
+	HELD_DELTA,
+	HELD_LO,
+	HELD_HI,
+	HELD_POS_FROM,
+	HELD_POS_TO,
+	HELD_ENDED
 };
 
 /* columns of outbox.chain_state */
@@ -347,9 +367,205 @@ read_settles(int32 sub_id, int64 from, bool exact, int64 first, int64 last,
 }
 
 /*
+ * Make a slice of a batch row read with a dirty snapshot (dirty as the scan
+ * left it), taking out what the settle rows (sorted) took.
+ */
+static void
+slice_from_tuple(OutboxSlice *sp, Relation rel, HeapTuple tup,
+				 SnapshotData *dirty, SettleRow *settles, int nsettles)
+{
+	Datum		values[BATCH_NATTS];
+	bool		nulls[BATCH_NATTS];
+	OutboxSlice s;
+	HeapTupleHeader th = tup->t_data;
+	bool		inserting,
+				deleting;
+	ArrayType  *arr;
+	int			nall;
+	int64	   *all;
+	Datum	   *kelems = NULL;
+	bool	   *knulls = NULL;
+	bool	   *gone;			/* settled, as far as we know */
+	bool	   *gone_for_good;	/* settled by a committed transaction */
+	SettleRow	probe;
+	SettleRow  *hit;
+	int			k;
+
+	inserting = TransactionIdIsValid(dirty->xmin) ||
+		TransactionIdIsCurrentTransactionId(HeapTupleHeaderGetXmin(th));
+	deleting = TransactionIdIsValid(dirty->xmax) ||
+		(!(th->t_infomask & HEAP_XMAX_INVALID) &&
+		 !HEAP_XMAX_IS_LOCKED_ONLY(th->t_infomask) &&
+		 xid_active(HeapTupleHeaderGetUpdateXid(th)));
+
+	heap_deform_tuple(tup, RelationGetDescr(rel), values, nulls);
+	memset(&s, 0, sizeof(s));
+	s.gen = DatumGetInt64(values[BATCH_GEN - 1]);
+	s.batch_no = DatumGetInt64(values[BATCH_NO - 1]);
+	s.delta = DatumGetInt64(values[BATCH_DELTA - 1]);
+	s.lo = outbox_snap_copy((OutboxSnap *) PG_DETOAST_DATUM(values[BATCH_LO - 1]));
+	s.hi = outbox_snap_copy((OutboxSnap *) PG_DETOAST_DATUM(values[BATCH_HI - 1]));
+	s.pos_from = DatumGetInt64(values[BATCH_POS_FROM - 1]);
+	s.pos_to = DatumGetInt64(values[BATCH_POS_TO - 1]);
+	s.ended = DatumGetBool(values[BATCH_ENDED - 1]);
+	s.lease_until = DatumGetTimestampTz(values[BATCH_LEASE_UNTIL - 1]);
+	arr = DatumGetArrayTypePCopy(values[BATCH_IDS - 1]);
+	nall = ArrayGetNItems(ARR_NDIM(arr), ARR_DIMS(arr));
+	all = (int64 *) ARR_DATA_PTR(arr);
+	if (!nulls[BATCH_KEYS - 1])
+	{
+		int			nk;
+
+		deconstruct_array(DatumGetArrayTypeP(values[BATCH_KEYS - 1]),
+						  TEXTOID, -1, false, TYPALIGN_INT,
+						  &kelems, &knulls, &nk);
+		if (nk != nall)
+			elog(ERROR, "batch %lld has %d ids but %d keys",
+				 (long long) s.batch_no, nall, nk);
+	}
+	s.committed = !inserting && !deleting;
+	s.visible = !TransactionIdIsValid(dirty->xmin);
+
+	/* take out what settle rows of this batch took */
+	gone = palloc0(sizeof(bool) * Max(nall, 1));
+	gone_for_good = palloc0(sizeof(bool) * Max(nall, 1));
+	probe.batch_no = s.batch_no;
+	hit = nsettles > 0 ?
+		bsearch(&probe, settles, nsettles, sizeof(SettleRow), cmp_settle) : NULL;
+	if (hit != NULL)
+	{
+		while (hit > settles && hit[-1].batch_no == s.batch_no)
+			hit--;
+		for (; hit < settles + nsettles && hit->batch_no == s.batch_no; hit++)
+		{
+			if (!hit->committed)
+				s.committed = false;
+			for (k = 0; k < hit->nids; k++)
+			{
+				int64	   *p = bsearch(&hit->ids[k], all, nall,
+										sizeof(int64), outbox_cmp_int64);
+
+				if (p == NULL)
+					continue;
+				gone[p - all] = true;
+				if (hit->committed)
+					gone_for_good[p - all] = true;
+			}
+		}
+	}
+	s.ids = palloc(sizeof(int64) * Max(nall, 1));
+	if (kelems)
+		s.key_hashes = palloc(sizeof(int64) * Max(nall, 1));
+	for (k = 0; k < nall; k++)
+	{
+		if (!gone[k])
+			s.ids[s.nids++] = all[k];
+		/* keys stay busy until their settlement commits */
+		if (kelems && !gone_for_good[k] && !knulls[k])
+			s.key_hashes[s.nkeys++] = outbox_key_hash(TextDatumGetCString(kelems[k]));
+	}
+	s.settled = s.committed && s.nids == 0;
+	*sp = s;
+}
+
+/* Add a hole: the range of a passed slice whose batch row is gone. */
+static void
+add_hole(OutboxChain *chain, const OutboxHeld *h)
+{
+	int			i;
+
+	for (i = 0; i < chain->nholes; i++)
+	{
+		OutboxHeld *o = &chain->holes[i];
+
+		if (o->batch_no == h->batch_no && o->delta == h->delta &&
+			o->pos_from == h->pos_from && o->pos_to == h->pos_to &&
+			outbox_snap_equal(o->lo, h->lo) && outbox_snap_equal(o->hi, h->hi))
+			return;				/* known already */
+	}
+	if (chain->nholes == chain->maxholes)
+	{
+		chain->maxholes = Max(8, chain->maxholes * 2);
+		chain->holes = chain->holes == NULL ?
+			palloc(sizeof(OutboxHeld) * chain->maxholes) :
+			repalloc(chain->holes, sizeof(OutboxHeld) * chain->maxholes);
+	}
+	chain->holes[chain->nholes++] = *h;
+}
+
+/*
+ * The slices the cursor row records as passed: each batch row still there
+ * becomes a slice marked "held" (usually below scan_from, where the scan
+ * does not look); the range of each that is gone (its claim rolled back) a
+ * hole.  Their partitions are kept until no cursor row records them
+ * (chain_part_needed in retention.c), so a row that is not found is gone.
+ * Records known already (from the cursor row read before) are skipped.
+ */
+static void
+read_held(OutboxChain *chain)
+{
+	int			i,
+				j;
+
+	for (i = 0; i < chain->nheld; i++)
+	{
+		OutboxHeld *h = &chain->held[i];
+		bool		found = false;
+
+		if (h->batch_no >= 0)
+		{
+			for (j = 0; j < chain->nslices; j++)
+				if (chain->slices[j].batch_no == h->batch_no)
+				{
+					chain->slices[j].held = true;
+					found = true;
+				}
+			for (j = 0; j < chain->nholes && !found; j++)
+				found = chain->holes[j].batch_no == h->batch_no;
+		}
+		if (!found && h->batch_no >= 0)
+		{
+			SettleRow  *settles;
+			int			nsettles;
+			SnapshotData dirty;
+			Relation	rel,
+						index;
+			SysScanDesc scan;
+			ScanKeyData key[2];
+			HeapTuple	tup;
+
+			settles = read_settles(chain->sub_id, h->batch_no, true,
+								   first_gen(h->gen, chain->gen_now),
+								   chain->gen_now, &nsettles);
+			InitDirtySnapshot(dirty);
+			rel = open_part("batch", h->gen, &index);
+			ScanKeyInit(&key[0], BATCH_SUB_ID, BTEqualStrategyNumber, F_INT4EQ,
+						Int32GetDatum(chain->sub_id));
+			ScanKeyInit(&key[1], BATCH_NO, BTEqualStrategyNumber, F_INT8EQ,
+						Int64GetDatum(h->batch_no));
+			scan = systable_beginscan(rel, RelationGetRelid(index), true, &dirty, 2, key);
+			if (HeapTupleIsValid(tup = systable_getnext(scan)))
+			{
+				OutboxSlice s;
+
+				slice_from_tuple(&s, rel, tup, &dirty, settles, nsettles);
+				s.held = true;
+				outbox_chain_add(chain, &s);
+				found = true;
+			}
+			systable_endscan(scan);
+			close_part(rel, index);
+		}
+		if (!found)
+			add_hole(chain, h);
+	}
+}
+
+/*
  * Read the slices of a subscription with a dirty snapshot: committed ones
  * and those of transactions still in progress (ours included), from the
- * cursor's scan_from on, with what of them is settled.
+ * cursor's scan_from on and those its row records as passed, with what of
+ * them is settled.
  */
 static void
 read_slices(OutboxChain *chain)
@@ -382,105 +598,58 @@ read_slices(OutboxChain *chain)
 		scan = systable_beginscan(rel, RelationGetRelid(index), true, &dirty, 2, key);
 		while (HeapTupleIsValid(tup = systable_getnext(scan)))
 		{
-			Datum		values[BATCH_NATTS];
-			bool		nulls[BATCH_NATTS];
 			OutboxSlice s;
-			HeapTupleHeader th = tup->t_data;
-			bool		inserting,
-						deleting;
-			ArrayType  *arr;
-			int			nall;
-			int64	   *all;
-			Datum	   *kelems = NULL;
-			bool	   *knulls = NULL;
-			bool	   *gone;		/* settled, as far as we know */
-			bool	   *gone_for_good;	/* settled by a committed transaction */
-			SettleRow	probe;
-			SettleRow  *hit;
-			int			k;
 
-			inserting = TransactionIdIsValid(dirty.xmin) ||
-				TransactionIdIsCurrentTransactionId(HeapTupleHeaderGetXmin(th));
-			deleting = TransactionIdIsValid(dirty.xmax) ||
-				(!(th->t_infomask & HEAP_XMAX_INVALID) &&
-				 !HEAP_XMAX_IS_LOCKED_ONLY(th->t_infomask) &&
-				 xid_active(HeapTupleHeaderGetUpdateXid(th)));
-
-			heap_deform_tuple(tup, RelationGetDescr(rel), values, nulls);
-			memset(&s, 0, sizeof(s));
-			s.gen = DatumGetInt64(values[BATCH_GEN - 1]);
-			s.batch_no = DatumGetInt64(values[BATCH_NO - 1]);
-			s.delta = DatumGetInt64(values[BATCH_DELTA - 1]);
-			s.lo = outbox_snap_copy((OutboxSnap *) PG_DETOAST_DATUM(values[BATCH_LO - 1]));
-			s.hi = outbox_snap_copy((OutboxSnap *) PG_DETOAST_DATUM(values[BATCH_HI - 1]));
-			s.pos_from = DatumGetInt64(values[BATCH_POS_FROM - 1]);
-			s.pos_to = DatumGetInt64(values[BATCH_POS_TO - 1]);
-			s.ended = DatumGetBool(values[BATCH_ENDED - 1]);
-			s.lease_until = DatumGetTimestampTz(values[BATCH_LEASE_UNTIL - 1]);
-			arr = DatumGetArrayTypePCopy(values[BATCH_IDS - 1]);
-			nall = ArrayGetNItems(ARR_NDIM(arr), ARR_DIMS(arr));
-			all = (int64 *) ARR_DATA_PTR(arr);
-			if (!nulls[BATCH_KEYS - 1])
-			{
-				int			nk;
-
-				deconstruct_array(DatumGetArrayTypeP(values[BATCH_KEYS - 1]),
-								  TEXTOID, -1, false, TYPALIGN_INT,
-								  &kelems, &knulls, &nk);
-				if (nk != nall)
-					elog(ERROR, "batch %lld has %d ids but %d keys",
-						 (long long) s.batch_no, nall, nk);
-			}
-			s.committed = !inserting && !deleting;
-			s.visible = !TransactionIdIsValid(dirty.xmin);
-
-			/* take out what settle rows of this batch took */
-			gone = palloc0(sizeof(bool) * Max(nall, 1));
-			gone_for_good = palloc0(sizeof(bool) * Max(nall, 1));
-			probe.batch_no = s.batch_no;
-			hit = nsettles > 0 ?
-				bsearch(&probe, settles, nsettles, sizeof(SettleRow), cmp_settle) : NULL;
-			if (hit != NULL)
-			{
-				while (hit > settles && hit[-1].batch_no == s.batch_no)
-					hit--;
-				for (; hit < settles + nsettles && hit->batch_no == s.batch_no; hit++)
-				{
-					if (!hit->committed)
-						s.committed = false;
-					for (k = 0; k < hit->nids; k++)
-					{
-						int64	   *p = bsearch(&hit->ids[k], all, nall,
-												sizeof(int64), outbox_cmp_int64);
-
-						if (p == NULL)
-							continue;
-						gone[p - all] = true;
-						if (hit->committed)
-							gone_for_good[p - all] = true;
-					}
-				}
-			}
-			s.ids = palloc(sizeof(int64) * Max(nall, 1));
-			if (kelems)
-				s.key_hashes = palloc(sizeof(int64) * Max(nall, 1));
-			for (k = 0; k < nall; k++)
-			{
-				if (!gone[k])
-					s.ids[s.nids++] = all[k];
-				/* keys stay busy until their settlement commits */
-				if (kelems && !gone_for_good[k] && !knulls[k])
-					s.key_hashes[s.nkeys++] = outbox_key_hash(TextDatumGetCString(kelems[k]));
-			}
-			s.settled = s.committed && s.nids == 0;
+			slice_from_tuple(&s, rel, tup, &dirty, settles, nsettles);
 			outbox_chain_add(chain, &s);
 		}
 		systable_endscan(scan);
 		close_part(rel, index);
 	}
+	read_held(chain);
 
 	if (chain->nslices > 1)
 		qsort(chain->slices, chain->nslices, sizeof(OutboxSlice), cmp_slice);
+}
+
+/* A cursor row's outbox.held_slice[] into chain->held. */
+static void
+read_held_array(OutboxChain *chain, Datum d)
+{
+	ArrayType  *arr = DatumGetArrayTypeP(d);
+	Datum	   *elems;
+	bool	   *enulls;
+	int			n,
+				i;
+	int16		typlen;
+	bool		typbyval;
+	char		typalign;
+
+	get_typlenbyvalalign(ARR_ELEMTYPE(arr), &typlen, &typbyval, &typalign);
+	deconstruct_array(arr, ARR_ELEMTYPE(arr), typlen, typbyval, typalign,
+					  &elems, &enulls, &n);
+	chain->held = palloc(sizeof(OutboxHeld) * Max(n, 1));
+	for (i = 0; i < n; i++)
+	{
+		HeapTupleHeader th;
+		OutboxHeld *h = &chain->held[chain->nheld];
+		bool		isnull;
+
+		if (enulls[i])
+			continue;
+		th = DatumGetHeapTupleHeader(elems[i]);
+		h->gen = DatumGetInt64(GetAttributeByNum(th, HELD_GEN, &isnull));
+		h->batch_no = DatumGetInt64(GetAttributeByNum(th, HELD_BATCH_NO, &isnull));
+		h->delta = DatumGetInt64(GetAttributeByNum(th, HELD_DELTA, &isnull));
+		h->lo = outbox_snap_copy((OutboxSnap *)
+								 PG_DETOAST_DATUM(GetAttributeByNum(th, HELD_LO, &isnull)));
+		h->hi = outbox_snap_copy((OutboxSnap *)
+								 PG_DETOAST_DATUM(GetAttributeByNum(th, HELD_HI, &isnull)));
+		h->pos_from = DatumGetInt64(GetAttributeByNum(th, HELD_POS_FROM, &isnull));
+		h->pos_to = DatumGetInt64(GetAttributeByNum(th, HELD_POS_TO, &isnull));
+		h->ended = DatumGetBool(GetAttributeByNum(th, HELD_ENDED, &isnull));
+		chain->nheld++;
+	}
 }
 
 /*
@@ -516,6 +685,11 @@ read_cursor_part(OutboxChain *chain, int64 g, Snapshot snapshot)
 		chain->ended = DatumGetBool(values[CURSOR_ENDED - 1]);
 		chain->scan_from = DatumGetInt64(values[CURSOR_SCAN_FROM - 1]);
 		chain->scan_gen = DatumGetInt64(values[CURSOR_SCAN_GEN - 1]);
+		/* NULL, as in rows written before 1.1: nothing passed */
+		chain->nheld = 0;
+		chain->held = NULL;
+		if (!nulls[CURSOR_HELD - 1])
+			read_held_array(chain, values[CURSOR_HELD - 1]);
 		found = true;
 	}
 	systable_endscan_ordered(scan);
@@ -573,13 +747,14 @@ outbox_cursor_read(OutboxChain *chain, Snapshot snapshot)
  * know where its batch rows start, the batch rows are read, and then the
  * cursor again with a snapshot taken after: a fold that commits in between
  * then shows as rows the new cursor already covers, which the walk skips,
- * never as a hole.  The snapshot is registered; release it with
- * outbox_chain_release.
+ * never as a hole, and what it recorded as passed is read as well.  The
+ * snapshot is registered; release it with outbox_chain_release.
  */
 OutboxChain *
 outbox_chain_read(int32 sub_id)
 {
 	OutboxChain *chain = palloc0(sizeof(OutboxChain));
+	int64		fold_no;
 
 	chain->sub_id = sub_id;
 	/* the claim's batch row and a fold's cursor row go into this generation */
@@ -595,13 +770,26 @@ outbox_chain_read(int32 sub_id)
 
 	chain->snapshot = RegisterSnapshot(GetLatestSnapshot());
 	chain->now = outbox_snap_from_snapshot(chain->snapshot);
+	fold_no = chain->fold_no;
 	if (!outbox_cursor_read(chain, chain->snapshot))
 		elog(ERROR, "cursor of subscription %d is missing", sub_id);
+	if (chain->fold_no != fold_no && chain->nheld > 0)
+	{
+		/*
+		 * A fold committed meanwhile.  What it recorded as passed is in the
+		 * rows read, or was recorded before, except for a slice whose claim
+		 * rolled back since: that range must still show as a hole.
+		 */
+		read_held(chain);
+		if (chain->nslices > 1)
+			qsort(chain->slices, chain->nslices, sizeof(OutboxSlice), cmp_slice);
+	}
 	return chain;
 }
 
 /*
- * The batch rows of a subscription, not folded yet, that hold any of the
+ * The batch rows of a subscription, not folded yet (from the cursor's
+ * scan_from on, and those it records as passed), that hold any of the
  * given ids (sorted): their generations and numbers, which the caller then
  * takes ids from with outbox_batch_take.  Compares sorted id lists in C
  * rather than with an array overlap in SQL, which compares every pair.
@@ -615,7 +803,8 @@ outbox_batches_holding(int32 sub_id, int64 *ids, int n, int64 **gens,
 	Snapshot	snap;
 	int64		g;
 	int			found = 0,
-				max = 0;
+				max = 0,
+				i;
 
 	memset(&cur, 0, sizeof(cur));
 	cur.sub_id = sub_id;
@@ -625,57 +814,68 @@ outbox_batches_holding(int32 sub_id, int64 *ids, int n, int64 **gens,
 		return 0;
 
 	snap = RegisterSnapshot(GetLatestSnapshot());
-	for (g = first_gen(cur.scan_gen, cur.gen_now); g <= cur.gen_now; g++)
+	/* the rows from scan_from on (i = -1), then those the cursor passed */
+	for (i = -1; i < cur.nheld; i++)
 	{
-		Relation	rel,
-					index;
-		SysScanDesc scan;
-		ScanKeyData key[2];
-		HeapTuple	tup;
+		int64		from = i < 0 ? cur.scan_from : cur.held[i].batch_no;
+		int64		first = i < 0 ? first_gen(cur.scan_gen, cur.gen_now) : cur.held[i].gen;
+		int64		last = i < 0 ? cur.gen_now : cur.held[i].gen;
 
-		rel = open_part("batch", g, &index);
-		ScanKeyInit(&key[0], BATCH_SUB_ID, BTEqualStrategyNumber, F_INT4EQ,
-					Int32GetDatum(sub_id));
-		/* rows below the cursor's scan_from are folded: skip them unread */
-		ScanKeyInit(&key[1], BATCH_NO, BTGreaterEqualStrategyNumber, F_INT8GE,
-					Int64GetDatum(cur.scan_from));
-		scan = systable_beginscan(rel, RelationGetRelid(index), true, snap, 2, key);
-		while (HeapTupleIsValid(tup = systable_getnext(scan)))
+		if (i >= 0 && (from < 0 || from >= cur.scan_from))
+			continue;			/* gone, or read with the others */
+		for (g = first; g <= last; g++)
 		{
-			bool		isnull;
-			ArrayType  *arr = DatumGetArrayTypeP(heap_getattr(tup, BATCH_IDS,
-															  RelationGetDescr(rel),
-															  &isnull));
-			int			nb = ArrayGetNItems(ARR_NDIM(arr), ARR_DIMS(arr));
-			int64	   *b = (int64 *) ARR_DATA_PTR(arr);
-			int			i = 0,
-						j = 0;
+			Relation	rel,
+						index;
+			SysScanDesc scan;
+			ScanKeyData key[2];
+			HeapTuple	tup;
 
-			/* both sorted: merge */
-			while (i < nb && j < n && b[i] != ids[j])
+			rel = open_part("batch", g, &index);
+			ScanKeyInit(&key[0], BATCH_SUB_ID, BTEqualStrategyNumber, F_INT4EQ,
+						Int32GetDatum(sub_id));
+			/* rows below the cursor's scan_from are folded: skip them unread */
+			ScanKeyInit(&key[1], BATCH_NO,
+						i < 0 ? BTGreaterEqualStrategyNumber : BTEqualStrategyNumber,
+						i < 0 ? F_INT8GE : F_INT8EQ, Int64GetDatum(from));
+			scan = systable_beginscan(rel, RelationGetRelid(index), true, snap, 2, key);
+			while (HeapTupleIsValid(tup = systable_getnext(scan)))
 			{
-				if (b[i] < ids[j])
-					i++;
-				else
-					j++;
+				bool		isnull;
+				ArrayType  *arr = DatumGetArrayTypeP(heap_getattr(tup, BATCH_IDS,
+																  RelationGetDescr(rel),
+																  &isnull));
+				int			nb = ArrayGetNItems(ARR_NDIM(arr), ARR_DIMS(arr));
+				int64	   *b = (int64 *) ARR_DATA_PTR(arr);
+				int			x = 0,
+							j = 0;
+
+				/* both sorted: merge */
+				while (x < nb && j < n && b[x] != ids[j])
+				{
+					if (b[x] < ids[j])
+						x++;
+					else
+						j++;
+				}
+				if (x == nb || j == n)
+					continue;
+				if (found == max)
+				{
+					max = Max(8, max * 2);
+					*gens = *gens ? repalloc(*gens, sizeof(int64) * max) :
+						palloc(sizeof(int64) * max);
+					*nos = *nos ? repalloc(*nos, sizeof(int64) * max) :
+						palloc(sizeof(int64) * max);
+				}
+				(*gens)[found] = DatumGetInt64(heap_getattr(tup, BATCH_GEN,
+															RelationGetDescr(rel), &isnull));
+				(*nos)[found++] = DatumGetInt64(heap_getattr(tup, BATCH_NO,
+															 RelationGetDescr(rel), &isnull));
 			}
-			if (i == nb || j == n)
-				continue;
-			if (found == max)
-			{
-				max = Max(8, max * 2);
-				*gens = *gens ? repalloc(*gens, sizeof(int64) * max) :
-					palloc(sizeof(int64) * max);
-				*nos = *nos ? repalloc(*nos, sizeof(int64) * max) :
-					palloc(sizeof(int64) * max);
-			}
-			(*gens)[found] = DatumGetInt64(heap_getattr(tup, BATCH_GEN,
-														RelationGetDescr(rel), &isnull));
-			(*nos)[found++] = DatumGetInt64(heap_getattr(tup, BATCH_NO,
-														 RelationGetDescr(rel), &isnull));
+			systable_endscan(scan);
+			close_part(rel, index);
 		}
-		systable_endscan(scan);
-		close_part(rel, index);
 	}
 	UnregisterSnapshot(snap);
 	return found;
@@ -868,8 +1068,106 @@ make_segment(int64 delta, OutboxSnap *lo, OutboxSnap *hi, int64 from,
 	return seg;
 }
 
+typedef struct Range
+{
+	int64		from;
+	int64		to;
+} Range;
+
+static int
+cmp_range(const void *a, const void *b)
+{
+	const Range *x = a;
+	const Range *y = b;
+
+	return (x->from > y->from) - (x->from < y->from);
+}
+
 /*
- * The parts of the stream not handed out yet, in stream order: holes left
+ * What of the holes (passed slices whose claim rolled back) is not covered
+ * again by a slice of the same delta: gap segments, which claims hand out
+ * first.  Holes that overlap (a slice that refilled a hole and rolled back
+ * as well) are merged, so no range is handed out twice.
+ */
+static List *
+hole_segments(OutboxChain *chain)
+{
+	List	   *segs = NIL;
+	bool	   *done;
+	Range	   *holes;
+	Range	   *cover;
+	int			i,
+				j;
+
+	if (chain->nholes == 0)
+		return NIL;
+	done = palloc0(sizeof(bool) * chain->nholes);
+	holes = palloc(sizeof(Range) * chain->nholes);
+	cover = palloc(sizeof(Range) * Max(chain->nslices, 1));
+	for (i = 0; i < chain->nholes; i++)
+	{
+		OutboxHeld *h = &chain->holes[i];
+		int			nh = 0,
+					nc = 0,
+					k;
+
+		if (done[i])
+			continue;
+		for (j = i; j < chain->nholes; j++)
+		{
+			OutboxHeld *o = &chain->holes[j];
+
+			if (done[j] || o->delta != h->delta ||
+				!outbox_snap_equal(o->lo, h->lo) || !outbox_snap_equal(o->hi, h->hi))
+				continue;
+			done[j] = true;
+			holes[nh].from = o->pos_from;
+			holes[nh++].to = o->pos_to;
+		}
+		for (j = 0; j < chain->nslices; j++)
+		{
+			OutboxSlice *s = &chain->slices[j];
+
+			if (s->delta != h->delta || !outbox_snap_equal(s->lo, h->lo) ||
+				!outbox_snap_equal(s->hi, h->hi))
+				continue;
+			cover[nc].from = s->pos_from;
+			cover[nc++].to = s->pos_to;
+		}
+		qsort(holes, nh, sizeof(Range), cmp_range);
+		qsort(cover, nc, sizeof(Range), cmp_range);
+		for (j = 0; j < nh; j++)
+		{
+			int64		from = holes[j].from;
+			int64		to = holes[j].to;
+			int64		cur;
+
+			/* merge the holes that overlap this one */
+			while (j + 1 < nh && holes[j + 1].from <= to)
+				to = Max(to, holes[++j].to);
+			cur = from;
+			for (k = 0; k < nc && cur < to; k++)
+			{
+				if (cover[k].to <= cur)
+					continue;
+				if (cover[k].from >= to)
+					break;
+				if (cover[k].from > cur)
+					segs = lappend(segs, make_segment(h->delta, h->lo, h->hi, cur,
+													  cover[k].from, true, false));
+				cur = Max(cur, cover[k].to);
+			}
+			if (cur < to)
+				segs = lappend(segs, make_segment(h->delta, h->lo, h->hi, cur, to,
+												  true, false));
+		}
+	}
+	return segs;
+}
+
+/*
+ * The parts of the stream not handed out yet: the holes of passed slices
+ * whose claim rolled back, then, in stream order, holes left
  * by claims that rolled back, then the rest of the last delta, or a new
  * delta up to the chain's snapshot.  The last segment is always the one at
  * the end.
@@ -877,7 +1175,7 @@ make_segment(int64 delta, OutboxSnap *lo, OutboxSnap *hi, int64 from,
 List *
 outbox_chain_segments(OutboxChain *chain)
 {
-	List	   *segs = NIL;
+	List	   *segs = hole_segments(chain);
 	Walk		w = {chain->delta, chain->lo, chain->hi, chain->pos, chain->ended};
 	int			i;
 
@@ -885,7 +1183,7 @@ outbox_chain_segments(OutboxChain *chain)
 	{
 		OutboxSlice *s = &chain->slices[i];
 
-		if (walk_covers(&w, s))
+		if (s->held || walk_covers(&w, s))
 			continue;
 		if (!w.ended && s->delta > w.delta)
 		{
@@ -938,21 +1236,6 @@ outbox_segment_contains(const OutboxSegment *seg, int64 id)
 		outbox_snap_visible(seg->hi, xid) && !outbox_snap_visible(seg->lo, xid);
 }
 
-typedef struct Range
-{
-	int64		from;
-	int64		to;
-} Range;
-
-static int
-cmp_range(const void *a, const void *b)
-{
-	const Range *x = a;
-	const Range *y = b;
-
-	return (x->from > y->from) - (x->from < y->from);
-}
-
 /*
  * Might some of the ids first..last, all of transaction xid, still be ahead
  * of the chain (not handed out yet)?  Ordered subscriptions ask it of whole
@@ -966,7 +1249,17 @@ outbox_chain_pending(OutboxChain *chain, uint64 xid, int64 first, int64 last)
 	int			nranges = 0;
 	int64		cur;
 	int			i;
+	ListCell   *lc;
 
+	/* in a hole behind the cursor */
+	foreach(lc, hole_segments(chain))
+	{
+		OutboxSegment *seg = lfirst(lc);
+
+		if (outbox_snap_visible(seg->hi, xid) && !outbox_snap_visible(seg->lo, xid) &&
+			seg->from < last && seg->to >= first)
+			return true;
+	}
 	if (outbox_snap_visible(chain->lo, xid))
 		return false;
 	if (outbox_snap_visible(chain->hi, xid))
@@ -1007,6 +1300,171 @@ outbox_chain_pending(OutboxChain *chain, uint64 xid, int64 first, int64 last)
 }
 
 /*
+ * The highest fold number of the subscription's cursor rows, those of
+ * transactions in progress included.  A row with a higher number than the
+ * chain's was written by a later fold, so in the chain's cursor generation
+ * or a later one: older partitions are not opened (nor locked).
+ */
+static int64
+newest_fold_no(OutboxChain *chain)
+{
+	int64		newest = chain->fold_no;
+	int64		g;
+	SnapshotData dirty;
+
+	InitDirtySnapshot(dirty);
+	for (g = chain->gen_now; g >= first_gen(chain->cursor_gen, chain->gen_now); g--)
+	{
+		Relation	rel,
+					index;
+		SysScanDesc scan;
+		ScanKeyData key;
+		HeapTuple	tup;
+
+		rel = open_part("cursor", g, &index);
+		ScanKeyInit(&key, CURSOR_SUB_ID, BTEqualStrategyNumber, F_INT4EQ,
+					Int32GetDatum(chain->sub_id));
+		scan = systable_beginscan_ordered(rel, index, &dirty, 1, &key);
+		tup = systable_getnext_ordered(scan, BackwardScanDirection);
+		if (HeapTupleIsValid(tup))
+		{
+			bool		isnull;
+
+			newest = Max(newest, DatumGetInt64(heap_getattr(tup, CURSOR_FOLD_NO,
+															RelationGetDescr(rel),
+															&isnull)));
+		}
+		systable_endscan_ordered(scan);
+		close_part(rel, index);
+	}
+	return newest;
+}
+
+/* A passed slice as the cursor row records it. */
+static OutboxHeld
+held_of(const OutboxSlice *s)
+{
+	OutboxHeld	h;
+
+	h.gen = s->gen;
+	h.batch_no = s->batch_no;
+	h.delta = s->delta;
+	h.lo = s->lo;
+	h.hi = s->hi;
+	h.pos_from = s->pos_from;
+	h.pos_to = s->pos_to;
+	h.ended = s->ended;
+	return h;
+}
+
+static bool
+same_delta(const OutboxHeld *h, const OutboxSlice *s)
+{
+	return s->delta == h->delta && outbox_snap_equal(s->lo, h->lo) &&
+		outbox_snap_equal(s->hi, h->hi);
+}
+
+/*
+ * Is the whole range of hole h covered again by slices that cannot vanish
+ * any more (committed, or ours)?  Then nothing of it is left to hand out.
+ */
+static bool
+hole_covered(OutboxChain *chain, const OutboxHeld *h)
+{
+	Range	   *cover = palloc(sizeof(Range) * Max(chain->nslices, 1));
+	int			nc = 0,
+				k;
+	int64		cur = h->pos_from;
+
+	for (k = 0; k < chain->nslices; k++)
+	{
+		OutboxSlice *s = &chain->slices[k];
+
+		if (!s->visible || s->is_new || !same_delta(h, s))
+			continue;
+		cover[nc].from = s->pos_from;
+		cover[nc++].to = s->pos_to;
+	}
+	qsort(cover, nc, sizeof(Range), cmp_range);
+	for (k = 0; k < nc && cur < h->pos_to; k++)
+		if (cover[k].from <= cur)
+			cur = Max(cur, cover[k].to);
+	pfree(cover);
+	return cur >= h->pos_to;
+}
+
+/*
+ * Does slice s cover part of a hole that stays?  Then it must stay where
+ * readers see it (not folded): the hole's range minus such slices is what
+ * is left to hand out.
+ */
+static bool
+in_kept_hole(OutboxChain *chain, const bool *kept, const OutboxSlice *s)
+{
+	int			i;
+
+	for (i = 0; i < chain->nholes; i++)
+		if (kept[i] && same_delta(&chain->holes[i], s) &&
+			s->pos_from < chain->holes[i].pos_to && s->pos_to > chain->holes[i].pos_from)
+			return true;
+	return false;
+}
+
+/*
+ * Hand the leases of a committed slice over to outbox.delivery as 'leased'
+ * rows, where ack, fail and lease expiry find them, so that the slice can
+ * be folded.  False if an ack is settling it right now (fold another time).
+ */
+static bool
+hand_over(OutboxChain *chain, OutboxSlice *s)
+{
+	static SPIPlanPtr hand_plan = NULL;
+	int64	   *taken;
+	Datum	   *keys;
+	bool	   *key_nulls;
+	int			ntaken;
+
+	if (hand_plan == NULL)
+	{
+		Oid			t4[4] = {INT4OID, TIMESTAMPTZOID, INT8ARRAYOID, TEXTARRAYOID};
+
+		hand_plan = outbox_prepare(
+			"INSERT INTO outbox.delivery (sub_id, event_id, state, attempts, lease_until, key)"
+			" SELECT $1, u.id, 'leased', 1, $2, u.key"
+			" FROM ROWS FROM (pg_catalog.unnest($3), pg_catalog.unnest($4)) AS u(id, key)"
+			" WHERE u.id IS NOT NULL ON CONFLICT DO NOTHING", 4, t4);
+	}
+	ntaken = outbox_batch_take(chain->sub_id, s->gen, s->batch_no, NULL, 0,
+							   true, &taken, &keys, &key_nulls);
+	if (ntaken < 0)
+		return false;
+	if (ntaken > 0)
+	{
+		Datum		hargs[4];
+
+		hargs[0] = Int32GetDatum(chain->sub_id);
+		hargs[1] = TimestampTzGetDatum(s->lease_until);
+		outbox_taken_arrays(taken, keys, key_nulls, ntaken, &hargs[2], &hargs[3]);
+		if (SPI_execute_snapshot(hand_plan, hargs, NULL, GetLatestSnapshot(),
+								 InvalidSnapshot, false, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "lease hand-over failed");
+	}
+	return true;
+}
+
+/* An array of n datums of a type, for the cursor insert. */
+static Datum
+make_array(Datum *elems, int n, Oid type)
+{
+	int16		typlen;
+	bool		typbyval;
+	char		typalign;
+
+	get_typlenbyvalalign(type, &typlen, &typbyval, &typalign);
+	return PointerGetDatum(construct_array(elems, n, type, typlen, typbyval, typalign));
+}
+
+/*
  * Fold the settled slices that lead the chain into a new outbox.cursor row,
  * if there are at least min_slices of them and no other transaction is
  * folding (a lock held to commit says so).  Runs in the claimer's
@@ -1020,6 +1478,15 @@ outbox_chain_pending(OutboxChain *chain, uint64 xid, int64 first, int64 last)
  * outbox.delivery as 'leased' rows (where ack, fail and lease expiry find
  * them as well) and it is folded like the others.
  *
+ * A slice whose claiming transaction is still in progress (a consumer
+ * working inside its claim's transaction) would stop folding the same way.
+ * Once enough slices follow it, the fold passes it: the new cursor row
+ * records it ("held"), readers read it through the record, and a later
+ * fold drops the record once the slice is settled (or its leases handed
+ * over, after that transaction committed).  If that transaction rolls
+ * back, the recorded range is a hole: handed out again first (attempt not
+ * counted), and dropped once slices that cannot vanish cover it again.
+ *
  * min_slices 0 (the worker) also writes a cursor row when nothing folds but
  * the newest one is in an older generation, so that old partitions can be
  * emptied.
@@ -1028,41 +1495,42 @@ void
 outbox_chain_fold(OutboxChain *chain, int min_slices)
 {
 	static SPIPlanPtr ins_plan = NULL;
-	static SPIPlanPtr hand_plan = NULL;
 	Walk		w = {chain->delta, chain->lo, chain->hi, chain->pos, chain->ended};
 	int			n = 0;
 	int			i;
 	int64		scan_from = -1;
 	int64		scan_gen = chain->gen_now;
-	int64		max_folded = chain->scan_from - 1;
-	Datum		args[10];
-	LOCKTAG		tag;
+	int64		max_gone = chain->scan_from - 1;
+	Datum		args[18];
+	int64		fold_no;
 	bool		handed = false;
+	bool		changed = false;	/* the records change */
 	bool		refresh = (min_slices == 0 && chain->cursor_gen < chain->gen_now);
+	OutboxHeld *out;
+	int			nout = 0;
+	bool	   *kept;
 
 	if (chain->nslices < min_slices || (chain->nslices == 0 && !refresh))
 		return;
 
-	if (hand_plan == NULL)
+	if (ins_plan == NULL)
 	{
-		Oid			t10[10] = {INT8OID, INT4OID, INT8OID, INT8OID, PG_SNAPSHOTOID,
-		PG_SNAPSHOTOID, INT8OID, BOOLOID, INT8OID, INT8OID};
-		Oid			t4[4] = {INT4OID, TIMESTAMPTZOID, INT8ARRAYOID, TEXTARRAYOID};
+		Oid			t[18] = {INT8OID, INT4OID, INT8OID, INT8OID, PG_SNAPSHOTOID,
+			PG_SNAPSHOTOID, INT8OID, BOOLOID, INT8OID, INT8OID,
+			INT8ARRAYOID, INT8ARRAYOID, INT8ARRAYOID, PG_SNAPSHOTARRAYOID,
+		PG_SNAPSHOTARRAYOID, INT8ARRAYOID, INT8ARRAYOID, BOOLARRAYOID};
 
-		ins_plan = outbox_prepare("INSERT INTO outbox.cursor"
-								  " (gen, sub_id, fold_no, delta, lo, hi, pos, ended, scan_from, scan_gen)"
-								  " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)", 10, t10);
-		hand_plan = outbox_prepare(
-			"INSERT INTO outbox.delivery (sub_id, event_id, state, attempts, lease_until, key)"
-			" SELECT $1, u.id, 'leased', 1, $2, u.key"
-			" FROM ROWS FROM (pg_catalog.unnest($3), pg_catalog.unnest($4)) AS u(id, key)"
-			" WHERE u.id IS NOT NULL ON CONFLICT DO NOTHING", 4, t4);
+		ins_plan = outbox_prepare(
+			"INSERT INTO outbox.cursor"
+			" (gen, sub_id, fold_no, delta, lo, hi, pos, ended, scan_from, scan_gen, held)"
+			" SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10,"
+			" (SELECT pg_catalog.array_agg(ROW(u.g, u.b, u.d, u.l, u.h, u.f, u.t, u.e)"
+			"   ::outbox.held_slice ORDER BY u.o)"
+			"  FROM ROWS FROM (pg_catalog.unnest($11), pg_catalog.unnest($12),"
+			"   pg_catalog.unnest($13), pg_catalog.unnest($14), pg_catalog.unnest($15),"
+			"   pg_catalog.unnest($16), pg_catalog.unnest($17), pg_catalog.unnest($18))"
+			"   WITH ORDINALITY AS u(g, b, d, l, h, f, t, e, o))", 18, t);
 	}
-
-	/* one fold at a time per subscription, until it commits */
-	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) chain->sub_id, 0, 0x4f45);
-	if (LockAcquire(&tag, ExclusiveLock, false, true) == LOCKACQUIRE_NOT_AVAIL)
-		return;
 
 	/* a fold that committed since we read the cursor: ours would be stale */
 	{
@@ -1075,17 +1543,84 @@ outbox_chain_fold(OutboxChain *chain, int min_slices)
 			return;
 	}
 
+	/*
+	 * A fold of a transaction still in progress: usually a short one, so
+	 * leave the folding to it, unless the chain grew long behind it (the
+	 * transaction is held open).  Our row must then win over its row if
+	 * both commit: the newest row is the one with the highest fold_no.
+	 * Folds run under the claim lock, one at a time, so fold numbers and
+	 * generations grow in the order the rows are written, whatever order
+	 * they commit in.
+	 */
+	fold_no = newest_fold_no(chain);
+	if (fold_no > chain->fold_no && chain->nslices < OUTBOX_FOLD_PAST_LEASES)
+		return;
+	fold_no++;
+
+	out = palloc(sizeof(OutboxHeld) * (chain->nholes + chain->nslices + 1));
+	kept = palloc0(sizeof(bool) * Max(chain->nholes, 1));
+
+	/* holes stay until slices that cannot vanish cover them again */
+	for (i = 0; i < chain->nholes; i++)
+	{
+		OutboxHeld *h = &chain->holes[i];
+
+		if (h->batch_no >= 0)
+			changed = true;		/* recorded from now on as gone */
+		if (hole_covered(chain, h))
+		{
+			changed = true;
+			continue;
+		}
+		kept[i] = true;
+		out[nout] = *h;
+		out[nout++].batch_no = -1;
+	}
+
+	/* passed slices: drop the record once it is settled or handed over */
 	for (i = 0; i < chain->nslices; i++)
 	{
 		OutboxSlice *s = &chain->slices[i];
+
+		if (!s->held)
+			continue;
+		if (!s->committed || in_kept_hole(chain, kept, s) ||
+			(!s->settled && !hand_over(chain, s)))
+		{
+			out[nout++] = held_of(s);
+			continue;
+		}
+		if (!s->settled)
+			handed = true;
+		s->folded = true;
+		changed = true;
+	}
+
+	for (i = 0; i < chain->nslices; i++)
+	{
+		OutboxSlice *s = &chain->slices[i];
+		int			following = chain->nslices - i - 1;
 		bool		contiguous;
 
+		if (s->held)
+			continue;
 		if (s->is_new)
 			break;
 		if (walk_covers(&w, s))
 		{
-			if (s->settled)
+			/* behind the cursor: a refill of a hole, or folded meanwhile */
+			if (!s->committed)
 			{
+				s->passed = true;
+				out[nout++] = held_of(s);
+			}
+			else if (in_kept_hole(chain, kept, s))
+				continue;
+			else if (s->settled ||
+					 (s->committed && following >= OUTBOX_FOLD_PAST_LEASES &&
+					  hand_over(chain, s)))
+			{
+				handed |= !s->settled;
 				n++;
 				s->folded = true;
 			}
@@ -1096,37 +1631,35 @@ outbox_chain_fold(OutboxChain *chain, int min_slices)
 				outbox_snap_equal(s->lo, w.hi);
 		else
 			contiguous = s->delta == w.delta && s->pos_from <= w.pos;
-		if (!contiguous || !s->committed)
+		if (!contiguous)
 			break;
-		if (!s->settled)
+		if (!s->committed)
 		{
-			int64	   *taken;
-			Datum	   *keys;
-			bool	   *key_nulls;
-			int			ntaken;
-
-			if (chain->nslices - i - 1 < OUTBOX_FOLD_PAST_LEASES)
+			/*
+			 * Its claim, or an ack or hand-over of it, is in progress: pass
+			 * it once enough follow.
+			 */
+			if (following < OUTBOX_FOLD_PAST_LEASES)
+				break;
+			s->passed = true;
+			out[nout++] = held_of(s);
+		}
+		else if (!s->settled)
+		{
+			if (following < OUTBOX_FOLD_PAST_LEASES)
 				break;
 			/* an ack may be settling it right now: fold another time */
-			ntaken = outbox_batch_take(chain->sub_id, s->gen, s->batch_no, NULL, 0,
-									   true, &taken, &keys, &key_nulls);
-			if (ntaken < 0)
+			if (!hand_over(chain, s))
 				break;
-			if (ntaken > 0)
-			{
-				Datum		hargs[4];
-
-				hargs[0] = Int32GetDatum(chain->sub_id);
-				hargs[1] = TimestampTzGetDatum(s->lease_until);
-				outbox_taken_arrays(taken, keys, key_nulls, ntaken, &hargs[2], &hargs[3]);
-				if (SPI_execute_snapshot(hand_plan, hargs, NULL, GetLatestSnapshot(),
-										 InvalidSnapshot, false, false, 0) != SPI_OK_INSERT)
-					elog(ERROR, "lease hand-over failed");
-			}
 			handed = true;
+			n++;
+			s->folded = true;
 		}
-		n++;
-		s->folded = true;
+		else
+		{
+			n++;
+			s->folded = true;
+		}
 		w.delta = s->delta;
 		w.lo = s->lo;
 		w.hi = s->hi;
@@ -1134,10 +1667,10 @@ outbox_chain_fold(OutboxChain *chain, int min_slices)
 		w.ended = s->ended;
 	}
 	/* a slice whose leases were handed over must go now */
-	if (!handed && (n < min_slices || n == 0) && !refresh)
+	if (!handed && !changed && (n < min_slices || n == 0) && !refresh)
 	{
 		for (i = 0; i < chain->nslices; i++)
-			chain->slices[i].folded = false;
+			chain->slices[i].folded = chain->slices[i].passed = false;
 		return;
 	}
 
@@ -1148,8 +1681,8 @@ outbox_chain_fold(OutboxChain *chain, int min_slices)
 
 		if (s->is_new)
 			continue;
-		if (s->folded)
-			max_folded = Max(max_folded, s->batch_no);
+		if (s->folded || s->passed || s->held)
+			max_gone = Max(max_gone, s->batch_no);
 		else
 		{
 			if (scan_from < 0 || s->batch_no < scan_from)
@@ -1158,11 +1691,11 @@ outbox_chain_fold(OutboxChain *chain, int min_slices)
 		}
 	}
 	if (scan_from < 0)
-		scan_from = max_folded + 1;
+		scan_from = max_gone + 1;
 
 	args[0] = Int64GetDatum(chain->gen_now);
 	args[1] = Int32GetDatum(chain->sub_id);
-	args[2] = Int64GetDatum(chain->fold_no + 1);
+	args[2] = Int64GetDatum(fold_no);
 	args[3] = Int64GetDatum(w.delta);
 	args[4] = PointerGetDatum(w.lo);
 	args[5] = PointerGetDatum(w.hi);
@@ -1170,6 +1703,32 @@ outbox_chain_fold(OutboxChain *chain, int min_slices)
 	args[7] = BoolGetDatum(w.ended);
 	args[8] = Int64GetDatum(scan_from);
 	args[9] = Int64GetDatum(scan_gen);
+	{
+		Datum	   *cols[8];
+		int			c;
+
+		for (c = 0; c < 8; c++)
+			cols[c] = palloc(sizeof(Datum) * Max(nout, 1));
+		for (i = 0; i < nout; i++)
+		{
+			cols[0][i] = Int64GetDatum(out[i].gen);
+			cols[1][i] = Int64GetDatum(out[i].batch_no);
+			cols[2][i] = Int64GetDatum(out[i].delta);
+			cols[3][i] = PointerGetDatum(out[i].lo);
+			cols[4][i] = PointerGetDatum(out[i].hi);
+			cols[5][i] = Int64GetDatum(out[i].pos_from);
+			cols[6][i] = Int64GetDatum(out[i].pos_to);
+			cols[7][i] = BoolGetDatum(out[i].ended);
+		}
+		args[10] = make_array(cols[0], nout, INT8OID);
+		args[11] = make_array(cols[1], nout, INT8OID);
+		args[12] = make_array(cols[2], nout, INT8OID);
+		args[13] = make_array(cols[3], nout, PG_SNAPSHOTOID);
+		args[14] = make_array(cols[4], nout, PG_SNAPSHOTOID);
+		args[15] = make_array(cols[5], nout, INT8OID);
+		args[16] = make_array(cols[6], nout, INT8OID);
+		args[17] = make_array(cols[7], nout, BOOLOID);
+	}
 	if (SPI_execute_plan(ins_plan, args, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "cursor insert failed");
 }

@@ -34,7 +34,27 @@ typedef struct OutboxSlice
 	int64	   *key_hashes;		/* ordered subscriptions: hashes of keys */
 	bool		is_new;			/* written by this claim */
 	bool		folded;			/* being folded by outbox_chain_fold */
+	bool		held;			/* read through a record of the cursor */
+	bool		passed;			/* being recorded as passed by outbox_chain_fold */
 } OutboxSlice;
+
+/*
+ * A slice a fold passed while its claiming transaction was in progress, as
+ * the cursor row records it (outbox.held_slice): its batch row, and the
+ * range it covered, which becomes a hole if that transaction rolls back.
+ * batch_no -1: the row is known to be gone.
+ */
+typedef struct OutboxHeld
+{
+	int64		gen;
+	int64		batch_no;
+	int64		delta;
+	OutboxSnap *lo;
+	OutboxSnap *hi;
+	int64		pos_from;
+	int64		pos_to;
+	bool		ended;
+} OutboxHeld;
 
 /* a part of a delta not yet handed out */
 typedef struct OutboxSegment
@@ -63,6 +83,13 @@ typedef struct OutboxChain
 	OutboxSnap *hi;
 	int64		pos;
 	bool		ended;
+	/* slices the cursor row records as passed */
+	int			nheld;
+	OutboxHeld *held;
+	/* ... of which the batch row is gone: ranges to hand out again */
+	int			nholes;
+	int			maxholes;
+	OutboxHeld *holes;
 	/* batch rows, in stream order */
 	int			nslices;
 	int			maxslices;

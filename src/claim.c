@@ -855,21 +855,40 @@ outbox_claim(PG_FUNCTION_ARGS)
 	outbox_lock_sub(st.sub->id);
 	st.chain = outbox_chain_read(st.sub->id);
 	outbox_chain_fold(st.chain, OUTBOX_FOLD_MIN_SLICES);
+	segs = outbox_chain_segments(st.chain);
 
 	if (st.sub->ordered)
 	{
 		load_busy_keys(&st);
+
+		/*
+		 * Holes first: their events (of a claim that rolled back) precede,
+		 * in the stream, every waiting delivery of their keys, which a
+		 * later claim made wait behind them.  Reached now, they wait in
+		 * their turn (their commit sequence is lower), instead of the
+		 * later events being released ahead of them.
+		 */
+		foreach(lc, segs)
+		{
+			OutboxSegment *seg = lfirst(lc);
+
+			if (st.got >= st.want)
+				break;
+			if (seg->is_gap)
+				scan_segment(&st, seg);
+		}
 		promote_waiting(&st);
 	}
 	claim_deliveries(&st);
 
-	segs = outbox_chain_segments(st.chain);
 	foreach(lc, segs)
 	{
 		OutboxSegment *seg = lfirst(lc);
 
 		if (st.got >= st.want)
 			break;
+		if (st.sub->ordered && seg->is_gap)
+			continue;			/* scanned above */
 		if (seg->new_delta && outbox_snap_equal(seg->lo, seg->hi))
 			continue;
 		scan_segment(&st, seg);

@@ -42,9 +42,13 @@
 	"  WHERE NOT pg_visible_in_snapshot(((" e ".id >> " CppAsString2(OUTBOX_SEQ_BITS) ")::text)::xid8, c.lo)" \
 	"  AND (c.topics IS NULL OR " e ".topic = ANY (c.topics))))"
 
-/* SQL: every subscription's folded cursor and topics, as EVENT_NEEDED reads them */
+/*
+ * SQL: every subscription's folded cursor and topics, as EVENT_NEEDED reads
+ * them; with the slices the cursor passed (outbox.cursor_floor), whose
+ * events are handed out again if their claim rolls back.
+ */
 #define CURSORS(where) \
-	"(SELECT c.lo, s.topics FROM outbox.cursor_now c" \
+	"(SELECT c.lo, s.topics FROM outbox.cursor_floor c" \
 	" JOIN outbox.subscription s ON s.id = c.sub_id " where ")"
 
 /* outbox.chain_rotation: milliseconds between generations of chain rows */
@@ -70,14 +74,16 @@ outbox_clean_up(void)
 	{
 		done_plan = outbox_prepare(
 			"DELETE FROM outbox.delivery WHERE ctid IN ("
-			" SELECT d.ctid FROM outbox.delivery d JOIN outbox.cursor_now c ON c.sub_id = d.sub_id"
+			" SELECT d.ctid FROM outbox.delivery d"
 			" WHERE d.state = 'done'"
-			" AND pg_visible_in_snapshot(((d.event_id >> " CppAsString2(OUTBOX_SEQ_BITS) ")::text)::xid8, c.lo)"
+			" AND EXISTS (SELECT 1 FROM outbox.cursor_now c WHERE c.sub_id = d.sub_id)"
+			" AND NOT EXISTS (SELECT 1 FROM outbox.cursor_floor c WHERE c.sub_id = d.sub_id"
+			"  AND NOT pg_visible_in_snapshot(((d.event_id >> " CppAsString2(OUTBOX_SEQ_BITS) ")::text)::xid8, c.lo))"
 			" LIMIT " CppAsString2(STEP_ROWS) ")", 0, NULL);
 		keys_plan = outbox_prepare(
 			"DELETE FROM outbox.key_commit WHERE ctid IN ("
 			" SELECT ctid FROM outbox.key_commit WHERE xid < COALESCE("
-			"  (SELECT min(pg_snapshot_xmin(lo)) FROM outbox.cursor_now),"
+			"  (SELECT min(pg_snapshot_xmin(lo)) FROM outbox.cursor_floor),"
 			"  pg_snapshot_xmin(pg_current_snapshot()))"
 			" LIMIT " CppAsString2(STEP_ROWS) ")", 0, NULL);
 		kept_plan = outbox_prepare(
@@ -213,7 +219,9 @@ outbox_rotate_and_truncate(void)
 /*
  * Is the partition of generation "old" still needed?  By a subscription
  * whose newest cursor row is in it, or whose unfolded batch rows start in it
- * or before; or by a batch row in it that some cursor has not folded.
+ * or before, or whose cursor records a slice it passed there (if that row
+ * went, the slice's claim would look rolled back); or by a batch row in it
+ * that some cursor has not folded.
  */
 static bool
 chain_part_needed(int64 old)
@@ -222,8 +230,10 @@ chain_part_needed(int64 old)
 
 	if (int8_result(psprintf("SELECT count(*) FROM outbox.cursor_now c"
 							 " JOIN outbox.subscription s ON s.id = c.sub_id"
-							 " WHERE c.gen <= " INT64_FORMAT " OR c.scan_gen <= " INT64_FORMAT,
-							 old, old)) != 0)
+							 " WHERE c.gen <= " INT64_FORMAT " OR c.scan_gen <= " INT64_FORMAT
+							 " OR EXISTS (SELECT 1 FROM unnest(c.held) h"
+							 "  WHERE h.batch_no >= 0 AND h.gen <= " INT64_FORMAT ")",
+							 old, old, old)) != 0)
 		return true;
 	return int8_result(psprintf("SELECT count(*) FROM (SELECT 1 FROM outbox.batch_%d b"
 								" JOIN outbox.cursor_now c ON c.sub_id = b.sub_id"
