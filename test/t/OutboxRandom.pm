@@ -961,8 +961,18 @@ sub ack
 				$self->violation("ack($name, $id) of a delivery claimed in the same transaction returned false")
 				  if $mine;
 				my $others = grep { $_ != $tx->{tag} } keys %{ $d->{touched} };
+				# Another transaction still open that claimed from the
+				# subscription may hold the event in its uncommitted claim
+				# (leased, or held behind its key as a waiting row the model
+				# does not see): the ack then finds nothing it can settle
+				# and returns false (documented in the README).
+				my $open_claims = grep {
+					$_->{tag} != $tx->{tag} && ($_->{state} // '') eq 'open'
+					  && grep { $_->[0] eq 'claim' && $_->[1] == $inc } @{ $_->{ops} }
+				} values %{ $self->{txs} };
 				my $etx = $self->{txs}{ $e->{tx} };
-				if ($cls eq 'must' && !$d->{done} && !$acked_here && !$others && stable($S) && !$S->{ending}
+				if ($cls eq 'must' && !$d->{done} && !$acked_here && !$others && !$open_claims
+					&& stable($S) && !$S->{ending}
 					&& $etx->{t_commit_hi} < $seen_by)
 				{
 					$self->violation("ack($name, $id) returned false for a delivery that was not done"
