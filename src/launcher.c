@@ -311,7 +311,7 @@ outbox_utility_hook(PlannedStmt *pstmt, const char *queryString,
 					ParamListInfo params, QueryEnvironment *queryEnv,
 					DestReceiver *dest, QueryCompletion *qc)
 {
-	Oid			paused = InvalidOid;
+	volatile Oid paused = InvalidOid;
 	Node	   *stmt = pstmt->utilityStmt;
 
 	if (IsA(stmt, DropdbStmt))

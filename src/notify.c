@@ -293,47 +293,90 @@ notify_due(void)
 	return next;
 }
 
+/* the last notifications failed: leave them to the worker's next round */
+static bool notify_failed = false;
+
+typedef struct RoundArgs
+{
+	uint64		bits;
+	bool		timed;
+	bool		done;			/* fast path: notified from the cache */
+	TimestampTz next;
+} RoundArgs;
+
+/*
+ * The usual wake-up: with the subscriptions cached (the check is made
+ * after the transaction has taken in invalidations) there is no query to
+ * run, only notifications to send.
+ */
+static void
+notify_cached_unit(void *arg)
+{
+	RoundArgs  *r = arg;
+
+	if (sub_cache_valid)
+	{
+		outbox_notify_matching(r->bits);
+		r->done = true;
+	}
+}
+
+static void
+notify_round_unit(void *arg)
+{
+	RoundArgs  *r = arg;
+
+	if (r->bits != 0 || (r->timed && outbox_shared == NULL))
+		notify_ready(r->bits);
+	if (r->timed)
+		r->next = notify_due();
+}
+
 /*
  * The notifying part of a round, in one transaction, so that a
  * subscription gets at most one notification per round (PostgreSQL folds
  * identical notifications of a transaction into one): for commits that
- * made deliveries ready, for leases returned, for deliveries that came
- * due.  Returns when the next lease or delivery falls due.
+ * made deliveries ready, for deliveries that came due; then, when timed,
+ * lease expiry (lease.c), a subscription at a time.  Sets *next to when
+ * the next lease or delivery falls due.  Returns false if the
+ * notifications failed; their bits are then put back for a later round.
  */
-TimestampTz
-outbox_notify_round(uint64 bits, bool timed)
+bool
+outbox_notify_round(uint64 bits, bool timed, TimestampTz *next)
 {
-	TimestampTz next = 0;
+	RoundArgs	r;
 
+	*next = 0;
 	if (bits == 0 && !timed)
-		return 0;
+		return true;
+	memset(&r, 0, sizeof(r));
+	r.bits = bits;
+	r.timed = timed;
 	if (!timed && outbox_shared != NULL)
 	{
-		/*
-		 * The usual wake-up: with the subscriptions cached (the check is
-		 * made after the transaction has taken in invalidations) there is
-		 * no query to run, only notifications to send.
-		 */
-		pgstat_report_activity(STATE_RUNNING, "outbox: notify");
-		StartTransactionCommand();
-		if (sub_cache_valid)
+		if (!outbox_unit("outbox: notify", OUTBOX_UNIT_BARE, notify_cached_unit, &r))
 		{
-			outbox_notify_matching(bits);
-			CommitTransactionCommand();
-			return 0;
+			outbox_wake_again(bits);
+			notify_failed = true;
+			return false;
 		}
-		CommitTransactionCommand();
+		if (r.done)
+		{
+			notify_failed = false;
+			return true;
+		}
 	}
-	outbox_unit_begin("outbox: notify");
-	if (bits != 0 || (timed && outbox_shared == NULL))
-		notify_ready(bits);
-	if (timed)
+	if (!outbox_unit("outbox: notify", 0, notify_round_unit, &r))
 	{
-		next = outbox_expire_leases();
-		next = outbox_earliest(next, notify_due());
+		outbox_wake_again(bits);
+		notify_failed = true;
+		return false;
 	}
-	outbox_unit_end();
-	return next;
+	notify_failed = false;
+	*next = r.next;
+	if (timed)
+		*next = outbox_earliest(*next, outbox_expire_leases());
+	return true;
 }
 
 /*
@@ -361,24 +404,19 @@ outbox_take_wake_bits(void)
 /*
  * Between the units of a maintenance round: send the notifications of
  * commits that came in meanwhile, so that a long round (many
- * subscriptions) does not hold them back.
+ * subscriptions) does not hold them back.  If that fails, the bits are
+ * put back and the worker's next round tries again (not this round,
+ * once per subscription).
  */
 void
 outbox_notify_between(void)
 {
-	uint64		bits = outbox_take_wake_bits();
+	uint64		bits;
+	TimestampTz next;
 
-	if (bits == 0)
+	if (notify_failed)
 		return;
-	PG_TRY();
-	{
-		(void) outbox_notify_round(bits, false);
-	}
-	PG_CATCH();
-	{
-		/* the round's error handling will look at them again */
-		pg_atomic_fetch_or_u64(&wake_slot->wake, bits);
-		PG_RE_THROW();
-	}
-	PG_END_TRY();
+	bits = outbox_take_wake_bits();
+	if (bits != 0)
+		(void) outbox_notify_round(bits, false, &next);
 }

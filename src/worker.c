@@ -122,18 +122,15 @@ exit_no_extension(void)
 	proc_exit(0);
 }
 
-/*
- * Should this worker go on?  Not once the extension is dropped, nor when
- * its database became a template or stopped allowing connections (the
- * worker would keep it from being copied).
- */
-static bool
-extension_present(void)
+/* this worker's database, for the log */
+static char dbname[NAMEDATALEN] = "";
+
+static void
+extension_present_unit(void *arg)
 {
 	bool		present;
 	HeapTuple	tup;
 
-	StartTransactionCommand();
 	present = OidIsValid(get_extension_oid("outbox", true));
 	tup = SearchSysCache1(DATABASEOID, ObjectIdGetDatum(MyDatabaseId));
 	if (HeapTupleIsValid(tup))
@@ -142,9 +139,25 @@ extension_present(void)
 
 		if (db->datistemplate || !db->datallowconn)
 			present = false;
+		strlcpy(dbname, NameStr(db->datname), sizeof(dbname));
 		ReleaseSysCache(tup);
 	}
-	CommitTransactionCommand();
+	*(bool *) arg = present;
+}
+
+/*
+ * Should this worker go on?  Not once the extension is dropped, nor when
+ * its database became a template or stopped allowing connections (the
+ * worker would keep it from being copied).  If the lookup itself fails,
+ * the worker goes on, and looks again next round.
+ */
+static bool
+extension_present(void)
+{
+	bool		present = true;
+
+	(void) outbox_unit("outbox: check the extension", OUTBOX_UNIT_BARE,
+					   extension_present_unit, &present);
 	return present;
 }
 
@@ -152,19 +165,20 @@ extension_present(void)
  * One round of work.  A wake-up by commits only notifies; leases, due
  * deliveries and maintenance wait for their time (timed), so that a busy
  * stream of commits does not make the worker redo them after every one.
- * Returns when the timed work is due next.
+ * Sets *next to when the timed work is due next.  Returns false if the
+ * notifications failed (the rest of the round contains its own errors).
  */
-static TimestampTz
-round_of_work(uint64 wake_bits, bool timed)
+static bool
+round_of_work(uint64 wake_bits, bool timed, TimestampTz *next)
 {
-	TimestampTz next = outbox_notify_round(wake_bits, timed);
-
+	if (!outbox_notify_round(wake_bits, timed, next))
+		return false;
 	if (!timed)
-		return 0;
+		return true;
 	outbox_maintain();
-	next = outbox_earliest(next, TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-															  outbox_naptime));
-	return next;
+	*next = outbox_earliest(*next, TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+															   outbox_naptime));
+	return true;
 }
 
 void
@@ -172,6 +186,7 @@ outbox_worker_main(Datum arg)
 {
 	Oid			dboid = DatumGetObjectId(arg);
 	int			error_pause = 0;
+	TimestampTz paused_until = 0;
 	MemoryContext round_cxt;
 	TimestampTz next_timed = 0;
 
@@ -199,17 +214,24 @@ outbox_worker_main(Datum arg)
 	if (!extension_present())
 		exit_no_extension();
 
-	ereport(LOG, (errmsg("outbox worker started for database %u", MyDatabaseId)));
+	ereport(LOG, (errmsg("outbox worker started for database \"%s\"", dbname)));
 
 	round_cxt = AllocSetContextCreate(TopMemoryContext, "outbox worker round",
 									  ALLOCSET_DEFAULT_SIZES);
 	/* wake-ups of commits before a crash or restart were lost: look at all */
 	outbox_wake_again(OUTBOX_WAKE_ALL);
+
+	/*
+	 * Every piece of work runs as a unit (outbox_unit), which contains its
+	 * own errors: nothing here needs to catch any.
+	 */
 	for (;;)
 	{
 		long		timeout;
-		uint64		wake_bits = 0;
+		uint64		wake_bits;
 		bool		timed;
+		TimestampTz now;
+		TimestampTz next;
 
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
@@ -217,50 +239,50 @@ outbox_worker_main(Datum arg)
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
 		}
-		wake_bits = outbox_take_wake_bits();
 
-		if (!extension_present())
+		now = GetCurrentTimestamp();
+		if (now >= paused_until)
 		{
-			ereport(LOG, (errmsg("outbox worker stopping: database %u no longer has the extension, or is a template or closed to connections",
-								 MyDatabaseId)));
-			exit_no_extension();
-		}
+			wake_bits = outbox_take_wake_bits();
 
-		MemoryContextSwitchTo(round_cxt);
-		PG_TRY();
-		{
-			timed = next_timed == 0 || GetCurrentTimestamp() >= next_timed;
-			if (timed)
-				next_timed = round_of_work(wake_bits, true);
-			else
-				(void) round_of_work(wake_bits, false);
-			error_pause = 0;
+			if (!extension_present())
+			{
+				ereport(LOG, (errmsg("outbox worker stopping: database \"%s\" no longer has the extension, or is a template or closed to connections",
+									 dbname)));
+				exit_no_extension();
+			}
 
-			/*
-			 * Under a stream of commits, let a millisecond's worth gather
-			 * before the next round: one notification then serves them
-			 * all, and the worker takes little CPU from the producers.
-			 */
-			if (wake_bits != 0)
-				(void) WaitLatch(MyLatch, WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-								 WAKE_GATHER_MS, PG_WAIT_EXTENSION);
-		}
-		PG_CATCH();
-		{
 			MemoryContextSwitchTo(round_cxt);
-			EmitErrorReport();
-			FlushErrorState();
-			AbortCurrentTransaction();
-			error_pause = error_pause == 0 ? 1000 : Min(error_pause * 2, MAX_ERROR_PAUSE_MS);
-			next_timed = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), error_pause);
-			/* commits of this round may have been missed: look at all again */
-			outbox_wake_again(wake_bits);
-		}
-		PG_END_TRY();
-		MemoryContextSwitchTo(TopMemoryContext);
-		MemoryContextReset(round_cxt);
-		pgstat_report_activity(STATE_IDLE, NULL);
+			timed = next_timed == 0 || now >= next_timed;
+			if (round_of_work(wake_bits, timed, &next))
+			{
+				error_pause = 0;
+				if (timed)
+					next_timed = next;
 
+				/*
+				 * Under a stream of commits, let a millisecond's worth
+				 * gather before the next round: one notification then
+				 * serves them all, and the worker takes little CPU from the
+				 * producers.
+				 */
+				if (wake_bits != 0)
+					(void) WaitLatch(MyLatch, WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+									 WAKE_GATHER_MS, PG_WAIT_EXTENSION);
+			}
+			else
+			{
+				/* logged; the bits are back; try again after a growing pause */
+				error_pause = error_pause == 0 ? 1000 : Min(error_pause * 2, MAX_ERROR_PAUSE_MS);
+				paused_until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), error_pause);
+				next_timed = paused_until;
+			}
+			MemoryContextSwitchTo(TopMemoryContext);
+			MemoryContextReset(round_cxt);
+			pgstat_report_activity(STATE_IDLE, NULL);
+		}
+
+		/* until the timed work is due, or a commit wakes us; while paused, the pause */
 		timeout = outbox_naptime;
 		if (next_timed != 0)
 		{
@@ -268,8 +290,6 @@ outbox_worker_main(Datum arg)
 
 			timeout = Min(timeout, Max(until, 1));
 		}
-		if (error_pause > 0)
-			timeout = error_pause;
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 timeout, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
