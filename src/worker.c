@@ -280,6 +280,8 @@ outbox_worker_main(Datum arg)
 			MemoryContextSwitchTo(TopMemoryContext);
 			MemoryContextReset(round_cxt);
 			pgstat_report_activity(STATE_IDLE, NULL);
+			/* what its units did (dead rows for autovacuum among them) */
+			pgstat_report_stat(false);
 		}
 
 		/* until the timed work is due, or a commit wakes us; while paused, the pause */
