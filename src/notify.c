@@ -24,6 +24,13 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
+/*
+ * The worker's slot in shared memory.  NULL without shared memory, or when
+ * every slot serves another database: then no wake-ups come, and each
+ * timed round looks for what became ready instead.
+ */
+static OutboxDbSlot *wake_slot = NULL;
+
 void
 outbox_notify_sub(const char *name)
 {
@@ -35,8 +42,8 @@ outbox_notify_sub(const char *name)
 
 /*
  * Notify the subscriptions (not paused) that read any of the topics whose
- * bits are set.  Without shared memory there are no bits: look at the
- * events and ready deliveries that appeared since the last round instead.
+ * bits are set.  Without a slot there are no bits: look at the events and
+ * ready deliveries that appeared since the last round instead.
  */
 
 static void
@@ -57,7 +64,7 @@ notify_ready(uint64 bits)
 									" WHERE d.state = 'ready'", 0, NULL);
 	}
 
-	if (outbox_shared == NULL)
+	if (wake_slot == NULL)
 	{
 		Datum		arg;
 
@@ -88,8 +95,6 @@ notify_ready(uint64 bits)
 	outbox_notify_matching(bits);
 }
 
-/* the worker's slot in shared memory (NULL without it) */
-static OutboxDbSlot *wake_slot = NULL;
 
 /* subs_changes of the slot when the worker last took it in */
 static uint32 subs_changes_seen = 0;
@@ -326,7 +331,7 @@ notify_round_unit(void *arg)
 {
 	RoundArgs  *r = arg;
 
-	if (r->bits != 0 || (r->timed && outbox_shared == NULL))
+	if (r->bits != 0 || (r->timed && wake_slot == NULL))
 		notify_ready(r->bits);
 	if (r->timed)
 		r->next = notify_due();
@@ -352,7 +357,7 @@ outbox_notify_round(uint64 bits, bool timed, TimestampTz *next)
 	memset(&r, 0, sizeof(r));
 	r.bits = bits;
 	r.timed = timed;
-	if (!timed && outbox_shared != NULL)
+	if (!timed && wake_slot != NULL)
 	{
 		if (!outbox_unit("outbox: notify", OUTBOX_UNIT_BARE, notify_cached_unit, &r))
 		{

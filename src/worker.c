@@ -215,6 +215,11 @@ outbox_worker_main(Datum arg)
 		exit_no_extension();
 
 	ereport(LOG, (errmsg("outbox worker started for database \"%s\"", dbname)));
+	if (outbox_shared != NULL && my_slot == NULL)
+		ereport(LOG,
+				(errmsg("outbox worker for database \"%s\" has no slot: all %d serve other databases",
+						dbname, OUTBOX_MAX_DATABASES),
+				 errdetail("It is not woken by commits; it looks for work every outbox.naptime.")));
 
 	round_cxt = AllocSetContextCreate(TopMemoryContext, "outbox worker round",
 									  ALLOCSET_DEFAULT_SIZES);
