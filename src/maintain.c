@@ -124,9 +124,10 @@ typedef struct SubFailure
 static List *sub_failures = NIL;	/* in TopMemoryContext */
 
 /*
- * A unit of work for one subscription (outbox_unit).  If that work failed
- * for it before, it waits a pause that doubles with each failure, up to a
- * minute, so that a subscription whose row breaks its maintenance costs a
+ * A unit of work for one subscription, or with sub_id 0 for the whole
+ * database (outbox_unit).  If that work failed before, it waits a pause
+ * that doubles with each failure, up to a minute, so that a subscription
+ * whose row breaks its maintenance (or a step that keeps failing) costs a
  * logged error now and then, not every round, and never holds up the
  * others.  Returns whether the unit ran and committed.
  */

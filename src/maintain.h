@@ -22,9 +22,15 @@ typedef void (*OutboxUnitFn) (void *arg);
 extern bool outbox_unit(const char *what, int flags, OutboxUnitFn fn, void *arg);
 extern void outbox_maintain(void);
 
-/* per-subscription work, for outbox_sub_unit's memory of failures */
+/*
+ * Kinds of work, for outbox_sub_unit's memory of failures: per
+ * subscription, or (sub_id 0) for the whole database.
+ */
 #define OUTBOX_SUB_ADVANCE	0
 #define OUTBOX_SUB_EXPIRE	1
+#define OUTBOX_DB_CLEAN_UP	2
+#define OUTBOX_DB_RETENTION 3
+#define OUTBOX_DB_ROTATE	4
 
 extern bool outbox_sub_unit(const char *what, int kind, int32 sub_id, int flags,
 							OutboxUnitFn fn, void *arg);

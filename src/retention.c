@@ -74,7 +74,7 @@ clean_up_unit(void *arg)
 void
 outbox_clean_up(void)
 {
-	(void) outbox_unit("outbox: clean up", 0, clean_up_unit, NULL);
+	(void) outbox_sub_unit("outbox: clean up", OUTBOX_DB_CLEAN_UP, 0, 0, clean_up_unit, NULL);
 }
 
 static int64
@@ -198,7 +198,8 @@ rotate_and_truncate_unit(void *arg)
 void
 outbox_rotate_and_truncate(void)
 {
-	(void) outbox_unit("outbox: retention", 0, rotate_and_truncate_unit, NULL);
+	(void) outbox_sub_unit("outbox: retention", OUTBOX_DB_RETENTION, 0, 0,
+						   rotate_and_truncate_unit, NULL);
 }
 
 /*
@@ -310,16 +311,17 @@ outbox_rotate_chain(void)
 		since = r.now;
 
 	/* the oldest generation, gen - 3: empty it if nothing needs it */
-	if (!outbox_unit("outbox: rotate", 0, rotate_check_unit, &r))
+	if (!outbox_sub_unit("outbox: rotate", OUTBOX_DB_ROTATE, 0, 0, rotate_check_unit, &r))
 		return;
 	if (r.truncate)
-		(void) outbox_unit("outbox: rotate", 0, rotate_truncate_unit, &r);
+		(void) outbox_sub_unit("outbox: rotate", OUTBOX_DB_ROTATE, 0, 0, rotate_truncate_unit, &r);
 
 	/* a new generation, if the current one has rows and is old enough */
 	if (TimestampDifferenceExceeds(since, r.now, outbox_chain_rotation))
 	{
 		r.started = false;
-		if (outbox_unit("outbox: rotate", 0, rotate_start_unit, &r) && r.started)
+		if (outbox_sub_unit("outbox: rotate", OUTBOX_DB_ROTATE, 0, 0, rotate_start_unit, &r) &&
+			r.started)
 			since = r.now;
 	}
 }
