@@ -189,6 +189,14 @@ create_xact_callback(XactEvent event, void *arg)
 				slot->failures = 0;
 				slot->retry_at = 0;
 			}
+			else
+			{
+				/*
+				 * No slot free: the launcher must at least stop believing
+				 * this database has no outbox, to say it cannot serve it.
+				 */
+				outbox_shared->forget_no_extension = true;
+			}
 			latch = outbox_shared->launcher_latch;
 			LWLockRelease(outbox_shared->lock);
 			if (latch != NULL)
@@ -356,7 +364,7 @@ outbox_launcher_init(void)
 }
 
 /* handles of the workers this launcher started, by slot */
-static BackgroundWorkerHandle *handles[OUTBOX_MAX_DATABASES];
+static BackgroundWorkerHandle **handles;
 
 /*
  * Databases whose worker found no outbox, and when.  Slots are for the
@@ -372,8 +380,8 @@ typedef struct NoExtensionDb
 
 static HTAB *no_extension_dbs = NULL;
 
-/* the slot table was full in the last pass, and that was logged */
-static bool full_logged = false;
+/* databases the log was told have no slot (until a worker serves them) */
+static HTAB *told_no_slot = NULL;
 
 /*
  * One pass: forget dropped databases, notice workers that stopped, take
@@ -392,7 +400,8 @@ launcher_pass_unit(void *arg)
 	int			nstarting = 0;
 	int			i;
 	TimestampTz now = GetCurrentTimestamp();
-	Oid			unserved = InvalidOid;
+	List	   *unserved = NIL;
+	ListCell   *lc;
 	HASH_SEQ_STATUS seq;
 	NoExtensionDb *ne;
 
@@ -424,12 +433,25 @@ launcher_pass_unit(void *arg)
 	while ((ne = hash_seq_search(&seq)) != NULL)
 		if (bsearch(&ne->dboid, dbs, ndbs, sizeof(Oid), oid_cmp) == NULL)
 			(void) hash_search(no_extension_dbs, &ne->dboid, HASH_REMOVE, NULL);
+	hash_seq_init(&seq, told_no_slot);
+	while ((ne = hash_seq_search(&seq)) != NULL)
+		if (bsearch(&ne->dboid, dbs, ndbs, sizeof(Oid), oid_cmp) == NULL)
+			(void) hash_search(told_no_slot, &ne->dboid, HASH_REMOVE, NULL);
 
 	/* released by the transaction's end if anything below fails */
 	LWLockAcquire(outbox_shared->lock, LW_EXCLUSIVE);
 
+	/* a CREATE EXTENSION found no slot: look at every database again */
+	if (outbox_shared->forget_no_extension)
+	{
+		outbox_shared->forget_no_extension = false;
+		hash_seq_init(&seq, no_extension_dbs);
+		while ((ne = hash_seq_search(&seq)) != NULL)
+			(void) hash_search(no_extension_dbs, &ne->dboid, HASH_REMOVE, NULL);
+	}
+
 	/* workers that stopped */
-	for (i = 0; i < OUTBOX_MAX_DATABASES; i++)
+	for (i = 0; i < outbox_shared->nslots; i++)
 	{
 		OutboxDbSlot *slot = &outbox_shared->slots[i];
 		pid_t		pid;
@@ -447,7 +469,7 @@ launcher_pass_unit(void *arg)
 	 * Slots of databases that are gone, and of databases whose worker found
 	 * no outbox: those are remembered here instead.
 	 */
-	for (i = 0; i < OUTBOX_MAX_DATABASES; i++)
+	for (i = 0; i < outbox_shared->nslots; i++)
 	{
 		OutboxDbSlot *slot = &outbox_shared->slots[i];
 
@@ -464,9 +486,13 @@ launcher_pass_unit(void *arg)
 		}
 	}
 
-	for (i = 0; i < OUTBOX_MAX_DATABASES; i++)
+	for (i = 0; i < outbox_shared->nslots; i++)
+	{
 		if (outbox_shared->slots[i].starting)
 			nstarting++;
+		if (outbox_shared->slots[i].pid != 0)
+			(void) hash_search(told_no_slot, &outbox_shared->slots[i].dboid, HASH_REMOVE, NULL);
+	}
 
 	for (i = 0; i < ndbs && nstarting < MAX_STARTING; i++)
 	{
@@ -486,8 +512,8 @@ launcher_pass_unit(void *arg)
 			if (slot == NULL)
 			{
 				/* every slot serves a database with the extension */
-				if (!OidIsValid(unserved))
-					unserved = dbs[i];
+				if (hash_search(told_no_slot, &dbs[i], HASH_FIND, NULL) == NULL)
+					unserved = lappend_oid(unserved, dbs[i]);
 				continue;
 			}
 			if (ne != NULL)
@@ -519,13 +545,18 @@ launcher_pass_unit(void *arg)
 	}
 	LWLockRelease(outbox_shared->lock);
 
-	/* said once, until there is room again */
-	if (OidIsValid(unserved) && !full_logged)
+	/* said once per database, until a worker serves it */
+	foreach(lc, unserved)
+	{
+		Oid			dboid = lfirst_oid(lc);
+
+		(void) hash_search(told_no_slot, &dboid, HASH_ENTER, NULL);
 		ereport(LOG,
-				(errmsg("outbox launcher cannot serve database \"%s\": all %d worker slots serve databases with the extension",
-						get_database_name(unserved), OUTBOX_MAX_DATABASES),
-				 errdetail("Databases beyond that many are not served until a slot is free.")));
-	full_logged = OidIsValid(unserved);
+				(errmsg("outbox launcher has no slot for database \"%s\": all %d serve databases with the extension",
+						get_database_name(dboid), outbox_shared->nslots),
+				 errdetail("It is not served (nor looked at, if it has no outbox) until a slot is free."),
+				 errhint("Raise outbox.max_databases.")));
+	}
 }
 
 static void
@@ -554,10 +585,14 @@ outbox_launcher_main(Datum arg)
 	if (outbox_shared == NULL)
 		elog(FATAL, "outbox launcher started without outbox in shared_preload_libraries");
 
+	handles = MemoryContextAllocZero(TopMemoryContext,
+									 sizeof(BackgroundWorkerHandle *) * outbox_shared->nslots);
 	ctl.keysize = sizeof(Oid);
 	ctl.entrysize = sizeof(NoExtensionDb);
 	no_extension_dbs = hash_create("outbox databases without the extension", 64, &ctl,
 								   HASH_ELEM | HASH_BLOBS);
+	told_no_slot = hash_create("outbox databases without a slot", 64, &ctl,
+							   HASH_ELEM | HASH_BLOBS);
 
 	LWLockAcquire(outbox_shared->lock, LW_EXCLUSIVE);
 	outbox_shared->launcher_pid = MyProcPid;
@@ -569,7 +604,7 @@ outbox_launcher_main(Datum arg)
 	 * never be cleared.  A worker that does start claims its slot itself
 	 * (and a second one in the same database leaves at once).
 	 */
-	for (i = 0; i < OUTBOX_MAX_DATABASES; i++)
+	for (i = 0; i < outbox_shared->nslots; i++)
 		outbox_shared->slots[i].starting = false;
 	LWLockRelease(outbox_shared->lock);
 	on_shmem_exit(launcher_detach, 0);

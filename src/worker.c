@@ -78,7 +78,33 @@ worker_detach(int code, Datum arg)
 }
 
 /*
- * Claim this database's slot.  Returns false if another worker runs here.
+ * Take this database's slot, if there is one to take (every slot may serve
+ * another database).  Caller holds no lock.
+ */
+static void
+take_slot(void)
+{
+	OutboxDbSlot *slot;
+
+	LWLockAcquire(outbox_shared->lock, LW_EXCLUSIVE);
+	slot = outbox_slot_get(MyDatabaseId);
+	if (slot != NULL && slot->pid != 0 && slot->pid != MyProcPid)
+		slot = NULL;			/* can't happen: we hold the database's lock */
+	if (slot != NULL)
+	{
+		slot->pid = MyProcPid;
+		slot->latch = MyLatch;
+		slot->starting = false;
+		slot->no_extension = false;
+	}
+	my_slot = slot;
+	LWLockRelease(outbox_shared->lock);
+	outbox_notify_attach(my_slot);
+}
+
+/*
+ * Claim this database: its lock, and its slot if there is one.  Returns
+ * false if another worker runs here.
  */
 static bool
 attach(void)
@@ -92,17 +118,7 @@ attach(void)
 
 	if (outbox_shared == NULL)
 		return true;
-	LWLockAcquire(outbox_shared->lock, LW_EXCLUSIVE);
-	my_slot = outbox_slot_get(MyDatabaseId);
-	if (my_slot != NULL)
-	{
-		my_slot->pid = MyProcPid;
-		my_slot->latch = MyLatch;
-		my_slot->starting = false;
-		my_slot->no_extension = false;
-	}
-	LWLockRelease(outbox_shared->lock);
-	outbox_notify_attach(my_slot);
+	take_slot();
 	on_shmem_exit(worker_detach, 0);
 	return true;
 }
@@ -218,8 +234,9 @@ outbox_worker_main(Datum arg)
 	if (outbox_shared != NULL && my_slot == NULL)
 		ereport(LOG,
 				(errmsg("outbox worker for database \"%s\" has no slot: all %d serve other databases",
-						dbname, OUTBOX_MAX_DATABASES),
-				 errdetail("It is not woken by commits; it looks for work every outbox.naptime.")));
+						dbname, outbox_shared->nslots),
+				 errdetail("It is not woken by commits; it looks for work every outbox.naptime."),
+				 errhint("Raise outbox.max_databases.")));
 
 	round_cxt = AllocSetContextCreate(TopMemoryContext, "outbox worker round",
 									  ALLOCSET_DEFAULT_SIZES);
@@ -243,6 +260,21 @@ outbox_worker_main(Datum arg)
 		{
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
+		}
+
+		/*
+		 * Without a slot, take one as soon as one is free: until then no
+		 * commit can wake this worker, and the launcher would start another.
+		 */
+		if (outbox_shared != NULL && my_slot == NULL)
+		{
+			take_slot();
+			if (my_slot != NULL)
+			{
+				ereport(LOG, (errmsg("outbox worker for database \"%s\" now has a slot", dbname)));
+				/* commits while it had none woke nobody */
+				outbox_wake_again(OUTBOX_WAKE_ALL);
+			}
 		}
 
 		now = GetCurrentTimestamp();
