@@ -232,17 +232,15 @@ outbox_notify_matching(uint64 bits)
 
 /*
  * Notify the subscriptions whose delayed or retried deliveries came due
- * since the last round.  Returns when the next one comes due.
+ * after last, up to now.  Returns when the next one comes due.
  */
 static TimestampTz
-notify_due(void)
+notify_due(TimestampTz last, TimestampTz now)
 {
 	static SPIPlanPtr due_plan = NULL;
 	static SPIPlanPtr next_plan = NULL;
 	static SPIPlanPtr delayed_plan = NULL;
 	static SPIPlanPtr next_delayed_plan = NULL;
-	static TimestampTz last = 0;
-	TimestampTz now = GetCurrentTimestamp();
 	TimestampTz next = 0;
 	Datum		args[2];
 	uint64		i;
@@ -294,9 +292,11 @@ notify_due(void)
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	if (!isnull)
 		next = outbox_earliest(next, DatumGetTimestampTz(d));
-	last = now;
 	return next;
 }
+
+/* deliveries that came due up to this time were notified */
+static TimestampTz due_seen = 0;
 
 /* the last notifications failed: leave them to the worker's next round */
 static bool notify_failed = false;
@@ -306,6 +306,7 @@ typedef struct RoundArgs
 	uint64		bits;
 	bool		timed;
 	bool		done;			/* fast path: notified from the cache */
+	TimestampTz now;			/* deliveries due by then are notified */
 	TimestampTz next;
 } RoundArgs;
 
@@ -334,7 +335,7 @@ notify_round_unit(void *arg)
 	if (r->bits != 0 || (r->timed && wake_slot == NULL))
 		notify_ready(r->bits);
 	if (r->timed)
-		r->next = notify_due();
+		r->next = notify_due(due_seen, r->now);
 }
 
 /*
@@ -357,6 +358,7 @@ outbox_notify_round(uint64 bits, bool timed, TimestampTz *next)
 	memset(&r, 0, sizeof(r));
 	r.bits = bits;
 	r.timed = timed;
+	r.now = GetCurrentTimestamp();
 	if (!timed && wake_slot != NULL)
 	{
 		if (!outbox_unit("outbox: notify", OUTBOX_UNIT_BARE, notify_cached_unit, &r))
@@ -378,6 +380,9 @@ outbox_notify_round(uint64 bits, bool timed, TimestampTz *next)
 		return false;
 	}
 	notify_failed = false;
+	/* only once committed: a failed round's due deliveries are notified later */
+	if (timed)
+		due_seen = r.now;
 	*next = r.next;
 	if (timed)
 		*next = outbox_earliest(*next, outbox_expire_leases());
