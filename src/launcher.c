@@ -20,6 +20,7 @@
  *-------------------------------------------------------------------------
  */
 #include "shmem.h"
+#include "maintain.h"
 
 #include "access/genam.h"
 #include "access/heapam.h"
@@ -39,6 +40,8 @@
 #include "storage/proc.h"
 #include "tcop/utility.h"
 #include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
@@ -186,6 +189,14 @@ create_xact_callback(XactEvent event, void *arg)
 				slot->failures = 0;
 				slot->retry_at = 0;
 			}
+			else
+			{
+				/*
+				 * No slot free: the launcher must at least stop believing
+				 * this database has no outbox, to say it cannot serve it.
+				 */
+				outbox_shared->forget_no_extension = true;
+			}
 			latch = outbox_shared->launcher_latch;
 			LWLockRelease(outbox_shared->lock);
 			if (latch != NULL)
@@ -239,8 +250,9 @@ pause_worker(const char *dbname, bool for_copy)
 		(for_copy && !have_createdb_privilege()))
 		return InvalidOid;
 
+	/* a slot even without the extension: the launcher must not probe it */
 	LWLockAcquire(outbox_shared->lock, LW_EXCLUSIVE);
-	slot = outbox_slot_find(dboid);
+	slot = outbox_slot_get(dboid);
 	if (slot != NULL)
 	{
 		slot->dropping_until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
@@ -311,7 +323,7 @@ outbox_utility_hook(PlannedStmt *pstmt, const char *queryString,
 					ParamListInfo params, QueryEnvironment *queryEnv,
 					DestReceiver *dest, QueryCompletion *qc)
 {
-	Oid			paused = InvalidOid;
+	volatile Oid paused = InvalidOid;
 	Node	   *stmt = pstmt->utilityStmt;
 
 	if (IsA(stmt, DropdbStmt))
@@ -352,60 +364,94 @@ outbox_launcher_init(void)
 }
 
 /* handles of the workers this launcher started, by slot */
-static BackgroundWorkerHandle *handles[OUTBOX_MAX_DATABASES];
+static BackgroundWorkerHandle **handles;
 
 /*
- * One pass: forget dropped databases, notice workers that stopped, start
- * the workers that are missing.
+ * Databases whose worker found no outbox, and when.  Slots are for the
+ * databases that have the extension: one without it gives its slot back
+ * once its probe is over, and is remembered here (by this launcher only)
+ * until it is looked at again.
+ */
+typedef struct NoExtensionDb
+{
+	Oid			dboid;			/* hash key */
+	TimestampTz checked_at;
+} NoExtensionDb;
+
+static HTAB *no_extension_dbs = NULL;
+
+/* databases the log was told have no slot (until a worker serves them) */
+static HTAB *told_no_slot = NULL;
+
+/*
+ * One pass: forget dropped databases, notice workers that stopped, take
+ * back the slots of databases without the extension, start the workers
+ * that are missing.
  */
 static void
-launcher_pass(void)
+launcher_pass_unit(void *arg)
 {
 	Relation	rel;
 	TableScanDesc scan;
 	HeapTuple	tup;
-	Oid			dbs[OUTBOX_MAX_DATABASES];
+	Oid		   *dbs;
 	int			ndbs = 0;
+	int			maxdbs = 256;
 	int			nstarting = 0;
 	int			i;
 	TimestampTz now = GetCurrentTimestamp();
+	List	   *unserved = NIL;
+	ListCell   *lc;
+	HASH_SEQ_STATUS seq;
+	NoExtensionDb *ne;
 
-	StartTransactionCommand();
+	/* every database there is, however many */
+	dbs = palloc(sizeof(Oid) * maxdbs);
 	PushActiveSnapshot(GetTransactionSnapshot());
 	rel = table_open(DatabaseRelationId, AccessShareLock);
 	scan = table_beginscan_catalog(rel, 0, NULL);
-	while ((tup = heap_getnext(scan, ForwardScanDirection)) != NULL &&
-		   ndbs < OUTBOX_MAX_DATABASES)
+	while ((tup = heap_getnext(scan, ForwardScanDirection)) != NULL)
 	{
 		Form_pg_database db = (Form_pg_database) GETSTRUCT(tup);
 
-		if (db->datallowconn && !db->datistemplate)
-			dbs[ndbs++] = db->oid;
+		if (!db->datallowconn || db->datistemplate)
+			continue;
+		if (ndbs == maxdbs)
+		{
+			maxdbs *= 2;
+			dbs = repalloc(dbs, sizeof(Oid) * maxdbs);
+		}
+		dbs[ndbs++] = db->oid;
 	}
 	table_endscan(scan);
 	table_close(rel, AccessShareLock);
 	PopActiveSnapshot();
-	CommitTransactionCommand();
+	qsort(dbs, ndbs, sizeof(Oid), oid_cmp);
 
+	/* forget databases without the extension that are gone */
+	hash_seq_init(&seq, no_extension_dbs);
+	while ((ne = hash_seq_search(&seq)) != NULL)
+		if (bsearch(&ne->dboid, dbs, ndbs, sizeof(Oid), oid_cmp) == NULL)
+			(void) hash_search(no_extension_dbs, &ne->dboid, HASH_REMOVE, NULL);
+	hash_seq_init(&seq, told_no_slot);
+	while ((ne = hash_seq_search(&seq)) != NULL)
+		if (bsearch(&ne->dboid, dbs, ndbs, sizeof(Oid), oid_cmp) == NULL)
+			(void) hash_search(told_no_slot, &ne->dboid, HASH_REMOVE, NULL);
+
+	/* released by the transaction's end if anything below fails */
 	LWLockAcquire(outbox_shared->lock, LW_EXCLUSIVE);
 
-	/* slots of databases that are gone */
-	for (i = 0; i < OUTBOX_MAX_DATABASES; i++)
+	/* a CREATE EXTENSION found no slot: look at every database again */
+	if (outbox_shared->forget_no_extension)
 	{
-		OutboxDbSlot *slot = &outbox_shared->slots[i];
-		int			j;
-		bool		present = false;
-
-		if (slot->dboid == InvalidOid)
-			continue;
-		for (j = 0; j < ndbs && !present; j++)
-			present = dbs[j] == slot->dboid;
-		if (!present && slot->pid == 0 && !slot->starting)
-			slot->dboid = InvalidOid;
+		outbox_shared->forget_no_extension = false;
+		hash_seq_init(&seq, no_extension_dbs);
+		while ((ne = hash_seq_search(&seq)) != NULL)
+			(void) hash_search(no_extension_dbs, &ne->dboid, HASH_REMOVE, NULL);
 	}
 
 	/* workers that stopped */
-	for (i = 0; i < OUTBOX_MAX_DATABASES; i++)
+	for (i = 0; i < outbox_shared->nslots; i++)
 	{
 		OutboxDbSlot *slot = &outbox_shared->slots[i];
 		pid_t		pid;
@@ -419,26 +465,70 @@ launcher_pass(void)
 		slot->starting = false;
 	}
 
-	for (i = 0; i < OUTBOX_MAX_DATABASES; i++)
+	/*
+	 * Slots of databases that are gone, and of databases whose worker found
+	 * no outbox: those are remembered here instead.
+	 */
+	for (i = 0; i < outbox_shared->nslots; i++)
+	{
+		OutboxDbSlot *slot = &outbox_shared->slots[i];
+
+		if (slot->dboid == InvalidOid || slot->pid != 0 || slot->starting ||
+			handles[i] != NULL)
+			continue;
+		if (bsearch(&slot->dboid, dbs, ndbs, sizeof(Oid), oid_cmp) == NULL)
+			slot->dboid = InvalidOid;
+		else if (slot->no_extension && slot->dropping_until <= now)
+		{
+			ne = hash_search(no_extension_dbs, &slot->dboid, HASH_ENTER, NULL);
+			ne->checked_at = slot->checked_at;
+			slot->dboid = InvalidOid;
+		}
+	}
+
+	for (i = 0; i < outbox_shared->nslots; i++)
+	{
 		if (outbox_shared->slots[i].starting)
 			nstarting++;
+		if (outbox_shared->slots[i].pid != 0)
+			(void) hash_search(told_no_slot, &outbox_shared->slots[i].dboid, HASH_REMOVE, NULL);
+	}
 
 	for (i = 0; i < ndbs && nstarting < MAX_STARTING; i++)
 	{
-		OutboxDbSlot *slot = outbox_slot_get(dbs[i]);
+		OutboxDbSlot *slot = outbox_slot_find(dbs[i]);
 		int			n;
+		bool		registered;
+		MemoryContext old;
 
 		if (slot == NULL)
-			break;				/* table full: more databases than we serve */
+		{
+			/* no outbox there when last looked at: not yet again */
+			ne = hash_search(no_extension_dbs, &dbs[i], HASH_FIND, NULL);
+			if (ne != NULL &&
+				!TimestampDifferenceExceeds(ne->checked_at, now, RECHECK_NO_EXTENSION_MS))
+				continue;
+			slot = outbox_slot_get(dbs[i]);
+			if (slot == NULL)
+			{
+				/* every slot serves a database with the extension */
+				if (hash_search(told_no_slot, &dbs[i], HASH_FIND, NULL) == NULL)
+					unserved = lappend_oid(unserved, dbs[i]);
+				continue;
+			}
+			if (ne != NULL)
+				(void) hash_search(no_extension_dbs, &dbs[i], HASH_REMOVE, NULL);
+		}
 		n = slot - outbox_shared->slots;
 		if (slot->pid != 0 || slot->starting || handles[n] != NULL)
 			continue;
 		if (slot->dropping_until > now || slot->retry_at > now)
 			continue;
-		if (slot->no_extension &&
-			!TimestampDifferenceExceeds(slot->checked_at, now, RECHECK_NO_EXTENSION_MS))
-			continue;
-		if (register_worker(slot->dboid, true, &handles[n]))
+		/* the handle outlives this transaction */
+		old = MemoryContextSwitchTo(TopMemoryContext);
+		registered = register_worker(slot->dboid, true, &handles[n]);
+		MemoryContextSwitchTo(old);
+		if (registered)
 		{
 			slot->starting = true;
 			nstarting++;
@@ -448,11 +538,25 @@ launcher_pass(void)
 			handles[n] = NULL;
 			slot->retry_at = TimestampTzPlusMilliseconds(now, 1000);
 			ereport(LOG,
-					(errmsg("outbox launcher could not start a worker for database %u", slot->dboid),
+					(errmsg("outbox launcher could not start a worker for database \"%s\"",
+							get_database_name(slot->dboid)),
 					 errhint("Raise max_worker_processes.")));
 		}
 	}
 	LWLockRelease(outbox_shared->lock);
+
+	/* said once per database, until a worker serves it */
+	foreach(lc, unserved)
+	{
+		Oid			dboid = lfirst_oid(lc);
+
+		(void) hash_search(told_no_slot, &dboid, HASH_ENTER, NULL);
+		ereport(LOG,
+				(errmsg("outbox launcher has no slot for database \"%s\": all %d serve databases with the extension",
+						get_database_name(dboid), outbox_shared->nslots),
+				 errdetail("It is not served (nor looked at, if it has no outbox) until a slot is free."),
+				 errhint("Raise outbox.max_databases.")));
+	}
 }
 
 static void
@@ -470,6 +574,9 @@ launcher_detach(int code, Datum arg)
 void
 outbox_launcher_main(Datum arg)
 {
+	HASHCTL		ctl;
+	int			i;
+
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
@@ -478,9 +585,27 @@ outbox_launcher_main(Datum arg)
 	if (outbox_shared == NULL)
 		elog(FATAL, "outbox launcher started without outbox in shared_preload_libraries");
 
+	handles = MemoryContextAllocZero(TopMemoryContext,
+									 sizeof(BackgroundWorkerHandle *) * outbox_shared->nslots);
+	ctl.keysize = sizeof(Oid);
+	ctl.entrysize = sizeof(NoExtensionDb);
+	no_extension_dbs = hash_create("outbox databases without the extension", 64, &ctl,
+								   HASH_ELEM | HASH_BLOBS);
+	told_no_slot = hash_create("outbox databases without a slot", 64, &ctl,
+							   HASH_ELEM | HASH_BLOBS);
+
 	LWLockAcquire(outbox_shared->lock, LW_EXCLUSIVE);
 	outbox_shared->launcher_pid = MyProcPid;
 	outbox_shared->launcher_latch = MyLatch;
+
+	/*
+	 * A launcher before this one may have died between asking for a worker
+	 * and seeing it start: its handles died with it, and "starting" would
+	 * never be cleared.  A worker that does start claims its slot itself
+	 * (and a second one in the same database leaves at once).
+	 */
+	for (i = 0; i < outbox_shared->nslots; i++)
+		outbox_shared->slots[i].starting = false;
 	LWLockRelease(outbox_shared->lock);
 	on_shmem_exit(launcher_detach, 0);
 
@@ -488,8 +613,6 @@ outbox_launcher_main(Datum arg)
 
 	for (;;)
 	{
-		MemoryContext cxt = CurrentMemoryContext;
-
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
 		{
@@ -497,21 +620,8 @@ outbox_launcher_main(Datum arg)
 			ProcessConfigFile(PGC_SIGHUP);
 		}
 
-		/* an error here is logged; the launcher carries on */
-		PG_TRY();
-		{
-			launcher_pass();
-		}
-		PG_CATCH();
-		{
-			MemoryContextSwitchTo(cxt);
-			EmitErrorReport();
-			FlushErrorState();
-			AbortCurrentTransaction();
-			if (LWLockHeldByMe(outbox_shared->lock))
-				LWLockRelease(outbox_shared->lock);
-		}
-		PG_END_TRY();
+		/* an error here is logged (outbox_unit); the launcher carries on */
+		(void) outbox_unit("outbox launcher", OUTBOX_UNIT_BARE, launcher_pass_unit, NULL);
 
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 Min(outbox_naptime, 5000), PG_WAIT_EXTENSION);

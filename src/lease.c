@@ -47,35 +47,134 @@
 	" date_part('epoch', s.backoff_base) * power(2::float8, LEAST(GREATEST(" n " - 1, 0), 62))," \
 	" " CppAsString2(OUTBOX_MAX_INTERVAL_DAYS) " * 86400.0) * (0.5 + random() * 0.5))"
 
-/*
- * Leases that passed, of claims that committed, are treated as
- * fail(..., error => 'lease expired'): scheduled at the backoff, or dead
- * at max_attempts.  A claim whose transaction is still open is invisible
- * here, so its leases are not touched.  Returns when the next known lease
- * ends.
- */
-TimestampTz
-outbox_expire_leases(void)
+/* a subscription with expired leases */
+typedef struct ExpiryCandidate
 {
-	static SPIPlanPtr dplan = NULL;
+	int32		sub_id;
+	char	   *name;
+} ExpiryCandidate;
+
+typedef struct ExpiryArgs
+{
+	TimestampTz now;			/* leases that ended before are due */
+	List	   *subs;			/* of ExpiryCandidate, in cxt */
+	MemoryContext cxt;
+	TimestampTz next;			/* the next lease to end after now, or 0 */
+	int32		sub_id;			/* expire_sub_unit: the subscription */
+	const char *name;
+	bool		more;			/* expire_sub_unit: its limit was reached */
+} ExpiryArgs;
+
+static void
+add_candidate(ExpiryArgs *a, int32 sub_id, const char *name)
+{
+	ListCell   *lc;
+	MemoryContext old;
+	ExpiryCandidate *c;
+
+	foreach(lc, a->subs)
+		if (((ExpiryCandidate *) lfirst(lc))->sub_id == sub_id)
+			return;
+	old = MemoryContextSwitchTo(a->cxt);
+	c = palloc(sizeof(ExpiryCandidate));
+	c->sub_id = sub_id;
+	c->name = pstrdup(name);
+	a->subs = lappend(a->subs, c);
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * The subscriptions with leases that ended before a->now, of deliveries or
+ * of batch rows no settle row took, found with two cheap queries over all
+ * of them; and when the next lease ends after a->now.  Leases that are due
+ * but could not be taken (their rows locked by an ack or a fold in
+ * progress) do not count as next: they are tried again by the next timed
+ * round, not at once (issue 8, fault 8: a worker waking every millisecond).
+ */
+static void
+expiry_candidates_unit(void *arg)
+{
+	static SPIPlanPtr dsel = NULL;
 	static SPIPlanPtr bsel = NULL;
-	static SPIPlanPtr bins = NULL;
 	static SPIPlanPtr next_plan = NULL;
+	ExpiryArgs *a = arg;
+	Datum		now = TimestampTzGetDatum(a->now);
 	SPITupleTable *tab;
-	uint64		n,
-				i;
-	TimestampTz next = 0;
+	uint64		i;
 	bool		isnull;
 	Datum		d;
 
 	if (next_plan == NULL)
 	{
+		Oid			t1[1] = {TIMESTAMPTZOID};
+
+		dsel = outbox_prepare(
+			"SELECT DISTINCT x.sub_id, s.name FROM ("
+			" SELECT d.sub_id FROM outbox.delivery d"
+			" WHERE d.state = 'leased' AND d.lease_until < $1"
+			" ORDER BY d.lease_until LIMIT 1000) x"
+			" JOIN outbox.subscription s ON s.id = x.sub_id", 1, t1);
+		bsel = outbox_prepare(
+			"SELECT DISTINCT b.sub_id, s.name"
+			" FROM outbox.cursor_now c, LATERAL ("
+			"  SELECT * FROM outbox.batch b WHERE b.sub_id = c.sub_id"
+			"  AND b.batch_no >= c.scan_from OFFSET 0) b, outbox.subscription s"
+			" WHERE s.id = b.sub_id AND b.lease_until < $1 AND " UNSETTLED, 1, t1);
+		next_plan = outbox_prepare(
+			"SELECT LEAST((SELECT min(lease_until) FROM outbox.delivery"
+			"  WHERE state = 'leased' AND lease_until >= $1),"
+			" (SELECT min(b.lease_until) FROM outbox.cursor_now c, LATERAL ("
+			"  SELECT * FROM outbox.batch b WHERE b.sub_id = c.sub_id"
+			"  AND b.batch_no >= c.scan_from OFFSET 0) b"
+			"  WHERE b.lease_until >= $1 AND " UNSETTLED "))", 1, t1);
+	}
+
+	if (SPI_execute_plan(dsel, &now, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "expired leases lookup failed");
+	tab = SPI_tuptable;
+	for (i = 0; i < SPI_processed; i++)
+		add_candidate(a, DatumGetInt32(SPI_getbinval(tab->vals[i], tab->tupdesc, 1, &isnull)),
+					  TextDatumGetCString(SPI_getbinval(tab->vals[i], tab->tupdesc, 2, &isnull)));
+	if (SPI_execute_plan(bsel, &now, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "expired batch leases lookup failed");
+	tab = SPI_tuptable;
+	for (i = 0; i < SPI_processed; i++)
+		add_candidate(a, DatumGetInt32(SPI_getbinval(tab->vals[i], tab->tupdesc, 1, &isnull)),
+					  TextDatumGetCString(SPI_getbinval(tab->vals[i], tab->tupdesc, 2, &isnull)));
+
+	if (SPI_execute_plan(next_plan, &now, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "next lease lookup failed");
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	a->next = isnull ? 0 : DatumGetTimestampTz(d);
+}
+
+/*
+ * Leases of one subscription that ended before a->now, of claims that
+ * committed, are treated as fail(..., error => 'lease expired'): scheduled
+ * at the backoff, or dead at max_attempts.  A claim whose transaction is
+ * still open is invisible here, so its leases are not touched.
+ */
+static void
+expire_sub_unit(void *arg)
+{
+	static SPIPlanPtr dplan = NULL;
+	static SPIPlanPtr bsel = NULL;
+	static SPIPlanPtr bins = NULL;
+	ExpiryArgs *a = arg;
+	SPITupleTable *tab;
+	uint64		n,
+				i;
+	Datum		args[3];
+
+	if (bins == NULL)
+	{
+		Oid			t2[2] = {INT4OID, TIMESTAMPTZOID};
 		Oid			t3[3] = {INT4OID, INT8ARRAYOID, TEXTARRAYOID};
 
 		dplan = outbox_prepare(
 			"WITH due AS ("
 			" SELECT d.sub_id, d.event_id FROM outbox.delivery d"
-			" WHERE d.state = 'leased' AND d.lease_until < pg_catalog.clock_timestamp()"
+			" WHERE d.sub_id = $1 AND d.state = 'leased' AND d.lease_until < $2"
 			" ORDER BY d.lease_until LIMIT 1000 FOR UPDATE SKIP LOCKED)"
 			" UPDATE outbox.delivery d SET"
 			"  state = CASE WHEN d.attempts >= s.max_attempts THEN 'dead' ELSE 'scheduled' END,"
@@ -84,17 +183,15 @@ outbox_expire_leases(void)
 			"  dead_at = CASE WHEN d.attempts >= s.max_attempts THEN now() END,"
 			"  lease_until = NULL, last_error = 'lease expired'"
 			" FROM due, outbox.subscription s"
-			" WHERE d.sub_id = due.sub_id AND d.event_id = due.event_id AND s.id = d.sub_id"
-			" RETURNING s.name",
-			0, NULL);
+			" WHERE d.sub_id = due.sub_id AND d.event_id = due.event_id AND s.id = d.sub_id",
+			2, t2);
 		bsel = outbox_prepare(
-			"SELECT b.sub_id, b.gen, b.batch_no,"
-			" (SELECT s.name FROM outbox.subscription s WHERE s.id = b.sub_id)"
+			"SELECT b.gen, b.batch_no"
 			" FROM outbox.cursor_now c, LATERAL ("
 			"  SELECT * FROM outbox.batch b WHERE b.sub_id = c.sub_id"
 			"  AND b.batch_no >= c.scan_from OFFSET 0) b"
-			" WHERE b.lease_until < pg_catalog.clock_timestamp() AND " UNSETTLED
-			" ORDER BY b.lease_until LIMIT " CppAsString2(EXPIRE_BATCHES), 0, NULL);
+			" WHERE c.sub_id = $1 AND b.lease_until < $2 AND " UNSETTLED
+			" ORDER BY b.lease_until LIMIT " CppAsString2(EXPIRE_BATCHES), 2, t2);
 		bins = outbox_prepare(
 			"INSERT INTO outbox.delivery"
 			" (sub_id, event_id, state, attempts, visible_at, key, last_error, dead_at)"
@@ -105,63 +202,89 @@ outbox_expire_leases(void)
 			" FROM unnest($2, $3) AS u(id, key), outbox.subscription s"
 			" WHERE s.id = $1 AND u.id IS NOT NULL"
 			" ON CONFLICT (sub_id, event_id) DO NOTHING", 3, t3);
-		next_plan = outbox_prepare(
-			"SELECT LEAST((SELECT min(lease_until) FROM outbox.delivery WHERE state = 'leased'),"
-			" (SELECT min(b.lease_until) FROM outbox.cursor_now c, LATERAL ("
-			"  SELECT * FROM outbox.batch b WHERE b.sub_id = c.sub_id"
-			"  AND b.batch_no >= c.scan_from OFFSET 0) b WHERE " UNSETTLED "))",
-			0, NULL);
 	}
 
-	if (SPI_execute_plan(dplan, NULL, NULL, false, 0) != SPI_OK_UPDATE_RETURNING)
+	/*
+	 * Not while unsubscribe waits or runs (lifecycle.c): rows written for a
+	 * subscription it is deleting would outlive it.  A later round retries.
+	 */
+	if (!outbox_try_hold_sub(a->name) || !outbox_sub_exists(a->sub_id))
+		return;
+
+	args[0] = Int32GetDatum(a->sub_id);
+	args[1] = TimestampTzGetDatum(a->now);
+	if (SPI_execute_plan(dplan, args, NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "lease expiry of deliveries failed");
 	/* consumers learn of returned leases (and of keys a dead one freed) */
-	for (i = 0; i < SPI_processed; i++)
-		outbox_notify_sub(TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[i],
-													 SPI_tuptable->tupdesc, 1, &isnull)));
+	if (SPI_processed > 0)
+		outbox_notify_sub(a->name);
+	if (SPI_processed >= 1000)
+		a->more = true;
 
-	if (SPI_execute_plan(bsel, NULL, NULL, false, 0) != SPI_OK_SELECT)
+	if (SPI_execute_plan(bsel, args, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "lease expiry lookup failed");
 	tab = SPI_tuptable;
 	n = SPI_processed;
 	for (i = 0; i < n; i++)
 	{
-		int32		sub_id = DatumGetInt32(SPI_getbinval(tab->vals[i], tab->tupdesc, 1, &isnull));
-		int64		gen = DatumGetInt64(SPI_getbinval(tab->vals[i], tab->tupdesc, 2, &isnull));
-		int64		batch_no = DatumGetInt64(SPI_getbinval(tab->vals[i], tab->tupdesc, 3, &isnull));
-		Datum		named = SPI_getbinval(tab->vals[i], tab->tupdesc, 4, &isnull);
-		char	   *name;
+		bool		isnull;
+		int64		gen = DatumGetInt64(SPI_getbinval(tab->vals[i], tab->tupdesc, 1, &isnull));
+		int64		batch_no = DatumGetInt64(SPI_getbinval(tab->vals[i], tab->tupdesc, 2, &isnull));
 		int64	   *taken;
 		Datum	   *keys;
 		bool	   *key_nulls;
 		int			ntaken;
-		Datum		args[3];
 
-		/*
-		 * Not while unsubscribe waits or runs (lifecycle.c): rows written
-		 * for a subscription it is deleting would outlive it.
-		 */
-		if (isnull)
-			continue;
-		name = TextDatumGetCString(named);
-		if (!outbox_try_hold_sub(name) || !outbox_sub_exists(sub_id))
-			continue;
-		/* an ack or fail of this batch in progress: next round */
-		ntaken = outbox_batch_take(sub_id, gen, batch_no, NULL, 0, true,
+		CHECK_FOR_INTERRUPTS();
+		/* an ack or fail of this batch in progress: a later round */
+		ntaken = outbox_batch_take(a->sub_id, gen, batch_no, NULL, 0, true,
 								   &taken, &keys, &key_nulls);
 		if (ntaken <= 0)
 			continue;
-		args[0] = Int32GetDatum(sub_id);
+		args[0] = Int32GetDatum(a->sub_id);
 		outbox_taken_arrays(taken, keys, key_nulls, ntaken, &args[1], &args[2]);
 		if (SPI_execute_plan(bins, args, NULL, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "lease expiry insert failed");
-		outbox_notify_sub(name);
+		outbox_notify_sub(a->name);
+		/* more may be due; not if all were locked (a later round) */
+		if (n >= EXPIRE_BATCHES)
+			a->more = true;
 	}
+}
 
-	if (SPI_execute_plan(next_plan, NULL, NULL, true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "next lease lookup failed");
-	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	if (!isnull)
-		next = DatumGetTimestampTz(d);
+/*
+ * Lease expiry: the subscriptions with expired leases are found together,
+ * then each is served in a transaction of its own, so that one whose
+ * leases cannot be returned (its row makes the backoff fail, say) is
+ * logged and the others are served.  Returns when the next known lease
+ * ends: now, if a subscription had more than one round's worth.
+ */
+TimestampTz
+outbox_expire_leases(void)
+{
+	ExpiryArgs	a;
+	ListCell   *lc;
+	TimestampTz next;
+
+	memset(&a, 0, sizeof(a));
+	a.now = GetCurrentTimestamp();
+	a.cxt = CurrentMemoryContext;
+	if (!outbox_unit("outbox: find expired leases", 0, expiry_candidates_unit, &a))
+		return 0;
+	next = a.next;
+	foreach(lc, a.subs)
+	{
+		ExpiryCandidate *c = lfirst(lc);
+		char	   *what = psprintf("outbox: expire leases of subscription \"%s\"", c->name);
+
+		CHECK_FOR_INTERRUPTS();
+		a.sub_id = c->sub_id;
+		a.name = c->name;
+		a.more = false;
+		if (outbox_sub_unit(what, OUTBOX_SUB_EXPIRE, c->sub_id, 0, expire_sub_unit, &a) &&
+			a.more)
+			next = a.now;
+		pfree(what);
+	}
 	return next;
 }

@@ -30,75 +30,222 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
-/*
- * Start a unit of work: a transaction of its own, connected to SPI, with
- * an active snapshot.  outbox_unit_end commits it.
- */
-void
-outbox_unit_begin(const char *what)
+/* the SQLSTATE of the last unit that failed */
+static int	unit_errcode = 0;
+
+/* the unit running now, for the error context */
+static const char *unit_what = NULL;
+
+static void
+unit_error_context(void *arg)
 {
+	if (unit_what != NULL)
+		errcontext("%s", unit_what);
+}
+
+/*
+ * Run fn(arg) as a unit of work: a transaction of its own, connected to SPI
+ * (as the worker, with its pinned search_path) with an active snapshot,
+ * unless OUTBOX_UNIT_BARE.  Commits it and returns true; or, if anything in
+ * it raises an error, contains the error: reports it (with "what" as its
+ * context), aborts the transaction, restores the caller's memory context
+ * and resource owner, and returns false.  With OUTBOX_UNIT_GONE_OK an
+ * undefined_object error (a subscription dropped meanwhile) is expected and
+ * not reported.
+ *
+ * This is the one place the worker and the launcher catch errors: a unit's
+ * failure is its own, and whatever runs next starts from a clean state.
+ */
+bool
+outbox_unit(const char *what, int flags, OutboxUnitFn fn, void *arg)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	ErrorContextCallback errcb;
+	volatile bool ok = true;
+
 	pgstat_report_activity(STATE_RUNNING, what);
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
-	SPI_connect();
-	PushActiveSnapshot(GetTransactionSnapshot());
+	unit_what = what;
+	errcb.callback = unit_error_context;
+	errcb.arg = NULL;
+	errcb.previous = error_context_stack;
+	error_context_stack = &errcb;
+	PG_TRY();
+	{
+		if (!(flags & OUTBOX_UNIT_BARE))
+		{
+			if (SPI_connect() != SPI_OK_CONNECT)
+				elog(ERROR, "SPI_connect failed");
+			PushActiveSnapshot(GetTransactionSnapshot());
+		}
+		fn(arg);
+		if (!(flags & OUTBOX_UNIT_BARE))
+		{
+			PopActiveSnapshot();
+			SPI_finish();
+		}
+		/* commit inside: an error at commit is the unit's too */
+		CommitTransactionCommand();
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(cxt);
+		unit_errcode = geterrcode();
+		if (!((flags & OUTBOX_UNIT_GONE_OK) && unit_errcode == ERRCODE_UNDEFINED_OBJECT))
+			EmitErrorReport();
+		FlushErrorState();
+		/* releases locks, LWLocks, snapshots, SPI and buffers of the unit */
+		AbortCurrentTransaction();
+		ok = false;
+	}
+	PG_END_TRY();
+	/* the callback lived in this frame; it is popped on either path */
+	error_context_stack = errcb.previous;
+	unit_what = NULL;
+	CurrentResourceOwner = owner;
+	MemoryContextSwitchTo(cxt);
+	return ok;
 }
 
-void
-outbox_unit_end(void)
+/* a subscription whose unit of some kind failed */
+typedef struct SubFailure
 {
-	PopActiveSnapshot();
-	SPI_finish();
-	CommitTransactionCommand();
-}
+	int			kind;
+	int32		sub_id;
+	int			failures;
+	TimestampTz retry_at;
+} SubFailure;
+
+/* the longest a failing subscription's work waits before it is tried again */
+#define MAX_SUB_PAUSE_MS (60 * 1000)
+
+static List *sub_failures = NIL;	/* in TopMemoryContext */
 
 /*
- * Move every subscription's chain past what is not for it and fold what
- * is settled, each subscription in its own short transaction.
+ * A unit of work for one subscription, or with sub_id 0 for the whole
+ * database (outbox_unit).  If that work failed before, it waits a pause
+ * that doubles with each failure, up to a minute, so that a subscription
+ * whose row breaks its maintenance (or a step that keeps failing) costs a
+ * logged error now and then, not every round, and never holds up the
+ * others.  Returns whether the unit ran and committed.
  */
+bool
+outbox_sub_unit(const char *what, int kind, int32 sub_id, int flags,
+				OutboxUnitFn fn, void *arg)
+{
+	ListCell   *lc;
+	SubFailure *f = NULL;
+	TimestampTz now = GetCurrentTimestamp();
+	MemoryContext old;
+
+	foreach(lc, sub_failures)
+	{
+		SubFailure *cand = lfirst(lc);
+
+		if (cand->kind == kind && cand->sub_id == sub_id)
+			f = cand;
+	}
+	if (f != NULL && f->retry_at > now)
+		return false;
+	if (outbox_unit(what, flags, fn, arg))
+	{
+		if (f != NULL)
+		{
+			sub_failures = list_delete_ptr(sub_failures, f);
+			pfree(f);
+		}
+		return true;
+	}
+	/* dropped meanwhile: nothing to remember */
+	if ((flags & OUTBOX_UNIT_GONE_OK) && unit_errcode == ERRCODE_UNDEFINED_OBJECT)
+		return false;
+	if (f == NULL)
+	{
+		old = MemoryContextSwitchTo(TopMemoryContext);
+		f = palloc0(sizeof(SubFailure));
+		f->kind = kind;
+		f->sub_id = sub_id;
+		sub_failures = lappend(sub_failures, f);
+		MemoryContextSwitchTo(old);
+	}
+	f->failures = Min(f->failures + 1, 16);
+	f->retry_at = TimestampTzPlusMilliseconds(now, Min(500L << f->failures, MAX_SUB_PAUSE_MS));
+	return false;
+}
+
+/* a subscription advance_subscriptions goes through */
+typedef struct SubName
+{
+	int32		id;
+	char	   *name;
+} SubName;
+
+typedef struct AdvanceArgs
+{
+	List	   *subs;			/* of SubName, in cxt */
+	MemoryContext cxt;
+} AdvanceArgs;
+
 static void
-advance_subscriptions(void)
+list_subscriptions_unit(void *arg)
 {
 	static SPIPlanPtr plan = NULL;
-	List	   *names = NIL;
-	ListCell   *lc;
+	AdvanceArgs *a = arg;
 	uint64		i;
-	MemoryContext outer = CurrentMemoryContext;
 
-	outbox_unit_begin("outbox: advance");
 	if (plan == NULL)
-		plan = outbox_prepare("SELECT name FROM outbox.subscription ORDER BY id", 0, NULL);
+		plan = outbox_prepare("SELECT id, name FROM outbox.subscription ORDER BY id", 0, NULL);
 	if (SPI_execute_plan(plan, NULL, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "subscription list failed");
 	for (i = 0; i < SPI_processed; i++)
 	{
 		bool		isnull;
-		MemoryContext old = MemoryContextSwitchTo(outer);
+		MemoryContext old = MemoryContextSwitchTo(a->cxt);
+		SubName    *sn = palloc(sizeof(SubName));
 
-		names = lappend(names, TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[i],
-																 SPI_tuptable->tupdesc, 1, &isnull)));
+		sn->id = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i],
+											 SPI_tuptable->tupdesc, 1, &isnull));
+		sn->name = TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[i],
+													 SPI_tuptable->tupdesc, 2, &isnull));
+		a->subs = lappend(a->subs, sn);
 		MemoryContextSwitchTo(old);
 	}
-	outbox_unit_end();
+}
 
-	foreach(lc, names)
+static void
+advance_unit(void *arg)
+{
+	outbox_claim_advance(outbox_lookup_sub(((SubName *) arg)->name));
+}
+
+/*
+ * Move every subscription's chain past what is not for it and fold what
+ * is settled, each subscription in its own short transaction: one that
+ * fails is logged and the others go on.
+ */
+static void
+advance_subscriptions(void)
+{
+	AdvanceArgs a;
+	ListCell   *lc;
+
+	a.subs = NIL;
+	a.cxt = CurrentMemoryContext;
+	if (!outbox_unit("outbox: list subscriptions", 0, list_subscriptions_unit, &a))
+		return;
+
+	foreach(lc, a.subs)
 	{
-		outbox_unit_begin("outbox: advance");
-		PG_TRY();
-		{
-			outbox_claim_advance(outbox_lookup_sub((char *) lfirst(lc)));
-		}
-		PG_CATCH();
-		{
-			/* unsubscribed meanwhile: nothing to do */
-			if (geterrcode() != ERRCODE_UNDEFINED_OBJECT)
-				PG_RE_THROW();
-			FlushErrorState();
-			AbortCurrentTransaction();
-			continue;
-		}
-		PG_END_TRY();
-		outbox_unit_end();
+		SubName    *sn = lfirst(lc);
+		char	   *what = psprintf("outbox: advance subscription \"%s\"", sn->name);
+
+		CHECK_FOR_INTERRUPTS();
+		/* unsubscribed since it was listed: nothing to do */
+		(void) outbox_sub_unit(what, OUTBOX_SUB_ADVANCE, sn->id, OUTBOX_UNIT_GONE_OK,
+							   advance_unit, sn);
+		pfree(what);
 		outbox_notify_between();
 	}
 }

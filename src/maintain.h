@@ -14,9 +14,26 @@
 #include "shmem.h"
 
 /* maintain.c */
-extern void outbox_unit_begin(const char *what);
-extern void outbox_unit_end(void);
+typedef void (*OutboxUnitFn) (void *arg);
+
+#define OUTBOX_UNIT_BARE	0x01	/* no SPI, no snapshot */
+#define OUTBOX_UNIT_GONE_OK 0x02	/* undefined_object: dropped meanwhile */
+
+extern bool outbox_unit(const char *what, int flags, OutboxUnitFn fn, void *arg);
 extern void outbox_maintain(void);
+
+/*
+ * Kinds of work, for outbox_sub_unit's memory of failures: per
+ * subscription, or (sub_id 0) for the whole database.
+ */
+#define OUTBOX_SUB_ADVANCE	0
+#define OUTBOX_SUB_EXPIRE	1
+#define OUTBOX_DB_CLEAN_UP	2
+#define OUTBOX_DB_RETENTION 3
+#define OUTBOX_DB_ROTATE	4
+
+extern bool outbox_sub_unit(const char *what, int kind, int32 sub_id, int flags,
+							OutboxUnitFn fn, void *arg);
 
 /* notify.c */
 extern void outbox_notify_attach(OutboxDbSlot *slot);
@@ -24,7 +41,7 @@ extern uint64 outbox_take_wake_bits(void);
 extern void outbox_wake_again(uint64 bits);
 extern void outbox_notify_sub(const char *name);
 extern void outbox_notify_matching(uint64 bits);
-extern TimestampTz outbox_notify_round(uint64 bits, bool timed);
+extern bool outbox_notify_round(uint64 bits, bool timed, TimestampTz *next);
 extern void outbox_notify_between(void);
 extern void outbox_forget_subscriptions(void);
 

@@ -24,6 +24,13 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
+/*
+ * The worker's slot in shared memory.  NULL without shared memory, or when
+ * every slot serves another database: then no wake-ups come, and each
+ * timed round looks for what became ready instead.
+ */
+static OutboxDbSlot *wake_slot = NULL;
+
 void
 outbox_notify_sub(const char *name)
 {
@@ -35,8 +42,8 @@ outbox_notify_sub(const char *name)
 
 /*
  * Notify the subscriptions (not paused) that read any of the topics whose
- * bits are set.  Without shared memory there are no bits: look at the
- * events and ready deliveries that appeared since the last round instead.
+ * bits are set.  Without a slot there are no bits: look at the events and
+ * ready deliveries that appeared since the last round instead.
  */
 
 static void
@@ -57,7 +64,7 @@ notify_ready(uint64 bits)
 									" WHERE d.state = 'ready'", 0, NULL);
 	}
 
-	if (outbox_shared == NULL)
+	if (wake_slot == NULL)
 	{
 		Datum		arg;
 
@@ -88,8 +95,6 @@ notify_ready(uint64 bits)
 	outbox_notify_matching(bits);
 }
 
-/* the worker's slot in shared memory (NULL without it) */
-static OutboxDbSlot *wake_slot = NULL;
 
 /* subs_changes of the slot when the worker last took it in */
 static uint32 subs_changes_seen = 0;
@@ -227,17 +232,15 @@ outbox_notify_matching(uint64 bits)
 
 /*
  * Notify the subscriptions whose delayed or retried deliveries came due
- * since the last round.  Returns when the next one comes due.
+ * after last, up to now.  Returns when the next one comes due.
  */
 static TimestampTz
-notify_due(void)
+notify_due(TimestampTz last, TimestampTz now)
 {
 	static SPIPlanPtr due_plan = NULL;
 	static SPIPlanPtr next_plan = NULL;
 	static SPIPlanPtr delayed_plan = NULL;
 	static SPIPlanPtr next_delayed_plan = NULL;
-	static TimestampTz last = 0;
-	TimestampTz now = GetCurrentTimestamp();
 	TimestampTz next = 0;
 	Datum		args[2];
 	uint64		i;
@@ -289,51 +292,101 @@ notify_due(void)
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	if (!isnull)
 		next = outbox_earliest(next, DatumGetTimestampTz(d));
-	last = now;
 	return next;
+}
+
+/* deliveries that came due up to this time were notified */
+static TimestampTz due_seen = 0;
+
+/* the last notifications failed: leave them to the worker's next round */
+static bool notify_failed = false;
+
+typedef struct RoundArgs
+{
+	uint64		bits;
+	bool		timed;
+	bool		done;			/* fast path: notified from the cache */
+	TimestampTz now;			/* deliveries due by then are notified */
+	TimestampTz next;
+} RoundArgs;
+
+/*
+ * The usual wake-up: with the subscriptions cached (the check is made
+ * after the transaction has taken in invalidations) there is no query to
+ * run, only notifications to send.
+ */
+static void
+notify_cached_unit(void *arg)
+{
+	RoundArgs  *r = arg;
+
+	if (sub_cache_valid)
+	{
+		outbox_notify_matching(r->bits);
+		r->done = true;
+	}
+}
+
+static void
+notify_round_unit(void *arg)
+{
+	RoundArgs  *r = arg;
+
+	if (r->bits != 0 || (r->timed && wake_slot == NULL))
+		notify_ready(r->bits);
+	if (r->timed)
+		r->next = notify_due(due_seen, r->now);
 }
 
 /*
  * The notifying part of a round, in one transaction, so that a
  * subscription gets at most one notification per round (PostgreSQL folds
  * identical notifications of a transaction into one): for commits that
- * made deliveries ready, for leases returned, for deliveries that came
- * due.  Returns when the next lease or delivery falls due.
+ * made deliveries ready, for deliveries that came due; then, when timed,
+ * lease expiry (lease.c), a subscription at a time.  Sets *next to when
+ * the next lease or delivery falls due.  Returns false if the
+ * notifications failed; their bits are then put back for a later round.
  */
-TimestampTz
-outbox_notify_round(uint64 bits, bool timed)
+bool
+outbox_notify_round(uint64 bits, bool timed, TimestampTz *next)
 {
-	TimestampTz next = 0;
+	RoundArgs	r;
 
+	*next = 0;
 	if (bits == 0 && !timed)
-		return 0;
-	if (!timed && outbox_shared != NULL)
+		return true;
+	memset(&r, 0, sizeof(r));
+	r.bits = bits;
+	r.timed = timed;
+	r.now = GetCurrentTimestamp();
+	if (!timed && wake_slot != NULL)
 	{
-		/*
-		 * The usual wake-up: with the subscriptions cached (the check is
-		 * made after the transaction has taken in invalidations) there is
-		 * no query to run, only notifications to send.
-		 */
-		pgstat_report_activity(STATE_RUNNING, "outbox: notify");
-		StartTransactionCommand();
-		if (sub_cache_valid)
+		if (!outbox_unit("outbox: notify", OUTBOX_UNIT_BARE, notify_cached_unit, &r))
 		{
-			outbox_notify_matching(bits);
-			CommitTransactionCommand();
-			return 0;
+			outbox_wake_again(bits);
+			notify_failed = true;
+			return false;
 		}
-		CommitTransactionCommand();
+		if (r.done)
+		{
+			notify_failed = false;
+			return true;
+		}
 	}
-	outbox_unit_begin("outbox: notify");
-	if (bits != 0 || (timed && outbox_shared == NULL))
-		notify_ready(bits);
-	if (timed)
+	if (!outbox_unit("outbox: notify", 0, notify_round_unit, &r))
 	{
-		next = outbox_expire_leases();
-		next = outbox_earliest(next, notify_due());
+		outbox_wake_again(bits);
+		notify_failed = true;
+		return false;
 	}
-	outbox_unit_end();
-	return next;
+	notify_failed = false;
+	/* only once committed: a failed round's due deliveries are notified later */
+	if (timed)
+		due_seen = r.now;
+	*next = r.next;
+	if (timed)
+		*next = outbox_earliest(*next, outbox_expire_leases());
+	return true;
 }
 
 /*
@@ -361,24 +414,19 @@ outbox_take_wake_bits(void)
 /*
  * Between the units of a maintenance round: send the notifications of
  * commits that came in meanwhile, so that a long round (many
- * subscriptions) does not hold them back.
+ * subscriptions) does not hold them back.  If that fails, the bits are
+ * put back and the worker's next round tries again (not this round,
+ * once per subscription).
  */
 void
 outbox_notify_between(void)
 {
-	uint64		bits = outbox_take_wake_bits();
+	uint64		bits;
+	TimestampTz next;
 
-	if (bits == 0)
+	if (notify_failed)
 		return;
-	PG_TRY();
-	{
-		(void) outbox_notify_round(bits, false);
-	}
-	PG_CATCH();
-	{
-		/* the round's error handling will look at them again */
-		pg_atomic_fetch_or_u64(&wake_slot->wake, bits);
-		PG_RE_THROW();
-	}
-	PG_END_TRY();
+	bits = outbox_take_wake_bits();
+	if (bits != 0)
+		(void) outbox_notify_round(bits, false, &next);
 }

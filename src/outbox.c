@@ -41,6 +41,15 @@ _PG_init(void)
 							10000, 100, 3600 * 1000,
 							PGC_SIGHUP, GUC_UNIT_MS,
 							NULL, NULL, NULL);
+	/* slots exist only when preloaded (and only then may it be defined) */
+	if (process_shared_preload_libraries_in_progress)
+		DefineCustomIntVariable("outbox.max_databases",
+								"How many databases with the extension the launcher serves.",
+								"Each has a slot in shared memory, through which commits wake its worker; databases without the extension need none.",
+								&outbox_max_databases,
+								128, 1, 65536,
+								PGC_POSTMASTER, 0,
+								NULL, NULL, NULL);
 	MarkGUCPrefixReserved("outbox");
 
 	if (process_shared_preload_libraries_in_progress)

@@ -62,14 +62,13 @@ int			outbox_chain_rotation = 10000;
  * that nothing needs any more (with their dedup keys and done markers).  (Old cursor, batch and settle rows go
  * with their partition: rotate_chain.)
  */
-void
-outbox_clean_up(void)
+static void
+clean_up_unit(void *arg)
 {
 	static SPIPlanPtr done_plan = NULL;
 	static SPIPlanPtr keys_plan = NULL;
 	static SPIPlanPtr kept_plan = NULL;
 
-	outbox_unit_begin("outbox: clean up");
 	if (kept_plan == NULL)
 	{
 		done_plan = outbox_prepare(
@@ -98,7 +97,12 @@ outbox_clean_up(void)
 		SPI_execute_plan(keys_plan, NULL, NULL, false, 0) != SPI_OK_DELETE ||
 		SPI_execute_plan(kept_plan, NULL, NULL, false, 0) != SPI_OK_DELETE)
 		elog(ERROR, "clean-up failed");
-	outbox_unit_end();
+}
+
+void
+outbox_clean_up(void)
+{
+	(void) outbox_sub_unit("outbox: clean up", OUTBOX_DB_CLEAN_UP, 0, 0, clean_up_unit, NULL);
 }
 
 static int64
@@ -134,8 +138,8 @@ bucket_due(int b, int64 max_id)
  * is bounded by what is needed plus the retention window, whatever one
  * quiet subscription does.
  */
-void
-outbox_rotate_and_truncate(void)
+static void
+rotate_and_truncate_unit(void *arg)
 {
 	int			current;
 	TimestampTz since;
@@ -145,7 +149,6 @@ outbox_rotate_and_truncate(void)
 	bool		next_empty = false;
 	Oid			state_relid;
 
-	outbox_unit_begin("outbox: retention");
 	if (SPI_execute("SELECT bucket, bucket_since FROM outbox.state FOR UPDATE", false, 1) != SPI_OK_SELECT ||
 		SPI_processed != 1)
 		elog(ERROR, "outbox.state is missing its row");
@@ -213,7 +216,13 @@ outbox_rotate_and_truncate(void)
 		state_relid = outbox_relid("state");
 		CacheInvalidateRelcacheByRelid(state_relid);
 	}
-	outbox_unit_end();
+}
+
+void
+outbox_rotate_and_truncate(void)
+{
+	(void) outbox_sub_unit("outbox: retention", OUTBOX_DB_RETENTION, 0, 0,
+						   rotate_and_truncate_unit, NULL);
 }
 
 /*
@@ -261,62 +270,98 @@ chain_part_empty(int part)
  * normally free to take; if a transaction still holds it, the next round
  * tries again.
  */
-void
-outbox_rotate_chain(void)
+/* what the units of outbox_rotate_chain share */
+typedef struct RotateArgs
 {
-	static TimestampTz since = 0;
-	TimestampTz now = GetCurrentTimestamp();
 	int64		gen;
 	int			oldest;
+	bool		truncate;		/* the oldest generation is to be emptied */
+	bool		started;		/* a new generation was started */
+	TimestampTz now;
+} RotateArgs;
 
-	if (since == 0)
-		since = now;
-	outbox_unit_begin("outbox: rotate");
-	gen = outbox_chain_gen();
-	oldest = (int) ((gen + 1) % OUTBOX_CHAIN_PARTS);
+/* Is the oldest generation to be emptied? */
+static void
+rotate_check_unit(void *arg)
+{
+	RotateArgs *r = arg;
 
-	/* the oldest generation, gen - 3: empty it if nothing needs it */
-	if (gen >= OUTBOX_CHAIN_PARTS - 1 && !chain_part_empty(oldest) &&
-		!chain_part_needed(gen - (OUTBOX_CHAIN_PARTS - 1)))
+	r->gen = outbox_chain_gen();
+	r->oldest = (int) ((r->gen + 1) % OUTBOX_CHAIN_PARTS);
+	r->truncate = r->gen >= OUTBOX_CHAIN_PARTS - 1 && !chain_part_empty(r->oldest) &&
+		!chain_part_needed(r->gen - (OUTBOX_CHAIN_PARTS - 1));
+}
+
+/* Empty it, if its partitions can be locked at once and it is still unneeded. */
+static void
+rotate_truncate_unit(void *arg)
+{
+	RotateArgs *r = arg;
+	int			oldest = r->oldest;
+
+	if (ConditionalLockRelationOid(outbox_chain_part("cursor", oldest), AccessExclusiveLock) &&
+		ConditionalLockRelationOid(outbox_chain_part("batch", oldest), AccessExclusiveLock) &&
+		ConditionalLockRelationOid(outbox_chain_part("settle", oldest), AccessExclusiveLock) &&
+		!chain_part_needed(r->gen - (OUTBOX_CHAIN_PARTS - 1)))
 	{
-		outbox_unit_end();
-		outbox_unit_begin("outbox: rotate");
-		if (ConditionalLockRelationOid(outbox_chain_part("cursor", oldest), AccessExclusiveLock) &&
-			ConditionalLockRelationOid(outbox_chain_part("batch", oldest), AccessExclusiveLock) &&
-			ConditionalLockRelationOid(outbox_chain_part("settle", oldest), AccessExclusiveLock) &&
-			!chain_part_needed(gen - (OUTBOX_CHAIN_PARTS - 1)))
-		{
-			if (SPI_execute(psprintf("TRUNCATE outbox.cursor_%d, outbox.batch_%d, outbox.settle_%d",
-									 oldest, oldest, oldest), false, 0) != SPI_OK_UTILITY)
-				elog(ERROR, "emptying chain partition %d failed", oldest);
-			ereport(DEBUG1, (errmsg("outbox emptied chain generation " INT64_FORMAT,
-									gen - (OUTBOX_CHAIN_PARTS - 1))));
-		}
-		outbox_unit_end();
-		outbox_unit_begin("outbox: rotate");
+		if (SPI_execute(psprintf("TRUNCATE outbox.cursor_%d, outbox.batch_%d, outbox.settle_%d",
+								 oldest, oldest, oldest), false, 0) != SPI_OK_UTILITY)
+			elog(ERROR, "emptying chain partition %d failed", oldest);
+		ereport(DEBUG1, (errmsg("outbox emptied chain generation " INT64_FORMAT,
+								r->gen - (OUTBOX_CHAIN_PARTS - 1))));
 	}
+}
 
-	/*
-	 * A new generation, if the current one has rows and is old enough, and
-	 * the partitions it moves into are empty.  Writers lock the partitions
-	 * of the generation they write before they check that it is still
-	 * current enough (outbox_chain_gen_still), so with these locks held no
-	 * write into the oldest partitions is in progress or can start.
-	 */
-	if (TimestampDifferenceExceeds(since, now, outbox_chain_rotation) &&
-		!chain_part_empty((int) (gen % OUTBOX_CHAIN_PARTS)) &&
+/*
+ * Start a new generation, if the current one has rows and the partitions
+ * it moves into are empty.  Writers lock the partitions of the generation
+ * they write before they check that it is still current enough
+ * (outbox_chain_gen_still), so with these locks held no write into the
+ * oldest partitions is in progress or can start.
+ */
+static void
+rotate_start_unit(void *arg)
+{
+	RotateArgs *r = arg;
+	int			oldest = r->oldest;
+
+	if (!chain_part_empty((int) (r->gen % OUTBOX_CHAIN_PARTS)) &&
 		ConditionalLockRelationOid(outbox_chain_part("cursor", oldest), ShareLock) &&
 		ConditionalLockRelationOid(outbox_chain_part("batch", oldest), ShareLock) &&
 		ConditionalLockRelationOid(outbox_chain_part("settle", oldest), ShareLock) &&
 		chain_part_empty(oldest))
 	{
 		if (SPI_execute(psprintf("UPDATE outbox.chain_state SET gen = gen + 1"
-								 " WHERE gen = " INT64_FORMAT, gen), false, 0) != SPI_OK_UPDATE ||
+								 " WHERE gen = " INT64_FORMAT, r->gen), false, 0) != SPI_OK_UPDATE ||
 			SPI_processed != 1)
 			elog(ERROR, "chain rotation failed");
-		since = now;
-		ereport(DEBUG1, (errmsg("outbox started chain generation " INT64_FORMAT, gen + 1)));
+		r->started = true;
+		ereport(DEBUG1, (errmsg("outbox started chain generation " INT64_FORMAT, r->gen + 1)));
 	}
-	outbox_unit_end();
 }
 
+void
+outbox_rotate_chain(void)
+{
+	static TimestampTz since = 0;
+	RotateArgs	r;
+
+	r.now = GetCurrentTimestamp();
+	if (since == 0)
+		since = r.now;
+
+	/* the oldest generation, gen - 3: empty it if nothing needs it */
+	if (!outbox_sub_unit("outbox: rotate", OUTBOX_DB_ROTATE, 0, 0, rotate_check_unit, &r))
+		return;
+	if (r.truncate)
+		(void) outbox_sub_unit("outbox: rotate", OUTBOX_DB_ROTATE, 0, 0, rotate_truncate_unit, &r);
+
+	/* a new generation, if the current one has rows and is old enough */
+	if (TimestampDifferenceExceeds(since, r.now, outbox_chain_rotation))
+	{
+		r.started = false;
+		if (outbox_sub_unit("outbox: rotate", OUTBOX_DB_ROTATE, 0, 0, rotate_start_unit, &r) &&
+			r.started)
+			since = r.now;
+	}
+}

@@ -35,6 +35,9 @@ PG_FUNCTION_INFO_V1(outbox_wake_sql);
 
 OutboxShared *outbox_shared = NULL;
 
+/* outbox.max_databases: slots, for databases that have the extension */
+int			outbox_max_databases = 128;
+
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 static ProcessUtility_hook_type prev_utility_hook = NULL;
@@ -48,7 +51,7 @@ static Size
 shared_size(void)
 {
 	return add_size(offsetof(OutboxShared, slots),
-					mul_size(sizeof(OutboxDbSlot), OUTBOX_MAX_DATABASES));
+					mul_size(sizeof(OutboxDbSlot), outbox_max_databases));
 }
 
 static void
@@ -76,7 +79,8 @@ outbox_shmem_startup(void)
 
 		memset(outbox_shared, 0, shared_size());
 		outbox_shared->lock = &(GetNamedLWLockTranche("outbox"))->lock;
-		for (i = 0; i < OUTBOX_MAX_DATABASES; i++)
+		outbox_shared->nslots = outbox_max_databases;
+		for (i = 0; i < outbox_shared->nslots; i++)
 		{
 			pg_atomic_init_u64(&outbox_shared->slots[i].wake, 0);
 			pg_atomic_init_u32(&outbox_shared->slots[i].subs_changes, 0);
@@ -105,7 +109,7 @@ outbox_slot_find(Oid dboid)
 {
 	int			i;
 
-	for (i = 0; i < OUTBOX_MAX_DATABASES; i++)
+	for (i = 0; i < outbox_shared->nslots; i++)
 		if (outbox_shared->slots[i].dboid == dboid)
 			return &outbox_shared->slots[i];
 	return NULL;
@@ -123,7 +127,7 @@ outbox_slot_get(Oid dboid)
 
 	if (slot != NULL)
 		return slot;
-	for (i = 0; i < OUTBOX_MAX_DATABASES; i++)
+	for (i = 0; i < outbox_shared->nslots; i++)
 	{
 		slot = &outbox_shared->slots[i];
 		if (slot->dboid == InvalidOid)

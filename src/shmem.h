@@ -14,7 +14,6 @@
 #include "storage/latch.h"
 #include "storage/lwlock.h"
 
-#define OUTBOX_MAX_DATABASES	128
 #define OUTBOX_WAKE_ALL			(~UINT64CONST(0))
 
 /* What the launcher knows of one database. */
@@ -38,6 +37,8 @@ typedef struct OutboxShared
 	LWLock	   *lock;
 	pid_t		launcher_pid;
 	Latch	   *launcher_latch;
+	int			nslots;			/* outbox.max_databases at start */
+	bool		forget_no_extension;	/* CREATE EXTENSION found no slot */
 	OutboxDbSlot slots[FLEXIBLE_ARRAY_MEMBER];
 } OutboxShared;
 
@@ -62,5 +63,8 @@ extern PGDLLEXPORT void outbox_worker_main(Datum arg);
 extern int	outbox_naptime;
 extern int	outbox_retention;
 extern int	outbox_chain_rotation;
+
+/* shmem.c */
+extern int	outbox_max_databases;
 
 #endif							/* OUTBOX_SHMEM_H */

@@ -78,7 +78,33 @@ worker_detach(int code, Datum arg)
 }
 
 /*
- * Claim this database's slot.  Returns false if another worker runs here.
+ * Take this database's slot, if there is one to take (every slot may serve
+ * another database).  Caller holds no lock.
+ */
+static void
+take_slot(void)
+{
+	OutboxDbSlot *slot;
+
+	LWLockAcquire(outbox_shared->lock, LW_EXCLUSIVE);
+	slot = outbox_slot_get(MyDatabaseId);
+	if (slot != NULL && slot->pid != 0 && slot->pid != MyProcPid)
+		slot = NULL;			/* can't happen: we hold the database's lock */
+	if (slot != NULL)
+	{
+		slot->pid = MyProcPid;
+		slot->latch = MyLatch;
+		slot->starting = false;
+		slot->no_extension = false;
+	}
+	my_slot = slot;
+	LWLockRelease(outbox_shared->lock);
+	outbox_notify_attach(my_slot);
+}
+
+/*
+ * Claim this database: its lock, and its slot if there is one.  Returns
+ * false if another worker runs here.
  */
 static bool
 attach(void)
@@ -92,17 +118,7 @@ attach(void)
 
 	if (outbox_shared == NULL)
 		return true;
-	LWLockAcquire(outbox_shared->lock, LW_EXCLUSIVE);
-	my_slot = outbox_slot_get(MyDatabaseId);
-	if (my_slot != NULL)
-	{
-		my_slot->pid = MyProcPid;
-		my_slot->latch = MyLatch;
-		my_slot->starting = false;
-		my_slot->no_extension = false;
-	}
-	LWLockRelease(outbox_shared->lock);
-	outbox_notify_attach(my_slot);
+	take_slot();
 	on_shmem_exit(worker_detach, 0);
 	return true;
 }
@@ -122,18 +138,15 @@ exit_no_extension(void)
 	proc_exit(0);
 }
 
-/*
- * Should this worker go on?  Not once the extension is dropped, nor when
- * its database became a template or stopped allowing connections (the
- * worker would keep it from being copied).
- */
-static bool
-extension_present(void)
+/* this worker's database, for the log */
+static char dbname[NAMEDATALEN] = "";
+
+static void
+extension_present_unit(void *arg)
 {
 	bool		present;
 	HeapTuple	tup;
 
-	StartTransactionCommand();
 	present = OidIsValid(get_extension_oid("outbox", true));
 	tup = SearchSysCache1(DATABASEOID, ObjectIdGetDatum(MyDatabaseId));
 	if (HeapTupleIsValid(tup))
@@ -142,9 +155,25 @@ extension_present(void)
 
 		if (db->datistemplate || !db->datallowconn)
 			present = false;
+		strlcpy(dbname, NameStr(db->datname), sizeof(dbname));
 		ReleaseSysCache(tup);
 	}
-	CommitTransactionCommand();
+	*(bool *) arg = present;
+}
+
+/*
+ * Should this worker go on?  Not once the extension is dropped, nor when
+ * its database became a template or stopped allowing connections (the
+ * worker would keep it from being copied).  If the lookup itself fails,
+ * the worker goes on, and looks again next round.
+ */
+static bool
+extension_present(void)
+{
+	bool		present = true;
+
+	(void) outbox_unit("outbox: check the extension", OUTBOX_UNIT_BARE,
+					   extension_present_unit, &present);
 	return present;
 }
 
@@ -152,19 +181,20 @@ extension_present(void)
  * One round of work.  A wake-up by commits only notifies; leases, due
  * deliveries and maintenance wait for their time (timed), so that a busy
  * stream of commits does not make the worker redo them after every one.
- * Returns when the timed work is due next.
+ * Sets *next to when the timed work is due next.  Returns false if the
+ * notifications failed (the rest of the round contains its own errors).
  */
-static TimestampTz
-round_of_work(uint64 wake_bits, bool timed)
+static bool
+round_of_work(uint64 wake_bits, bool timed, TimestampTz *next)
 {
-	TimestampTz next = outbox_notify_round(wake_bits, timed);
-
+	if (!outbox_notify_round(wake_bits, timed, next))
+		return false;
 	if (!timed)
-		return 0;
+		return true;
 	outbox_maintain();
-	next = outbox_earliest(next, TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-															  outbox_naptime));
-	return next;
+	*next = outbox_earliest(*next, TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+															   outbox_naptime));
+	return true;
 }
 
 void
@@ -172,6 +202,7 @@ outbox_worker_main(Datum arg)
 {
 	Oid			dboid = DatumGetObjectId(arg);
 	int			error_pause = 0;
+	TimestampTz paused_until = 0;
 	MemoryContext round_cxt;
 	TimestampTz next_timed = 0;
 
@@ -199,17 +230,30 @@ outbox_worker_main(Datum arg)
 	if (!extension_present())
 		exit_no_extension();
 
-	ereport(LOG, (errmsg("outbox worker started for database %u", MyDatabaseId)));
+	ereport(LOG, (errmsg("outbox worker started for database \"%s\"", dbname)));
+	if (outbox_shared != NULL && my_slot == NULL)
+		ereport(LOG,
+				(errmsg("outbox worker for database \"%s\" has no slot: all %d serve other databases",
+						dbname, outbox_shared->nslots),
+				 errdetail("It is not woken by commits; it looks for work every outbox.naptime."),
+				 errhint("Raise outbox.max_databases.")));
 
 	round_cxt = AllocSetContextCreate(TopMemoryContext, "outbox worker round",
 									  ALLOCSET_DEFAULT_SIZES);
 	/* wake-ups of commits before a crash or restart were lost: look at all */
 	outbox_wake_again(OUTBOX_WAKE_ALL);
+
+	/*
+	 * Every piece of work runs as a unit (outbox_unit), which contains its
+	 * own errors: nothing here needs to catch any.
+	 */
 	for (;;)
 	{
 		long		timeout;
-		uint64		wake_bits = 0;
+		uint64		wake_bits;
 		bool		timed;
+		TimestampTz now;
+		TimestampTz next;
 
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
@@ -217,50 +261,67 @@ outbox_worker_main(Datum arg)
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
 		}
-		wake_bits = outbox_take_wake_bits();
 
-		if (!extension_present())
+		/*
+		 * Without a slot, take one as soon as one is free: until then no
+		 * commit can wake this worker, and the launcher would start another.
+		 */
+		if (outbox_shared != NULL && my_slot == NULL)
 		{
-			ereport(LOG, (errmsg("outbox worker stopping: database %u no longer has the extension, or is a template or closed to connections",
-								 MyDatabaseId)));
-			exit_no_extension();
+			take_slot();
+			if (my_slot != NULL)
+			{
+				ereport(LOG, (errmsg("outbox worker for database \"%s\" now has a slot", dbname)));
+				/* commits while it had none woke nobody */
+				outbox_wake_again(OUTBOX_WAKE_ALL);
+			}
 		}
 
-		MemoryContextSwitchTo(round_cxt);
-		PG_TRY();
+		now = GetCurrentTimestamp();
+		if (now >= paused_until)
 		{
-			timed = next_timed == 0 || GetCurrentTimestamp() >= next_timed;
-			if (timed)
-				next_timed = round_of_work(wake_bits, true);
-			else
-				(void) round_of_work(wake_bits, false);
-			error_pause = 0;
+			wake_bits = outbox_take_wake_bits();
 
-			/*
-			 * Under a stream of commits, let a millisecond's worth gather
-			 * before the next round: one notification then serves them
-			 * all, and the worker takes little CPU from the producers.
-			 */
-			if (wake_bits != 0)
-				(void) WaitLatch(MyLatch, WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-								 WAKE_GATHER_MS, PG_WAIT_EXTENSION);
-		}
-		PG_CATCH();
-		{
+			if (!extension_present())
+			{
+				ereport(LOG, (errmsg("outbox worker stopping: database \"%s\" no longer has the extension, or is a template or closed to connections",
+									 dbname)));
+				exit_no_extension();
+			}
+
 			MemoryContextSwitchTo(round_cxt);
-			EmitErrorReport();
-			FlushErrorState();
-			AbortCurrentTransaction();
-			error_pause = error_pause == 0 ? 1000 : Min(error_pause * 2, MAX_ERROR_PAUSE_MS);
-			next_timed = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), error_pause);
-			/* commits of this round may have been missed: look at all again */
-			outbox_wake_again(wake_bits);
-		}
-		PG_END_TRY();
-		MemoryContextSwitchTo(TopMemoryContext);
-		MemoryContextReset(round_cxt);
-		pgstat_report_activity(STATE_IDLE, NULL);
+			timed = next_timed == 0 || now >= next_timed;
+			if (round_of_work(wake_bits, timed, &next))
+			{
+				error_pause = 0;
+				if (timed)
+					next_timed = next;
 
+				/*
+				 * Under a stream of commits, let a millisecond's worth
+				 * gather before the next round: one notification then
+				 * serves them all, and the worker takes little CPU from the
+				 * producers.
+				 */
+				if (wake_bits != 0)
+					(void) WaitLatch(MyLatch, WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+									 WAKE_GATHER_MS, PG_WAIT_EXTENSION);
+			}
+			else
+			{
+				/* logged; the bits are back; try again after a growing pause */
+				error_pause = error_pause == 0 ? 1000 : Min(error_pause * 2, MAX_ERROR_PAUSE_MS);
+				paused_until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), error_pause);
+				next_timed = paused_until;
+			}
+			MemoryContextSwitchTo(TopMemoryContext);
+			MemoryContextReset(round_cxt);
+			pgstat_report_activity(STATE_IDLE, NULL);
+			/* what its units did (dead rows for autovacuum among them) */
+			pgstat_report_stat(false);
+		}
+
+		/* until the timed work is due, or a commit wakes us; while paused, the pause */
 		timeout = outbox_naptime;
 		if (next_timed != 0)
 		{
@@ -268,8 +329,6 @@ outbox_worker_main(Datum arg)
 
 			timeout = Min(timeout, Max(until, 1));
 		}
-		if (error_pause > 0)
-			timeout = error_pause;
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 timeout, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);

@@ -40,7 +40,7 @@ $bg->query_safe('BEGIN');
 $bg->query_safe(q{SELECT outbox.enqueue('c', '{"n": 2}')});
 my $victim = $bg->query_safe('SELECT pg_backend_pid()');
 my $log_offset = -s $node->logfile;
-ok(kill('KILL', $victim), 'kill -9 of an ordinary backend');
+ok(kill9($node, $victim), 'kill -9 of an ordinary backend');
 ok( eval {
 		$node->wait_for_log(qr/all server processes terminated; reinitializing/,
 			$log_offset);
@@ -71,7 +71,7 @@ ok( $node->poll_query_until(
 
 # a crash of the worker itself: the same, launcher and worker come back
 $log_offset = -s $node->logfile;
-ok(kill('KILL', $worker), 'kill -9 of the worker');
+ok(kill9($node, $worker), 'kill -9 of the worker');
 ok( eval {
 		$node->wait_for_log(qr/all server processes terminated; reinitializing/,
 			$log_offset);

@@ -14,7 +14,7 @@ use Test::More;
 our @EXPORT = qw(
   worker_query worker_pids launcher_pid db_oid
   wait_for_worker wait_for_no_worker wait_for_launcher
-  log_since
+  log_since kill9
 );
 
 # SQL giving the pids of the outbox workers connected to a database.
@@ -100,6 +100,16 @@ sub log_since
 {
 	my ($node, $offset) = @_;
 	return slurp_file($node->logfile, $offset);
+}
+
+# Kill a server process with SIGKILL on purpose.  Its pid is recorded
+# first, next to the node's log, so that test/run excuses exactly that
+# process's "terminated by signal 9" and nothing else.
+sub kill9
+{
+	my ($node, $pid) = @_;
+	append_to_file($node->logfile . '.killed', "$pid\n");
+	return kill('KILL', $pid);
 }
 
 1;
