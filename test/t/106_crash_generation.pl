@@ -17,6 +17,7 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use OutboxBehaviour;
+use OutboxTest qw(kill9);
 
 my $node = outbox_node('crash_generation', "restart_after_crash = on",
 	"outbox.chain_rotation = '100ms'", "outbox.naptime = '100ms'");
@@ -57,7 +58,7 @@ for my $crash (1 .. 4)
 	my $bg = $node->background_psql('postgres');
 	my $victim = $bg->query_safe('SELECT pg_backend_pid()');
 	my $log_offset = -s $node->logfile;
-	kill("KILL", $victim) unless $ENV{NOKILL};
+	kill9($node, $victim);
 	$node->wait_for_log(qr/database system is ready to accept connections/, $log_offset);
 	eval { $bg->quit; };
 	$node->poll_query_until('postgres', 'SELECT 1', '1');

@@ -1308,6 +1308,8 @@ sub inject
 	$self->{faults}{ (split / /, $kind)[0] }++;
 	$self->{killed}{$pid} = 1;
 	$self->{expect_crash} = 1;
+	# recorded, so that test/run excuses exactly this signal
+	append_to_file($self->{node}->logfile . '.killed', "$pid\n");
 	kill 'KILL', $pid;
 	$node->wait_for_log(qr/all server processes terminated; reinitializing/, $off);
 	$self->recover($kind);
