@@ -1168,9 +1168,11 @@ hole_segments(OutboxChain *chain)
 /*
  * The parts of the stream not handed out yet: the holes of passed slices
  * whose claim rolled back, then, in stream order, holes left
- * by claims that rolled back, then the rest of the last delta, or a new
- * delta up to the chain's snapshot.  The last segment is always the one at
- * the end.
+ * by claims that rolled back, then the rest of the last delta if it is
+ * not finished, and a new delta up to the chain's snapshot, which is
+ * always the last segment.  A caller that leaves a segment unfinished
+ * must not go on to the ones after it (except past holes): a delta is
+ * finished before the next one starts.
  */
 List *
 outbox_chain_segments(OutboxChain *chain)
@@ -1217,12 +1219,18 @@ outbox_chain_segments(OutboxChain *chain)
 		w.ended = s->ended;
 	}
 
-	if (w.ended)
-		segs = lappend(segs, make_segment(w.delta + 1, w.hi, chain->now, 0,
-										  OUTBOX_POS_END, false, true));
-	else
+	/*
+	 * The rest of the chain's last delta, if it is not finished, and then
+	 * a new delta up to the chain's snapshot: what committed after the
+	 * last delta's snapshot is not handed out yet either (stats count it,
+	 * a change of topics keeps it, and a claim that finishes the last
+	 * delta goes on into it).
+	 */
+	if (!w.ended)
 		segs = lappend(segs, make_segment(w.delta, w.lo, w.hi, w.pos,
 										  OUTBOX_POS_END, false, false));
+	segs = lappend(segs, make_segment(w.delta + 1, w.hi, chain->now, 0,
+									  OUTBOX_POS_END, false, true));
 	return segs;
 }
 

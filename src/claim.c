@@ -653,9 +653,10 @@ segment_ranges(OutboxSegment *seg, int64 **starts, int64 **ends)
 
 /*
  * Scan one segment of the stream, leasing up to what the claim still
- * wants, and record what it covered.
+ * wants, and record what it covered.  Returns whether it covered all of
+ * it: a delta left unfinished must not be followed by the next.
  */
-static void
+static bool
 scan_segment(ClaimState *st, OutboxSegment *seg)
 {
 	static SPIPlanPtr plan = NULL;
@@ -798,6 +799,7 @@ scan_segment(ClaimState *st, OutboxSegment *seg)
 		write_slice(st, &slice, cands, ncands);
 	else
 		st->chain->nslices--;
+	return slice.pos_to == seg->to && slice.ended == seg->to_end;
 }
 
 /*
@@ -875,7 +877,7 @@ outbox_claim(PG_FUNCTION_ARGS)
 			if (st.got >= st.want)
 				break;
 			if (seg->is_gap)
-				scan_segment(&st, seg);
+				(void) scan_segment(&st, seg);
 		}
 		promote_waiting(&st);
 	}
@@ -891,7 +893,8 @@ outbox_claim(PG_FUNCTION_ARGS)
 			continue;			/* scanned above */
 		if (seg->new_delta && outbox_snap_equal(seg->lo, seg->hi))
 			continue;
-		scan_segment(&st, seg);
+		if (!scan_segment(&st, seg) && !seg->is_gap)
+			break;				/* the next delta starts after this one */
 	}
 
 	/* events held behind an earlier commit of their key may be free now */
@@ -943,7 +946,8 @@ outbox_claim_advance(OutboxSub *sub)
 
 		if (seg->new_delta && outbox_snap_equal(seg->lo, seg->hi))
 			continue;
-		scan_segment(&st, seg);
+		if (!scan_segment(&st, seg) && !seg->is_gap)
+			break;				/* the next delta starts after this one */
 	}
 	outbox_chain_fold(st.chain, 0);
 	outbox_unlock_sub(sub->id);

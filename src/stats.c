@@ -95,26 +95,6 @@ count_stream(OutboxSub *sub, OutboxChain *chain, Counts *c, TimestampTz now)
 							  " ORDER BY e.id", 4, types);
 	}
 	segs = outbox_chain_segments(chain);
-
-	/*
-	 * A claim finishes the delta the chain is in before it starts a new
-	 * one, so the segments end with the rest of that delta; what committed
-	 * after it is ready too, in the delta the next claim starts.
-	 */
-	if (segs != NIL && !((OutboxSegment *) llast(segs))->new_delta)
-	{
-		OutboxSegment *last = llast(segs);
-		OutboxSegment *next = palloc0(sizeof(OutboxSegment));
-
-		next->delta = last->delta + 1;
-		next->lo = last->hi;
-		next->hi = chain->now;
-		next->from = 0;
-		next->to = OUTBOX_POS_END;
-		next->to_end = true;
-		next->new_delta = true;
-		segs = lappend(segs, next);
-	}
 	foreach(lc, segs)
 	{
 		OutboxSegment *seg = lfirst(lc);
