@@ -32,31 +32,16 @@
 # chooses the same operations (what the worker does in the meantime depends
 # on time, so a replay may differ in results).
 #
-# Today's code (1.0, before the fixes of issue 8) fails the test with every
-# one of these on (see the seeds in the report of the "random" branch), so
-# OUTBOX_RANDOM_SKIP defaults to @default_skip below; drop a name from it when
-# the fault it stands for is fixed:
-#   killbackend, killworker, restart  fault 1 (a crash undoes committed
-#                 claims and acks: deliveries handed out again at the same
-#                 attempt, fail() of a just-claimed delivery returns NULL)
-#   isolation     fault 10 (REPEATABLE READ late ack returns false; subscribe
-#                 in REPEATABLE READ takes an old snapshot as origin)
-#   ackahead      fault 10 (READ COMMITTED: an uncommitted ack-ahead and a
-#                 claim + ack of another session both return true)
-#   readonly      fault 13 (enqueue writes in a READ ONLY transaction)
-#   resubscribe   fault 11 (re-subscribing with other topics drops the
-#                 undelivered events of the old topics)
-#   storage       fault 7 (a far deliver_at or a paused subscription pins
-#                 every bucket)
-#   ordered       ordered subscriptions hand out a key's later event while
-#                 an earlier one is not done (found by this test; see report)
-#   stats         outbox.stats counts fewer deliveries than are pending
-#                 (found by this test; see report)
-#   unsubscribe   an ack waiting while unsubscribe() commits fails with
-#                 XX000 "cursor of subscription N is missing" instead of
-#                 42704 (found by this test; near fault 6)
+# On 1.0 every operation kind and check fails the test (faults 1, 7, 10,
+# 11, 13 of issue 8, and what the test found besides: see the history of
+# this file).  With those fixed, OUTBOX_RANDOM_SKIP defaults to
+# @default_skip below, each name for what still fails or is undecided:
+#   resubscribe   re-subscribing an ordered subscription with other topics
+#                 can still hand out a key's later event while an earlier
+#                 one waits for its retry (seed 22, 45 s; being worked on)
 #   reclaim       a transaction gets again an event whose lease in that
-#                 same transaction ran out (contract silent; see report)
+#                 same transaction ran out (the contract is silent)
+# Everything else, faults included, runs by default.
 use strict;
 use warnings FATAL => 'all';
 
@@ -65,8 +50,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use OutboxRandom;
 
-my @default_skip = qw(killbackend killworker restart isolation ackahead readonly
-  resubscribe storage ordered stats reclaim unsubscribe);
+my @default_skip = qw(resubscribe reclaim);
 my $seed = $ENV{OUTBOX_RANDOM_SEED} // (time % 1000000);
 my $seconds = $ENV{OUTBOX_RANDOM_SECONDS} // 50;
 my @skip = defined $ENV{OUTBOX_RANDOM_SKIP}
