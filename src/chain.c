@@ -460,6 +460,8 @@ slice_from_tuple(OutboxSlice *sp, Relation rel, HeapTuple tup,
 	{
 		if (!gone[k])
 			s.ids[s.nids++] = all[k];
+		if (!gone_for_good[k])
+			s.nlive++;
 		/* keys stay busy until their settlement commits */
 		if (kelems && !gone_for_good[k] && !knulls[k])
 			s.key_hashes[s.nkeys++] = outbox_key_hash(TextDatumGetCString(kelems[k]));

@@ -29,6 +29,7 @@ typedef struct OutboxSlice
 	bool		committed;		/* committed, and no settlement in progress */
 	bool		settled;		/* committed, and no ids left */
 	int			nids;			/* ids not settled yet */
+	int			nlive;			/* ids no committed settlement took */
 	int64	   *ids;
 	int			nkeys;
 	int64	   *key_hashes;		/* ordered subscriptions: hashes of keys */

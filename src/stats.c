@@ -152,7 +152,10 @@ count_stream(OutboxSub *sub, OutboxChain *chain, Counts *c, TimestampTz now)
 }
 
 /*
- * Ids leased from the stream and not settled yet.
+ * Ids leased from the stream that no committed settlement took (an ack in
+ * progress may still roll back).  Those of a claim whose transaction is
+ * still open are not leased as far as any committed state goes (a
+ * rollback gives them back at once): they count as ready.
  */
 static void
 count_batches(OutboxChain *chain, Counts *c)
@@ -160,8 +163,12 @@ count_batches(OutboxChain *chain, Counts *c)
 	int			j;
 
 	for (j = 0; j < chain->nslices; j++)
+	{
 		if (chain->slices[j].visible)
-			c->leased += chain->slices[j].nids;
+			c->leased += chain->slices[j].nlive;
+		else
+			c->ready += chain->slices[j].nlive;
+	}
 }
 
 static void

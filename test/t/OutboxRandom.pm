@@ -897,6 +897,9 @@ sub check_claim
 			next unless $before;
 			my $od = $self->deliv($S->{inc}, $oid);
 			next if $od->{done} || $od->{dead};
+			# a replayed dead letter queues behind its key (README, Ordering):
+			# later events of the key may go first
+			next if $od->{replayed};
 			# acked or dead-lettered earlier in this same transaction: done
 			# for it (a rollback undoes both)
 			next if grep {
@@ -1222,6 +1225,7 @@ sub admin_step
 			{
 				my $d = $self->deliv($S->{inc}, $one);
 				$d->{dead} = 0;
+				$d->{replayed} = 1;
 				$d->{claims_committed} = 0;
 				$d->{leased_by} = undef;
 			}
@@ -1232,6 +1236,7 @@ sub admin_step
 				for my $d (values %{ $self->{deliv}{ $S->{inc} } })
 				{
 					next if $d->{done};
+					$d->{replayed} = 1 if $d->{dead};
 					$d->{dead} = 0;
 					$d->{attempt_unknown} = 1;
 				}
