@@ -7,7 +7,8 @@
 # the end drains every subscription and checks that every committed event
 # reached every subscription it was for.
 #
-#   OUTBOX_RANDOM_SEED=n       the seed (default: from the time; printed)
+#   OUTBOX_RANDOM_SEED=n       the seed (default 21; "random": from the clock;
+#                              printed either way)
 #   OUTBOX_RANDOM_SECONDS=n    how long to run operations (default 50)
 #   OUTBOX_RANDOM_HOLD=n       after a failure, keep the cluster up n seconds
 #                              for a look (the failure prints its host and port)
@@ -54,7 +55,11 @@ use Test::More;
 use OutboxRandom;
 
 my @default_skip = qw(resubscribe stats reclaim);
-my $seed = $ENV{OUTBOX_RANDOM_SEED} // (time % 1000000);
+# The suite runs one fixed seed, so that a run of it repeats the same
+# operations; exploring takes other seeds (OUTBOX_RANDOM_SEED=random picks
+# one from the clock).
+my $seed = $ENV{OUTBOX_RANDOM_SEED} // 21;
+$seed = time % 1000000 if $seed eq 'random';
 my $seconds = $ENV{OUTBOX_RANDOM_SECONDS} // 50;
 my @skip = defined $ENV{OUTBOX_RANDOM_SKIP}
   ? grep { $_ ne '' } split /,/, $ENV{OUTBOX_RANDOM_SKIP}
