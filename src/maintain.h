@@ -40,10 +40,8 @@ extern void outbox_notify_attach(OutboxDbSlot *slot);
 extern uint64 outbox_take_wake_bits(void);
 extern void outbox_wake_again(uint64 bits);
 extern void outbox_notify_sub(const char *name);
-extern void outbox_notify_matching(uint64 bits);
 extern bool outbox_notify_round(uint64 bits, bool timed, TimestampTz *next);
 extern void outbox_notify_between(void);
-extern void outbox_forget_subscriptions(void);
 
 /* lease.c */
 extern TimestampTz outbox_expire_leases(void);

@@ -24,6 +24,8 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
+static void notify_matching(uint64 bits);
+
 /*
  * The worker's slot in shared memory.  NULL without shared memory, or when
  * every slot serves another database: then no wake-ups come, and each
@@ -92,7 +94,7 @@ notify_ready(uint64 bits)
 			bits = OUTBOX_WAKE_ALL;
 	}
 
-	outbox_notify_matching(bits);
+	notify_matching(bits);
 }
 
 
@@ -133,8 +135,8 @@ sub_cache_invalidate(Datum arg, Oid relid)
 }
 
 /* A commit changed subscriptions: reload the list before notifying again. */
-void
-outbox_forget_subscriptions(void)
+static void
+forget_subscriptions(void)
 {
 	sub_cache_valid = false;
 }
@@ -213,8 +215,8 @@ subscriptions(void)
 /*
  * Notify every subscription (not paused) with a topic whose bit is set.
  */
-void
-outbox_notify_matching(uint64 bits)
+static void
+notify_matching(uint64 bits)
 {
 	ListCell   *lc;
 
@@ -280,7 +282,7 @@ notify_due(TimestampTz last, TimestampTz now)
 	for (i = 0; i < SPI_processed; i++)
 		bits |= outbox_topic_bit(TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[i],
 																   SPI_tuptable->tupdesc, 1, &isnull)));
-	outbox_notify_matching(bits);
+	notify_matching(bits);
 
 	if (SPI_execute_plan(next_plan, &args[1], NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "next due lookup failed");
@@ -322,7 +324,7 @@ notify_cached_unit(void *arg)
 
 	if (sub_cache_valid)
 	{
-		outbox_notify_matching(r->bits);
+		notify_matching(r->bits);
 		r->done = true;
 	}
 }
@@ -406,7 +408,7 @@ outbox_take_wake_bits(void)
 	if (changes != subs_changes_seen)
 	{
 		subs_changes_seen = changes;
-		outbox_forget_subscriptions();
+		forget_subscriptions();
 	}
 	return bits;
 }
