@@ -94,12 +94,11 @@ outbox_sub_exists(int32 sub_id)
 }
 
 /*
- * outbox._hold_subscription(subscription): the lifetime lock, exclusively,
- * until the end of the transaction.  subscribe takes it before it reads or
- * changes the subscription.
+ * The lifetime lock of the subscription named by the first argument,
+ * exclusively, until the end of the transaction; returns the name.
  */
-Datum
-outbox_hold_subscription_sql(PG_FUNCTION_ARGS)
+static char *
+hold_sub_exclusive(FunctionCallInfo fcinfo)
 {
 	LOCKTAG		tag;
 	char	   *name;
@@ -112,6 +111,18 @@ outbox_hold_subscription_sql(PG_FUNCTION_ARGS)
 	outbox_check_name(name);
 	lifetime_tag(&tag, name);
 	(void) LockAcquire(&tag, AccessExclusiveLock, false, false);
+	return name;
+}
+
+/*
+ * outbox._hold_subscription(subscription): the lifetime lock, exclusively,
+ * until the end of the transaction.  subscribe takes it before it reads or
+ * changes the subscription.
+ */
+Datum
+outbox_hold_subscription_sql(PG_FUNCTION_ARGS)
+{
+	(void) hold_sub_exclusive(fcinfo);
 	PG_RETURN_VOID();
 }
 
@@ -161,21 +172,11 @@ outbox_drop_subscription(PG_FUNCTION_ARGS)
 		"DELETE FROM outbox.consumer WHERE sub_id OPERATOR(pg_catalog.=) $1",
 		"DELETE FROM outbox.subscription WHERE id OPERATOR(pg_catalog.=) $1"
 	};
-	LOCKTAG		tag;
-	char	   *name;
+	char	   *name = hold_sub_exclusive(fcinfo);
 	OutboxSub  *sub;
 	Oid			save_user;
 	int			save_sec;
 	int			i;
-
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("subscription must not be null")));
-	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	outbox_check_name(name);
-	lifetime_tag(&tag, name);
-	(void) LockAcquire(&tag, AccessExclusiveLock, false, false);
 
 	SPI_connect();
 	outbox_become_owner(&save_user, &save_sec);
