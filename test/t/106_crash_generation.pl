@@ -24,21 +24,8 @@ my $node = outbox_node('crash_generation', "restart_after_crash = on",
 
 sub sql { return $node->safe_psql('postgres', $_[0]); }
 
-sql(q{
-	CREATE TABLE seen (event_id bigint PRIMARY KEY, dups int NOT NULL DEFAULT 0);
-	SELECT outbox.subscribe('gen', ARRAY['gen']);
-	-- one transaction: claim, record (counting repeats), ack
-	CREATE FUNCTION consume(n int) RETURNS int LANGUAGE plpgsql AS $$
-	DECLARE
-		ids bigint[];
-	BEGIN
-		SELECT array_agg(event_id) INTO ids FROM outbox.claim('gen', n);
-		INSERT INTO seen SELECT unnest(ids)
-			ON CONFLICT (event_id) DO UPDATE SET dups = seen.dups + 1;
-		PERFORM outbox.ack('gen', ids);
-		RETURN coalesce(cardinality(ids), 0);
-	END $$;
-});
+sql("SELECT outbox.subscribe('gen', ARRAY['gen'])");
+exactly_once_consumer($node, 'gen');
 
 my $enqueued = 0;
 for my $crash (1 .. 4)

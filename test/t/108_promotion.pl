@@ -14,6 +14,7 @@ use warnings FATAL => 'all';
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use OutboxBehaviour;
 
 my $primary = PostgreSQL::Test::Cluster->new('primary');
 $primary->init(allows_streaming => 1);
@@ -24,19 +25,9 @@ $primary->append_conf('postgresql.conf', join("\n",
 $primary->start;
 $primary->safe_psql('postgres', q{
 	CREATE EXTENSION outbox;
-	CREATE TABLE seen (event_id bigint PRIMARY KEY, dups int NOT NULL DEFAULT 0);
 	SELECT outbox.subscribe('promo', ARRAY['promo']);
-	CREATE FUNCTION consume(n int) RETURNS int LANGUAGE plpgsql AS $$
-	DECLARE
-		ids bigint[];
-	BEGIN
-		SELECT array_agg(event_id) INTO ids FROM outbox.claim('promo', n);
-		INSERT INTO seen SELECT unnest(ids)
-			ON CONFLICT (event_id) DO UPDATE SET dups = seen.dups + 1;
-		PERFORM outbox.ack('promo', ids);
-		RETURN coalesce(cardinality(ids), 0);
-	END $$;
 });
+exactly_once_consumer($primary, 'promo');
 $primary->backup('base');
 my $standby = PostgreSQL::Test::Cluster->new('standby');
 $standby->init_from_backup($primary, 'base', has_streaming => 1);

@@ -15,7 +15,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(usleep);
 
-our @EXPORT = qw(outbox_node wait_for_worker);
+our @EXPORT = qw(outbox_node wait_for_worker exactly_once_consumer);
 
 # A started node with outbox preloaded and the extension created in
 # database postgres, whose worker runs.  Extra postgresql.conf lines may
@@ -32,6 +32,29 @@ sub outbox_node
 	$node->safe_psql('postgres', 'CREATE EXTENSION outbox');
 	wait_for_worker($node);
 	return $node;
+}
+
+# An exactly-once consumer of a subscription in database postgres: the
+# table "seen" counts, per event, how many times it was handed out after
+# the first (dups), and "SELECT consume(n)" claims up to n events, records
+# them and acks them in one transaction, returning how many it got.
+sub exactly_once_consumer
+{
+	my ($node, $sub) = @_;
+	$node->safe_psql('postgres', qq{
+	CREATE TABLE seen (event_id bigint PRIMARY KEY, dups int NOT NULL DEFAULT 0);
+	CREATE FUNCTION consume(n int) RETURNS int LANGUAGE plpgsql AS \$\$
+	DECLARE
+		ids bigint[];
+	BEGIN
+		SELECT array_agg(event_id) INTO ids FROM outbox.claim('$sub', n);
+		INSERT INTO seen SELECT unnest(ids)
+			ON CONFLICT (event_id) DO UPDATE SET dups = seen.dups + 1;
+		PERFORM outbox.ack('$sub', ids);
+		RETURN coalesce(cardinality(ids), 0);
+	END \$\$;
+});
+	return;
 }
 
 # Wait until the worker of database postgres runs; dies if it never does.
