@@ -1423,10 +1423,11 @@ in_kept_hole(OutboxChain *chain, const bool *kept, const OutboxSlice *s)
 /*
  * Hand the leases of a committed slice over to outbox.delivery as 'leased'
  * rows, where ack, fail and lease expiry find them, so that the slice can
- * be folded.  False if an ack is settling it right now (fold another time).
+ * be folded.  False if an ack is settling it right now and !wait (fold
+ * another time).
  */
 static bool
-hand_over(OutboxChain *chain, OutboxSlice *s)
+hand_over(OutboxChain *chain, OutboxSlice *s, bool wait)
 {
 	static SPIPlanPtr hand_plan = NULL;
 	int64	   *taken;
@@ -1445,7 +1446,7 @@ hand_over(OutboxChain *chain, OutboxSlice *s)
 			" WHERE u.id IS NOT NULL ON CONFLICT DO NOTHING", 4, t4);
 	}
 	ntaken = outbox_batch_take(chain->sub_id, s->gen, s->batch_no, NULL, 0,
-							   true, &taken, &keys, &key_nulls);
+							   !wait, &taken, &keys, &key_nulls);
 	if (ntaken < 0)
 		return false;
 	if (ntaken > 0)
@@ -1460,6 +1461,33 @@ hand_over(OutboxChain *chain, OutboxSlice *s)
 			elog(ERROR, "lease hand-over failed");
 	}
 	return true;
+}
+
+/*
+ * For subscribe changing an existing subscription, under its lifetime lock
+ * held exclusively (no claim, settlement or worker round of it is in
+ * progress, so every slice read is committed or ours): the leases the
+ * slices still hold become 'leased' delivery rows.  unkeyed_only: only
+ * those of slices written without keys (when "ordered" is switched on).
+ *
+ * After a change of topics this is what keeps a leased event of a dropped
+ * topic: retention keeps events ahead of a cursor only for the topics the
+ * subscription has now, and a delivery row whatever its topic.
+ */
+void
+outbox_chain_hand_over_all(OutboxChain *chain, bool unkeyed_only)
+{
+	int			i;
+
+	for (i = 0; i < chain->nslices; i++)
+	{
+		OutboxSlice *s = &chain->slices[i];
+
+		if (s->is_new || !s->visible || s->nids == 0 ||
+			(unkeyed_only && s->key_hashes != NULL))
+			continue;
+		(void) hand_over(chain, s, true);
+	}
 }
 
 /* An array of n datums of a type, for the cursor insert. */
@@ -1595,7 +1623,7 @@ outbox_chain_fold(OutboxChain *chain, int min_slices)
 		if (!s->held)
 			continue;
 		if (!s->committed || in_kept_hole(chain, kept, s) ||
-			(!s->settled && !hand_over(chain, s)))
+			(!s->settled && !hand_over(chain, s, false)))
 		{
 			out[nout++] = held_of(s);
 			continue;
@@ -1628,7 +1656,7 @@ outbox_chain_fold(OutboxChain *chain, int min_slices)
 				continue;
 			else if (s->settled ||
 					 (s->committed && following >= OUTBOX_FOLD_PAST_LEASES &&
-					  hand_over(chain, s)))
+					  hand_over(chain, s, false)))
 			{
 				handed |= !s->settled;
 				n++;
@@ -1659,7 +1687,7 @@ outbox_chain_fold(OutboxChain *chain, int min_slices)
 			if (following < OUTBOX_FOLD_PAST_LEASES)
 				break;
 			/* an ack may be settling it right now: fold another time */
-			if (!hand_over(chain, s))
+			if (!hand_over(chain, s, false))
 				break;
 			handed = true;
 			n++;

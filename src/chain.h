@@ -127,6 +127,7 @@ extern bool outbox_chain_pending(OutboxChain *chain, uint64 xid, int64 first,
 								 int64 last);
 extern void outbox_chain_add(OutboxChain *chain, OutboxSlice *slice);
 extern void outbox_chain_fold(OutboxChain *chain, int min_slices);
+extern void outbox_chain_hand_over_all(OutboxChain *chain, bool unkeyed_only);
 extern bool outbox_try_lock_sub(int32 sub_id);
 
 /* claims fold once this many settled slices lead the chain */

@@ -959,8 +959,10 @@ outbox_claim_advance(OutboxSub *sub)
  * changed: events of topics it no longer has, committed and not handed out
  * yet, become deliveries of their own ('ready', 'scheduled' when delayed,
  * 'waiting' behind their key when ordered), so that the subscription keeps
- * them.  Claims skip stream events that have a delivery row, so none is
- * handed out twice if a topic comes back.  Returns whether it kept any.
+ * them, and the leases its slices hold become delivery rows too (retention
+ * keeps events of a slice only for the topics the subscription has now).
+ * Claims skip stream events that have a delivery row, so none is handed
+ * out twice if a topic comes back.  Returns whether it kept any.
  */
 bool
 outbox_claim_keep_topics(OutboxSub *sub, ArrayType *old_topics)
@@ -973,6 +975,7 @@ outbox_claim_keep_topics(OutboxSub *sub, ArrayType *old_topics)
 	int			ntopics,
 				t;
 	bool		kept = false;
+	bool		dropped;
 
 	if (sub->topics == NULL)
 		return false;			/* every topic now: none was dropped */
@@ -988,6 +991,27 @@ outbox_claim_keep_topics(OutboxSub *sub, ArrayType *old_topics)
 	}
 	deconstruct_array(sub->topics, TEXTOID, -1, false, TYPALIGN_INT,
 					  &topics, NULL, &ntopics);
+	dropped = (old_topics == NULL);
+	if (!dropped)
+	{
+		Datum	   *old;
+		int			nold,
+					o;
+
+		deconstruct_array(old_topics, TEXTOID, -1, false, TYPALIGN_INT,
+						  &old, NULL, &nold);
+		for (o = 0; o < nold && !dropped; o++)
+		{
+			bool		still = false;
+
+			for (t = 0; t < ntopics && !still; t++)
+				still = strcmp(TextDatumGetCString(old[o]),
+							   TextDatumGetCString(topics[t])) == 0;
+			dropped = !still;
+		}
+	}
+	if (!dropped)
+		return false;
 
 	memset(&st, 0, sizeof(st));
 	st.sub = sub;
@@ -1082,6 +1106,8 @@ outbox_claim_keep_topics(OutboxSub *sub, ArrayType *old_topics)
 			}
 		}
 	}
+	/* nor may what is leased depend on the topics */
+	outbox_chain_hand_over_all(st.chain, false);
 	outbox_unlock_sub(sub->id);
 	outbox_chain_release(st.chain);
 	return kept;
@@ -1098,21 +1124,14 @@ outbox_claim_keep_topics(OutboxSub *sub, ArrayType *old_topics)
 void
 outbox_claim_order_leases(OutboxSub *sub)
 {
-	static SPIPlanPtr hand = NULL;
 	static SPIPlanPtr keys = NULL;
 	OutboxChain *chain;
-	Datum		args[3];
-	int			i;
+	Datum		args[1];
 
-	if (hand == NULL)
+	if (keys == NULL)
 	{
-		Oid			t3[3] = {INT4OID, TIMESTAMPTZOID, INT8ARRAYOID};
 		Oid			t1[1] = {INT4OID};
 
-		hand = outbox_prepare(
-			"INSERT INTO outbox.delivery (sub_id, event_id, state, attempts, lease_until, key)"
-			" SELECT $1, e.id, 'leased', 1, $2, e.key FROM outbox.event e"
-			" WHERE e.id OPERATOR(pg_catalog.=) ANY ($3) ON CONFLICT DO NOTHING", 3, t3);
 		keys = outbox_prepare(
 			"UPDATE outbox.delivery d SET key = e.key FROM outbox.event e"
 			" WHERE d.sub_id OPERATOR(pg_catalog.=) $1 AND d.key IS NULL"
@@ -1122,30 +1141,7 @@ outbox_claim_order_leases(OutboxSub *sub)
 	}
 	outbox_lock_sub(sub->id);
 	chain = outbox_chain_read(sub->id);
-	for (i = 0; i < chain->nslices; i++)
-	{
-		OutboxSlice *s = &chain->slices[i];
-		int64	   *taken;
-		Datum	   *dids;
-		int			ntaken,
-					k;
-
-		if (s->nids == 0 || s->key_hashes != NULL)
-			continue;			/* nothing leased, or written with keys */
-		ntaken = outbox_batch_take(sub->id, s->gen, s->batch_no, NULL, 0, false,
-								   &taken, NULL, NULL);
-		if (ntaken <= 0)
-			continue;
-		dids = palloc(sizeof(Datum) * ntaken);
-		for (k = 0; k < ntaken; k++)
-			dids[k] = Int64GetDatum(taken[k]);
-		args[0] = Int32GetDatum(sub->id);
-		args[1] = TimestampTzGetDatum(s->lease_until);
-		args[2] = PointerGetDatum(construct_array(dids, ntaken, INT8OID, 8,
-												  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-		if (exec_latest(hand, args, NULL, false) != SPI_OK_INSERT)
-			elog(ERROR, "lease hand-over failed");
-	}
+	outbox_chain_hand_over_all(chain, true);
 	args[0] = Int32GetDatum(sub->id);
 	if (exec_latest(keys, args, NULL, false) != SPI_OK_UPDATE)
 		elog(ERROR, "delivery key update failed");
