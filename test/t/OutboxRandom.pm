@@ -814,6 +814,7 @@ sub claim
 			for my $r (@$rows)
 			{
 				my ($id, $key, $attempt, $clk) = @$r;
+				$self->await_holder_commit($self->deliv($S->{inc}, $id));
 				$self->check_claim($s, $tx, $S, $id, $key, $attempt, $clk, $t_sent);
 				if (defined $key && $self->always_ordered($S))
 				{
@@ -826,6 +827,29 @@ sub claim
 				$d->{touched}{ $tx->{tag} } = 1;
 			}
 		}, 'claim');
+}
+
+# A claim returned an event that a transaction of the model still holds,
+# whose COMMIT was sent but not answered yet (send() stops waiting after
+# 60 ms): the server may have committed it before the claim began, and
+# only then could the claim get the event (after a fail, or when its lease
+# ran out).  Take that COMMIT's answer first, so that the checks compare
+# against what had committed.
+sub await_holder_commit
+{
+	my ($self, $d) = @_;
+	my $tag = $d->{holder} or return;
+	my $tx = $self->{txs}{$tag};
+	return unless $tx && $tx->{state} eq 'committing';
+	my $s = $self->{by_name}{ $tx->{sess} } or return;
+	my $until = time + 60;
+	while ($s->{busy} && time < $until)
+	{
+		last if $self->poll($s);
+		usleep(1000);
+	}
+	$self->violation("COMMIT of tx $tag in $s->{name} did not answer within 60 s")
+	  if $s->{busy};
 }
 
 sub check_claim
