@@ -814,7 +814,7 @@ sub claim
 			for my $r (@$rows)
 			{
 				my ($id, $key, $attempt, $clk) = @$r;
-				$self->await_holder_commit($self->deliv($S->{inc}, $id));
+				$self->await_answers_for($self->deliv($S->{inc}, $id));
 				$self->check_claim($s, $tx, $S, $id, $key, $attempt, $clk, $t_sent);
 				if (defined $key && $self->always_ordered($S))
 				{
@@ -829,27 +829,34 @@ sub claim
 		}, 'claim');
 }
 
-# A claim returned an event that a transaction of the model still holds,
-# whose COMMIT was sent but not answered yet (send() stops waiting after
-# 60 ms): the server may have committed it before the claim began, and
-# only then could the claim get the event (after a fail, or when its lease
-# ran out).  Take that COMMIT's answer first, so that the checks compare
-# against what had committed.
-sub await_holder_commit
+# A claim returned an event that the model still sees held by a
+# transaction whose COMMIT was sent but not answered yet, or dead with a
+# replay sent but not answered (send() stops waiting after 60 ms): the
+# server may have carried either out before the claim began, and only
+# then could the claim get the event.  Take those answers first, so that
+# the checks compare against what had happened.
+sub await_answers_for
 {
 	my ($self, $d) = @_;
-	my $tag = $d->{holder} or return;
-	my $tx = $self->{txs}{$tag};
-	return unless $tx && $tx->{state} eq 'committing';
-	my $s = $self->{by_name}{ $tx->{sess} } or return;
-	my $until = time + 60;
-	while ($s->{busy} && time < $until)
+	my @wait;
+	if (my $tag = $d->{holder})
 	{
-		last if $self->poll($s);
-		usleep(1000);
+		my $tx = $self->{txs}{$tag};
+		push @wait, $self->{by_name}{ $tx->{sess} }
+		  if $tx && $tx->{state} eq 'committing' && $self->{by_name}{ $tx->{sess} };
 	}
-	$self->violation("COMMIT of tx $tag in $s->{name} did not answer within 60 s")
-	  if $s->{busy};
+	push @wait, $self->{admin} if $d->{replay_pending} && $d->{dead};
+	for my $s (@wait)
+	{
+		my $until = time + 60;
+		while ($s->{busy} && time < $until)
+		{
+			last if $self->poll($s);
+			usleep(1000);
+		}
+		$self->violation("$s->{name} did not answer within 60 s: $s->{busy}{sql}")
+		  if $s->{busy};
+	}
 }
 
 sub check_claim
