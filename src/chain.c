@@ -744,13 +744,39 @@ outbox_cursor_read(OutboxChain *chain, Snapshot snapshot)
 }
 
 /*
+ * Retention empties an event bucket with TRUNCATE, in the transaction that
+ * copies what is still needed of it to outbox.event_kept.  TRUNCATE is not
+ * MVCC-safe: a snapshot taken before that transaction committed sees the
+ * emptied bucket as empty, and the copies as not there yet, so a claim
+ * reading with it would pass those events by for good.  Readers therefore
+ * lock the event tables before they take the snapshot they read events
+ * with: retention, which only tries its lock, then waits for them, or has
+ * committed before the snapshot is taken.
+ */
+static void
+lock_event_tables(void)
+{
+	char		name[NAMEDATALEN];
+	int			b;
+
+	LockRelationOid(outbox_relid("event"), AccessShareLock);
+	for (b = 0; b < OUTBOX_BUCKETS; b++)
+	{
+		snprintf(name, sizeof(name), "event_%d", b);
+		LockRelationOid(outbox_relid(name), AccessShareLock);
+	}
+	LockRelationOid(outbox_relid("event_kept"), AccessShareLock);
+}
+
+/*
  * Read a subscription's chain.  The caller holds the subscription's claim
  * lock and is connected to SPI as the owner.  The cursor is read once to
  * know where its batch rows start, the batch rows are read, and then the
  * cursor again with a snapshot taken after: a fold that commits in between
  * then shows as rows the new cursor already covers, which the walk skips,
  * never as a hole, and what it recorded as passed is read as well.  The
- * snapshot is registered; release it with outbox_chain_release.
+ * snapshot, taken with the event tables locked, is registered; release it
+ * with outbox_chain_release.
  */
 OutboxChain *
 outbox_chain_read(int32 sub_id)
@@ -759,6 +785,7 @@ outbox_chain_read(int32 sub_id)
 	int64		fold_no;
 
 	chain->sub_id = sub_id;
+	lock_event_tables();
 	/* the claim's batch row and a fold's cursor row go into this generation */
 	do
 	{
