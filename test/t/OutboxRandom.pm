@@ -830,11 +830,14 @@ sub claim
 }
 
 # A claim returned an event that the model still sees held by a
-# transaction whose COMMIT was sent but not answered yet, or dead with a
-# replay sent but not answered (send() stops waiting after 60 ms): the
-# server may have carried either out before the claim began, and only
-# then could the claim get the event.  Take those answers first, so that
-# the checks compare against what had happened.
+# transaction whose session has a statement unanswered (send() stops
+# waiting after 60 ms), or dead with a replay unanswered.  The server may
+# have ended that transaction before the claim began (a COMMIT carried out,
+# or an error: a deadlock victim, a serialization failure), or carried out
+# the replay, and only then could the claim get the event.  Take those
+# answers first, so that the checks compare against what had happened.  A
+# transaction that really still holds the event may be waiting for the
+# claimer's: after 10 s the checks go on without the answer.
 sub await_answers_for
 {
 	my ($self, $d) = @_;
@@ -842,20 +845,18 @@ sub await_answers_for
 	if (my $tag = $d->{holder})
 	{
 		my $tx = $self->{txs}{$tag};
-		push @wait, $self->{by_name}{ $tx->{sess} }
-		  if $tx && $tx->{state} eq 'committing' && $self->{by_name}{ $tx->{sess} };
+		my $hs = $tx && $self->{by_name}{ $tx->{sess} };
+		push @wait, $hs if $hs && $hs->{busy};
 	}
 	push @wait, $self->{admin} if $d->{replay_pending} && $d->{dead};
 	for my $s (@wait)
 	{
-		my $until = time + 60;
+		my $until = time + 10;
 		while ($s->{busy} && time < $until)
 		{
 			last if $self->poll($s);
 			usleep(1000);
 		}
-		$self->violation("$s->{name} did not answer within 60 s: $s->{busy}{sql}")
-		  if $s->{busy};
 	}
 }
 
