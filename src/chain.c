@@ -1529,54 +1529,224 @@ make_array(Datum *elems, int n, Oid type)
 	return PointerGetDatum(construct_array(elems, n, type, typlen, typbyval, typalign));
 }
 
+/* what one fold builds: the new cursor row, phase by phase */
+typedef struct Fold
+{
+	OutboxChain *chain;
+	Walk		w;				/* the new cursor position */
+	OutboxHeld *out;			/* what the new row records as passed */
+	int			nout;
+	bool	   *kept;			/* chain->holes[i] stays recorded */
+	int			n;				/* slices folded */
+	bool		handed;			/* a slice's leases were handed over */
+	bool		changed;		/* the records change */
+} Fold;
+
 /*
- * Fold the settled slices that lead the chain into a new outbox.cursor row,
- * if there are at least min_slices of them and no other transaction is
- * folding (a lock held to commit says so).  Runs in the claimer's
- * transaction, under the claim lock.  Folded batch rows stay where they
- * are (below the new scan_from, where no reader looks) until their
- * partition is emptied.
- *
- * A committed slice whose leases are still out (a slow consumer) would
- * stop folding, and every claim would read the growing chain behind it.
- * Once enough slices follow it, its leases are handed over to
- * outbox.delivery as 'leased' rows (where ack, fail and lease expiry find
- * them as well) and it is folded like the others.
- *
- * A slice whose claiming transaction is still in progress (a consumer
- * working inside its claim's transaction) would stop folding the same way.
- * Once enough slices follow it, the fold passes it: the new cursor row
- * records it ("held"), readers read it through the record, and a later
- * fold drops the record once the slice is settled (or its leases handed
- * over, after that transaction committed).  If that transaction rolls
- * back, the recorded range is a hole: handed out again first (attempt not
- * counted), and dropped once slices that cannot vanish cover it again.
- *
- * min_slices 0 (the worker) also writes a cursor row when nothing folds but
- * the newest one is in an older generation, so that old partitions can be
- * emptied.
+ * The number the new cursor row gets, or -1 if this fold must not write
+ * one: another fold committed since the chain was read (ours would be
+ * stale), or one is in progress and the chain is still short behind it.
+ * Folds run under the claim lock, one at a time, so fold numbers and
+ * generations grow in the order the rows are written, whatever order they
+ * commit in; the newest row is the one with the highest fold_no.
  */
-void
-outbox_chain_fold(OutboxChain *chain, int min_slices)
+static int64
+fold_number(OutboxChain *chain)
+{
+	OutboxChain latest;
+	int64		fold_no;
+
+	memset(&latest, 0, sizeof(latest));
+	latest.sub_id = chain->sub_id;
+	latest.gen_now = chain->gen_now;
+	if (!outbox_cursor_read(&latest, NULL) || latest.fold_no != chain->fold_no)
+		return -1;
+
+	/*
+	 * A fold of a transaction still in progress: usually a short one, so
+	 * leave the folding to it, unless the chain grew long behind it (the
+	 * transaction is held open).  Our row must then win over its row if
+	 * both commit.
+	 */
+	fold_no = newest_fold_no(chain);
+	if (fold_no > chain->fold_no && chain->nslices < OUTBOX_FOLD_PAST_LEASES)
+		return -1;
+	return fold_no + 1;
+}
+
+/* Holes stay recorded until slices that cannot vanish cover them again. */
+static void
+fold_holes(Fold *f)
+{
+	OutboxChain *chain = f->chain;
+	int			i;
+
+	for (i = 0; i < chain->nholes; i++)
+	{
+		OutboxHeld *h = &chain->holes[i];
+
+		if (h->batch_no >= 0)
+			f->changed = true;	/* recorded from now on as gone */
+		if (hole_covered(chain, h))
+		{
+			f->changed = true;
+			continue;
+		}
+		f->kept[i] = true;
+		f->out[f->nout] = *h;
+		f->out[f->nout++].batch_no = -1;
+	}
+}
+
+/* Passed slices: the record goes once the slice is settled or handed over. */
+static void
+fold_passed(Fold *f)
+{
+	OutboxChain *chain = f->chain;
+	int			i;
+
+	for (i = 0; i < chain->nslices; i++)
+	{
+		OutboxSlice *s = &chain->slices[i];
+
+		if (!s->held)
+			continue;
+		if (!s->committed || in_kept_hole(chain, f->kept, s) ||
+			(!s->settled && !hand_over(chain, s, false)))
+		{
+			f->out[f->nout++] = held_of(s);
+			continue;
+		}
+		if (!s->settled)
+			f->handed = true;
+		s->folded = true;
+		f->changed = true;
+	}
+}
+
+/*
+ * Walk the slices in stream order from the cursor: fold the settled ones
+ * that continue it, hand over the leases of a committed one that 64
+ * follow, pass an uncommitted one that 64 follow, and stop at the first
+ * that can be neither.  Slices behind the cursor (refills of a hole, or
+ * folded meanwhile) fold or are passed where they are.
+ */
+static void
+fold_walk(Fold *f)
+{
+	OutboxChain *chain = f->chain;
+	Walk	   *w = &f->w;
+	int			i;
+
+	for (i = 0; i < chain->nslices; i++)
+	{
+		OutboxSlice *s = &chain->slices[i];
+		int			following = chain->nslices - i - 1;
+		bool		contiguous;
+
+		if (s->held)
+			continue;
+		if (s->is_new)
+			break;
+		if (walk_covers(w, s))
+		{
+			if (!s->committed)
+			{
+				s->passed = true;
+				f->out[f->nout++] = held_of(s);
+			}
+			else if (in_kept_hole(chain, f->kept, s))
+				continue;
+			else if (s->settled ||
+					 (following >= OUTBOX_FOLD_PAST_LEASES && hand_over(chain, s, false)))
+			{
+				f->handed |= !s->settled;
+				f->n++;
+				s->folded = true;
+			}
+			continue;
+		}
+		if (w->ended)
+			contiguous = s->delta == w->delta + 1 && s->pos_from == 0 &&
+				outbox_snap_equal(s->lo, w->hi);
+		else
+			contiguous = s->delta == w->delta && s->pos_from <= w->pos;
+		if (!contiguous)
+			break;
+		if (!s->committed)
+		{
+			/*
+			 * Its claim, or an ack or hand-over of it, is in progress: pass
+			 * it once enough follow.
+			 */
+			if (following < OUTBOX_FOLD_PAST_LEASES)
+				break;
+			s->passed = true;
+			f->out[f->nout++] = held_of(s);
+		}
+		else if (!s->settled)
+		{
+			if (following < OUTBOX_FOLD_PAST_LEASES)
+				break;
+			/* an ack may be settling it right now: fold another time */
+			if (!hand_over(chain, s, false))
+				break;
+			f->handed = true;
+			f->n++;
+			s->folded = true;
+		}
+		else
+		{
+			f->n++;
+			s->folded = true;
+		}
+		w->delta = s->delta;
+		w->lo = s->lo;
+		w->hi = s->hi;
+		w->pos = s->pos_to;
+		w->ended = s->ended;
+	}
+}
+
+/* Where later reads start: the oldest slice that stays, and its generation. */
+static void
+fold_scan_start(Fold *f, int64 *scan_from, int64 *scan_gen)
+{
+	OutboxChain *chain = f->chain;
+	int64		max_gone = chain->scan_from - 1;
+	int			i;
+
+	*scan_from = -1;
+	*scan_gen = chain->gen_now;
+	for (i = 0; i < chain->nslices; i++)
+	{
+		OutboxSlice *s = &chain->slices[i];
+
+		if (s->is_new)
+			continue;
+		if (s->folded || s->passed || s->held)
+			max_gone = Max(max_gone, s->batch_no);
+		else
+		{
+			if (*scan_from < 0 || s->batch_no < *scan_from)
+				*scan_from = s->batch_no;
+			*scan_gen = Min(*scan_gen, s->gen);
+		}
+	}
+	if (*scan_from < 0)
+		*scan_from = max_gone + 1;
+}
+
+/* Insert the new cursor row. */
+static void
+fold_insert(Fold *f, int64 fold_no, int64 scan_from, int64 scan_gen)
 {
 	static SPIPlanPtr ins_plan = NULL;
-	Walk		w = {chain->delta, chain->lo, chain->hi, chain->pos, chain->ended};
-	int			n = 0;
-	int			i;
-	int64		scan_from = -1;
-	int64		scan_gen = chain->gen_now;
-	int64		max_gone = chain->scan_from - 1;
+	OutboxChain *chain = f->chain;
 	Datum		args[18];
-	int64		fold_no;
-	bool		handed = false;
-	bool		changed = false;	/* the records change */
-	bool		refresh = (min_slices == 0 && chain->cursor_gen < chain->gen_now);
-	OutboxHeld *out;
-	int			nout = 0;
-	bool	   *kept;
-
-	if (chain->nslices < min_slices || (chain->nslices == 0 && !refresh))
-		return;
+	Datum	   *cols[8];
+	int			c,
+				i;
 
 	if (ins_plan == NULL)
 	{
@@ -1597,205 +1767,112 @@ outbox_chain_fold(OutboxChain *chain, int min_slices)
 			"   WITH ORDINALITY AS u(g, b, d, l, h, f, t, e, o))", 18, t);
 	}
 
-	/* a fold that committed since we read the cursor: ours would be stale */
+	args[0] = Int64GetDatum(chain->gen_now);
+	args[1] = Int32GetDatum(chain->sub_id);
+	args[2] = Int64GetDatum(fold_no);
+	args[3] = Int64GetDatum(f->w.delta);
+	args[4] = PointerGetDatum(f->w.lo);
+	args[5] = PointerGetDatum(f->w.hi);
+	args[6] = Int64GetDatum(f->w.pos);
+	args[7] = BoolGetDatum(f->w.ended);
+	args[8] = Int64GetDatum(scan_from);
+	args[9] = Int64GetDatum(scan_gen);
+	for (c = 0; c < 8; c++)
+		cols[c] = palloc(sizeof(Datum) * Max(f->nout, 1));
+	for (i = 0; i < f->nout; i++)
 	{
-		OutboxChain latest;
-
-		memset(&latest, 0, sizeof(latest));
-		latest.sub_id = chain->sub_id;
-		latest.gen_now = chain->gen_now;
-		if (!outbox_cursor_read(&latest, NULL) || latest.fold_no != chain->fold_no)
-			return;
+		cols[0][i] = Int64GetDatum(f->out[i].gen);
+		cols[1][i] = Int64GetDatum(f->out[i].batch_no);
+		cols[2][i] = Int64GetDatum(f->out[i].delta);
+		cols[3][i] = PointerGetDatum(f->out[i].lo);
+		cols[4][i] = PointerGetDatum(f->out[i].hi);
+		cols[5][i] = Int64GetDatum(f->out[i].pos_from);
+		cols[6][i] = Int64GetDatum(f->out[i].pos_to);
+		cols[7][i] = BoolGetDatum(f->out[i].ended);
 	}
+	args[10] = make_array(cols[0], f->nout, INT8OID);
+	args[11] = make_array(cols[1], f->nout, INT8OID);
+	args[12] = make_array(cols[2], f->nout, INT8OID);
+	args[13] = make_array(cols[3], f->nout, PG_SNAPSHOTOID);
+	args[14] = make_array(cols[4], f->nout, PG_SNAPSHOTOID);
+	args[15] = make_array(cols[5], f->nout, INT8OID);
+	args[16] = make_array(cols[6], f->nout, INT8OID);
+	args[17] = make_array(cols[7], f->nout, BOOLOID);
+	if (SPI_execute_plan(ins_plan, args, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "cursor insert failed");
+}
 
-	/*
-	 * A fold of a transaction still in progress: usually a short one, so
-	 * leave the folding to it, unless the chain grew long behind it (the
-	 * transaction is held open).  Our row must then win over its row if
-	 * both commit: the newest row is the one with the highest fold_no.
-	 * Folds run under the claim lock, one at a time, so fold numbers and
-	 * generations grow in the order the rows are written, whatever order
-	 * they commit in.
-	 */
-	fold_no = newest_fold_no(chain);
-	if (fold_no > chain->fold_no && chain->nslices < OUTBOX_FOLD_PAST_LEASES)
+/*
+ * Fold the settled slices that lead the chain into a new outbox.cursor row,
+ * if there are at least min_slices of them and no other transaction is
+ * folding.  Runs in the claimer's transaction, under the claim lock.
+ * Folded batch rows stay where they are (below the new scan_from, where no
+ * reader looks) until their partition is emptied.
+ *
+ * A committed slice whose leases are still out (a slow consumer) would
+ * stop folding, and every claim would read the growing chain behind it.
+ * Once enough slices follow it, its leases are handed over to
+ * outbox.delivery as 'leased' rows (where ack, fail and lease expiry find
+ * them as well) and it is folded like the others.
+ *
+ * A slice whose claiming transaction is still in progress (a consumer
+ * working inside its claim's transaction) would stop folding the same way.
+ * Once enough slices follow it, the fold passes it: the new cursor row
+ * records it ("held"), readers read it through the record, and a later
+ * fold drops the record once the slice is settled (or its leases handed
+ * over, after that transaction committed).  If that transaction rolls
+ * back, the recorded range is a hole: handed out again first (attempt not
+ * counted), and dropped once slices that cannot vanish cover it again.
+ *
+ * min_slices 0 (the worker) also writes a cursor row when nothing folds but
+ * the newest one is in an older generation, so that old partitions can be
+ * emptied.
+ *
+ * Phases: the number of the new row (fold_number), the holes it keeps
+ * (fold_holes), the passed slices it keeps recording (fold_passed), the
+ * walk that folds, hands over and passes (fold_walk), where later reads
+ * start (fold_scan_start), and the row (fold_insert).
+ */
+void
+outbox_chain_fold(OutboxChain *chain, int min_slices)
+{
+	Fold		f;
+	int64		fold_no;
+	int64		scan_from;
+	int64		scan_gen;
+	bool		refresh = (min_slices == 0 && chain->cursor_gen < chain->gen_now);
+	int			i;
+
+	if (chain->nslices < min_slices || (chain->nslices == 0 && !refresh))
 		return;
-	fold_no++;
+	fold_no = fold_number(chain);
+	if (fold_no < 0)
+		return;
 
-	out = palloc(sizeof(OutboxHeld) * (chain->nholes + chain->nslices + 1));
-	kept = palloc0(sizeof(bool) * Max(chain->nholes, 1));
+	memset(&f, 0, sizeof(f));
+	f.chain = chain;
+	f.w.delta = chain->delta;
+	f.w.lo = chain->lo;
+	f.w.hi = chain->hi;
+	f.w.pos = chain->pos;
+	f.w.ended = chain->ended;
+	f.out = palloc(sizeof(OutboxHeld) * (chain->nholes + chain->nslices + 1));
+	f.kept = palloc0(sizeof(bool) * Max(chain->nholes, 1));
 
-	/* holes stay until slices that cannot vanish cover them again */
-	for (i = 0; i < chain->nholes; i++)
-	{
-		OutboxHeld *h = &chain->holes[i];
+	fold_holes(&f);
+	fold_passed(&f);
+	fold_walk(&f);
 
-		if (h->batch_no >= 0)
-			changed = true;		/* recorded from now on as gone */
-		if (hole_covered(chain, h))
-		{
-			changed = true;
-			continue;
-		}
-		kept[i] = true;
-		out[nout] = *h;
-		out[nout++].batch_no = -1;
-	}
-
-	/* passed slices: drop the record once it is settled or handed over */
-	for (i = 0; i < chain->nslices; i++)
-	{
-		OutboxSlice *s = &chain->slices[i];
-
-		if (!s->held)
-			continue;
-		if (!s->committed || in_kept_hole(chain, kept, s) ||
-			(!s->settled && !hand_over(chain, s, false)))
-		{
-			out[nout++] = held_of(s);
-			continue;
-		}
-		if (!s->settled)
-			handed = true;
-		s->folded = true;
-		changed = true;
-	}
-
-	for (i = 0; i < chain->nslices; i++)
-	{
-		OutboxSlice *s = &chain->slices[i];
-		int			following = chain->nslices - i - 1;
-		bool		contiguous;
-
-		if (s->held)
-			continue;
-		if (s->is_new)
-			break;
-		if (walk_covers(&w, s))
-		{
-			/* behind the cursor: a refill of a hole, or folded meanwhile */
-			if (!s->committed)
-			{
-				s->passed = true;
-				out[nout++] = held_of(s);
-			}
-			else if (in_kept_hole(chain, kept, s))
-				continue;
-			else if (s->settled ||
-					 (s->committed && following >= OUTBOX_FOLD_PAST_LEASES &&
-					  hand_over(chain, s, false)))
-			{
-				handed |= !s->settled;
-				n++;
-				s->folded = true;
-			}
-			continue;
-		}
-		if (w.ended)
-			contiguous = s->delta == w.delta + 1 && s->pos_from == 0 &&
-				outbox_snap_equal(s->lo, w.hi);
-		else
-			contiguous = s->delta == w.delta && s->pos_from <= w.pos;
-		if (!contiguous)
-			break;
-		if (!s->committed)
-		{
-			/*
-			 * Its claim, or an ack or hand-over of it, is in progress: pass
-			 * it once enough follow.
-			 */
-			if (following < OUTBOX_FOLD_PAST_LEASES)
-				break;
-			s->passed = true;
-			out[nout++] = held_of(s);
-		}
-		else if (!s->settled)
-		{
-			if (following < OUTBOX_FOLD_PAST_LEASES)
-				break;
-			/* an ack may be settling it right now: fold another time */
-			if (!hand_over(chain, s, false))
-				break;
-			handed = true;
-			n++;
-			s->folded = true;
-		}
-		else
-		{
-			n++;
-			s->folded = true;
-		}
-		w.delta = s->delta;
-		w.lo = s->lo;
-		w.hi = s->hi;
-		w.pos = s->pos_to;
-		w.ended = s->ended;
-	}
 	/* a slice whose leases were handed over must go now */
-	if (!handed && !changed && (n < min_slices || n == 0) && !refresh)
+	if (!f.handed && !f.changed && (f.n < min_slices || f.n == 0) && !refresh)
 	{
 		for (i = 0; i < chain->nslices; i++)
 			chain->slices[i].folded = chain->slices[i].passed = false;
 		return;
 	}
 
-	/* later reads start at the oldest row that stays */
-	for (i = 0; i < chain->nslices; i++)
-	{
-		OutboxSlice *s = &chain->slices[i];
-
-		if (s->is_new)
-			continue;
-		if (s->folded || s->passed || s->held)
-			max_gone = Max(max_gone, s->batch_no);
-		else
-		{
-			if (scan_from < 0 || s->batch_no < scan_from)
-				scan_from = s->batch_no;
-			scan_gen = Min(scan_gen, s->gen);
-		}
-	}
-	if (scan_from < 0)
-		scan_from = max_gone + 1;
-
-	args[0] = Int64GetDatum(chain->gen_now);
-	args[1] = Int32GetDatum(chain->sub_id);
-	args[2] = Int64GetDatum(fold_no);
-	args[3] = Int64GetDatum(w.delta);
-	args[4] = PointerGetDatum(w.lo);
-	args[5] = PointerGetDatum(w.hi);
-	args[6] = Int64GetDatum(w.pos);
-	args[7] = BoolGetDatum(w.ended);
-	args[8] = Int64GetDatum(scan_from);
-	args[9] = Int64GetDatum(scan_gen);
-	{
-		Datum	   *cols[8];
-		int			c;
-
-		for (c = 0; c < 8; c++)
-			cols[c] = palloc(sizeof(Datum) * Max(nout, 1));
-		for (i = 0; i < nout; i++)
-		{
-			cols[0][i] = Int64GetDatum(out[i].gen);
-			cols[1][i] = Int64GetDatum(out[i].batch_no);
-			cols[2][i] = Int64GetDatum(out[i].delta);
-			cols[3][i] = PointerGetDatum(out[i].lo);
-			cols[4][i] = PointerGetDatum(out[i].hi);
-			cols[5][i] = Int64GetDatum(out[i].pos_from);
-			cols[6][i] = Int64GetDatum(out[i].pos_to);
-			cols[7][i] = BoolGetDatum(out[i].ended);
-		}
-		args[10] = make_array(cols[0], nout, INT8OID);
-		args[11] = make_array(cols[1], nout, INT8OID);
-		args[12] = make_array(cols[2], nout, INT8OID);
-		args[13] = make_array(cols[3], nout, PG_SNAPSHOTOID);
-		args[14] = make_array(cols[4], nout, PG_SNAPSHOTOID);
-		args[15] = make_array(cols[5], nout, INT8OID);
-		args[16] = make_array(cols[6], nout, INT8OID);
-		args[17] = make_array(cols[7], nout, BOOLOID);
-	}
-	if (SPI_execute_plan(ins_plan, args, NULL, false, 0) != SPI_OK_INSERT)
-		elog(ERROR, "cursor insert failed");
+	fold_scan_start(&f, &scan_from, &scan_gen);
+	fold_insert(&f, fold_no, scan_from, scan_gen);
 }
 
 /*
