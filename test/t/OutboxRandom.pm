@@ -1253,6 +1253,15 @@ sub admin_step
 		$self->send($s, "SELECT outbox.replay('$S->{name}', " . ($one // 'NULL') . ")", sub {
 			my ($rows, $err) = @_;
 			$_->{replay_pending}-- for @pending;
+			# replay locks the dead rows as it finds them, consumers lock
+			# rows in the order of their statements: a deadlock between
+			# them is PostgreSQL's to break, and nothing was replayed
+			if ($err && $err->[0] =~ /^(40P01|40001)$/)
+			{
+				$self->count("error_$err->[0]");
+				$self->note_op("$s->{name}: replay -> $err->[0]");
+				return;
+			}
 			return $self->conn_or_unexpected($s, @$err, 'replay') if $err;
 			my $n = $rows->[0][0];
 			$self->count('replay');
