@@ -1280,11 +1280,15 @@ sub admin_step
 			elsif ($n)
 			{
 				# which ones went back is not known exactly: their attempts
-				# are no longer checked
+				# are no longer checked.  The dead ones, read just before,
+				# now queue behind their keys, also those that died when a
+				# lease ran out (which the model cannot tell when
+				# max_attempts changed)
+				my %was_dead = map { $_->[0] => 1 } @$dead;
 				for my $d (values %{ $self->{deliv}{ $S->{inc} } })
 				{
 					next if $d->{done};
-					$d->{replayed} = 1 if $d->{dead};
+					$d->{replayed} = 1 if $d->{dead} || $was_dead{ $d->{id} };
 					$d->{dead} = 0;
 					$d->{attempt_unknown} = 1;
 				}
