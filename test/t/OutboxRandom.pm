@@ -210,12 +210,15 @@ sub oq
 # Send a statement asynchronously; $cb->($rows, $err) runs when it is done
 # ($err = [state, message] or undef).  Waits a few milliseconds for the
 # answer, so a statement that does not block finishes within its step.
+# $on_lost, if given, runs after a crash took the statement's answer: it
+# finds out from the database what became of the statement.
 sub send
 {
-	my ($self, $s, $sql, $cb, $what) = @_;
+	my ($self, $s, $sql, $cb, $what, $on_lost) = @_;
 	die "session $s->{name} busy" if $s->{busy};
 	my $sth = $s->{dbh}->prepare($sql, { pg_async => PG_ASYNC });
-	$s->{busy} = { sth => $sth, cb => $cb, sql => $sql, since => time, what => $what };
+	$s->{busy} = { sth => $sth, cb => $cb, sql => $sql, since => time, what => $what,
+		on_lost => $on_lost };
 	if (!$sth || !$sth->execute)
 	{
 		my $err = [ $s->{dbh}->state, $s->{dbh}->errstr // '' ];
@@ -1145,7 +1148,25 @@ sub subscribe
 		if ($in_tx) { push @{ $in_tx->{subs} }, [ $S, $cfg, $new ]; return; }
 		$cfg->{t_commit} = $self->tick;
 		$S->{t_commit} //= $cfg->{t_commit};
-	}, 'subscribe');
+	}, 'subscribe', $in_tx ? undef : sub {
+		# committed if the row has these settings now
+		my $want = '{' . join(',', @{ $cfg->{topics} }) . '}';
+		my $r = $self->oq("SELECT coalesce(topics::text, '{*}'), max_attempts, ordered::int,"
+			  . " extract(epoch from lease)::int FROM outbox.subscription WHERE name = '$name'")->[0];
+		if ($r && $r->[0] eq $want && $r->[1] == $cfg->{max_attempts} && $r->[2] == $cfg->{ordered}
+			&& $r->[3] == $cfg->{lease})
+		{
+			$cfg->{t_commit} = $self->tick;
+			$S->{t_commit} //= $cfg->{t_commit};
+			$self->note_op("  subscribe $name: committed before the crash");
+		}
+		else
+		{
+			@{ $S->{configs} } = grep { $_ != $cfg } @{ $S->{configs} };
+			delete $self->{subs}{$name} if $new;
+			$self->note_op("  subscribe $name: lost in the crash");
+		}
+	});
 }
 
 sub admin_step
@@ -1213,7 +1234,12 @@ sub admin_step
 			$S->{paused} = $how eq 'pause' ? '1' : '0';
 			$S->{pause_commit} = $self->tick;
 			$self->count($how);
-		}, $how);
+		}, $how, sub {
+			my $p = $self->oq("SELECT paused FROM outbox.subscription WHERE name = '$S->{name}'")->[0][0];
+			$S->{paused} = $p ? '1' : '0';
+			$S->{pause_commit} = $self->tick;
+			$self->note_op("  $how $S->{name}: paused = $S->{paused} after the crash");
+		});
 	}
 	elsif ($op eq 'unsubscribe')
 	{
@@ -1235,7 +1261,19 @@ sub admin_step
 			delete $self->{subs}{ $S->{name} };
 			$S->{ended} = $self->tick;
 			$self->count('unsubscribe');
-		}, 'unsubscribe');
+		}, 'unsubscribe', sub {
+			if ($self->oq("SELECT count(*) FROM outbox.subscription WHERE name = '$S->{name}'")->[0][0])
+			{
+				$S->{ending} = 0;
+				$self->note_op("  unsubscribe $S->{name}: lost in the crash");
+			}
+			else
+			{
+				delete $self->{subs}{ $S->{name} };
+				$S->{ended} = $self->tick;
+				$self->note_op("  unsubscribe $S->{name}: committed before the crash");
+			}
+		});
 	}
 	elsif ($op eq 'replay')
 	{
@@ -1293,7 +1331,23 @@ sub admin_step
 					$d->{attempt_unknown} = 1;
 				}
 			}
-		}, 'replay');
+		}, 'replay', sub {
+			# what is not dead now was replayed
+			$_->{replay_pending}-- for @pending;
+			my %dead_now = map { $_->[0] => 1 } @{ $self->oq("SELECT event_id FROM outbox.dead_letters"
+				  . " WHERE subscription = '$S->{name}'") };
+			my %was_dead = map { $_->[0] => 1 } @$dead;
+			for my $d (@pending)
+			{
+				next unless $d->{dead} || $was_dead{ $d->{id} };
+				next if $dead_now{ $d->{id} };
+				$d->{dead} = 0;
+				$d->{replayed} = 1;
+				$d->{attempt_unknown} = 1;
+				$d->{leased_by} = undef;
+			}
+			$self->note_op("  replay $S->{name}: answer lost in the crash");
+		});
 	}
 	elsif ($op eq 'prepared')
 	{
@@ -1379,8 +1433,10 @@ sub recover
 {
 	my ($self, $why) = @_;
 	$self->{expect_crash} = 1;
+	my @lost;
 	for my $s (@{ $self->{sessions} })
 	{
+		push @lost, $s->{busy}{on_lost} if $s->{busy} && $s->{busy}{on_lost};
 		my $tx = $s->{tx};
 		if ($tx)
 		{
@@ -1449,6 +1505,7 @@ sub recover
 			$self->tx_rolledback($tx);
 		}
 	}
+	$_->() for @lost;
 	$self->note_op("recovered after $why");
 }
 
