@@ -454,6 +454,7 @@ slice_from_tuple(OutboxSlice *sp, Relation rel, HeapTuple tup,
 		}
 	}
 	s.ids = palloc(sizeof(int64) * Max(nall, 1));
+	s.live_ids = palloc(sizeof(int64) * Max(nall, 1));
 	if (kelems)
 		s.key_hashes = palloc(sizeof(int64) * Max(nall, 1));
 	for (k = 0; k < nall; k++)
@@ -461,7 +462,7 @@ slice_from_tuple(OutboxSlice *sp, Relation rel, HeapTuple tup,
 		if (!gone[k])
 			s.ids[s.nids++] = all[k];
 		if (!gone_for_good[k])
-			s.nlive++;
+			s.live_ids[s.nlive++] = all[k];
 		/* keys stay busy until their settlement commits */
 		if (kelems && !gone_for_good[k] && !knulls[k])
 			s.key_hashes[s.nkeys++] = outbox_key_hash(TextDatumGetCString(kelems[k]));

@@ -30,7 +30,8 @@ typedef struct OutboxSlice
 	bool		settled;		/* committed, and no ids left */
 	int			nids;			/* ids not settled yet */
 	int			nlive;			/* ids no committed settlement took */
-	int64	   *ids;
+	int64	   *ids;			/* the nids not settled */
+	int64	   *live_ids;		/* the nlive no committed settlement took */
 	int			nkeys;
 	int64	   *key_hashes;		/* ordered subscriptions: hashes of keys */
 	bool		is_new;			/* written by this claim */

@@ -6,6 +6,9 @@
  * Counts come from three places: outbox.delivery (exceptions), the ids
  * still listed in outbox.batch (leased from the stream), and the stream
  * itself past the subscription's chain (ready, or scheduled when delayed).
+ * All three are read as of the chain's snapshot, so that a delivery moving
+ * from one to another while stats runs (a hand-over, a fail, lease expiry)
+ * is counted once; the statement's own snapshot, older, would miss it.
  * Counting the stream reads the ids of the backlog, so it costs time in
  * proportion to it; it is meant for monitoring, not for hot loops.
  *
@@ -113,7 +116,10 @@ count_stream(OutboxSub *sub, OutboxChain *chain, Counts *c, TimestampTz now)
 		args[2] = sub->topics ? PointerGetDatum(sub->topics) : (Datum) 0;
 		nulls[2] = sub->topics ? ' ' : 'n';
 		args[3] = Int32GetDatum(sub->id);
+		/* the chain's snapshot, like every count of this subscription */
+		PushActiveSnapshot(chain->snapshot);
 		portal = SPI_cursor_open(NULL, plan, args, nulls, true);
+		PopActiveSnapshot();
 		for (;;)
 		{
 			uint64		i;
@@ -155,20 +161,58 @@ count_stream(OutboxSub *sub, OutboxChain *chain, Counts *c, TimestampTz now)
  * Ids leased from the stream that no committed settlement took (an ack in
  * progress may still roll back).  Those of a claim whose transaction is
  * still open are not leased as far as any committed state goes (a
- * rollback gives them back at once): they count as ready.
+ * rollback gives them back at once): they count as ready.  The slices are
+ * read before the chain's snapshot is taken: an id that a hand-over, a
+ * fail or lease expiry moved to a delivery row in between is counted from
+ * that row, not twice.
  */
 static void
-count_batches(OutboxChain *chain, Counts *c)
+count_batches(OutboxSub *sub, OutboxChain *chain, Counts *c)
 {
-	int			j;
+	static SPIPlanPtr plan = NULL;
+	Datum	   *ids;
+	int			n = 0,
+				j,
+				k;
+	int64		leased = 0;
 
 	for (j = 0; j < chain->nslices; j++)
 	{
 		if (chain->slices[j].visible)
-			c->leased += chain->slices[j].nlive;
+			leased += chain->slices[j].nlive;
 		else
 			c->ready += chain->slices[j].nlive;
 	}
+	if (leased == 0)
+		return;
+
+	if (plan == NULL)
+	{
+		Oid			types[2] = {INT4OID, INT8ARRAYOID};
+
+		plan = outbox_prepare("SELECT pg_catalog.count(*) FROM outbox.delivery"
+							  " WHERE sub_id OPERATOR(pg_catalog.=) $1"
+							  " AND event_id OPERATOR(pg_catalog.=) ANY ($2)", 2, types);
+	}
+	ids = palloc(sizeof(Datum) * leased);
+	for (j = 0; j < chain->nslices; j++)
+		if (chain->slices[j].visible)
+			for (k = 0; k < chain->slices[j].nlive; k++)
+				ids[n++] = Int64GetDatum(chain->slices[j].live_ids[k]);
+	{
+		Datum		args[2];
+		bool		isnull;
+
+		args[0] = Int32GetDatum(sub->id);
+		args[1] = PointerGetDatum(construct_array(ids, n, INT8OID, 8,
+												  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+		if (SPI_execute_snapshot(plan, args, NULL, chain->snapshot, InvalidSnapshot,
+								 true, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "delivery count failed");
+		leased -= DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+											  SPI_tuptable->tupdesc, 1, &isnull));
+	}
+	c->leased += leased;
 }
 
 static void
@@ -197,7 +241,8 @@ count_rows(OutboxSub *sub, OutboxChain *chain, Counts *c, TimestampTz now)
 			"  OR (state OPERATOR(pg_catalog.=) 'scheduled' AND visible_at OPERATOR(pg_catalog.<=) $2))"
 			" FROM outbox.delivery WHERE sub_id OPERATOR(pg_catalog.=) $1", 2, types);
 	}
-	if (SPI_execute_plan(dplan, args, NULL, true, 0) != SPI_OK_SELECT)
+	if (SPI_execute_snapshot(dplan, args, NULL, chain->snapshot, InvalidSnapshot,
+							 true, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "delivery count failed");
 	tup = SPI_tuptable->vals[0];
 	desc = SPI_tuptable->tupdesc;
@@ -209,7 +254,7 @@ count_rows(OutboxSub *sub, OutboxChain *chain, Counts *c, TimestampTz now)
 	if (!isnull && (c->oldest == 0 || DatumGetTimestampTz(d) < c->oldest))
 		c->oldest = DatumGetTimestampTz(d);
 
-	count_batches(chain, c);
+	count_batches(sub, chain, c);
 }
 
 /*
@@ -247,7 +292,8 @@ count_rows_ordered(OutboxSub *sub, OutboxChain *chain, Counts *c, TimestampTz no
 			" ORDER BY d.state OPERATOR(pg_catalog.=) 'waiting', d.key, d.seq, d.event_id",
 			1, types);
 	}
-	if (SPI_execute_plan(plan, args, NULL, true, 0) != SPI_OK_SELECT)
+	if (SPI_execute_snapshot(plan, args, NULL, chain->snapshot, InvalidSnapshot,
+							 true, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "delivery count failed");
 	for (i = 0; i < SPI_processed; i++)
 	{
@@ -338,7 +384,7 @@ outbox_stats(PG_FUNCTION_ARGS)
 			c.keys = hash_create("outbox stats keys", 256, &ctl,
 								 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 			count_rows_ordered(sub, chain, &c, now);
-			count_batches(chain, &c);
+			count_batches(sub, chain, &c);
 		}
 		else
 			count_rows(sub, chain, &c, now);
