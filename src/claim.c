@@ -283,18 +283,21 @@ load_busy_keys(ClaimState *st)
 }
 
 /*
- * The commit sequence of transaction xid for key hash h (0 when it was not
- * recorded), and whether a transaction of the same key that committed
- * earlier may still be ahead in the stream.  That happens when two
- * producers of a key commit in the opposite order of their xids, and also
- * to a smaller xid whose events a claim took and then rolled back: they are
- * a hole in the chain again while later events of the key were held back
- * meanwhile.  So every transaction of the key past the folded cursor is
- * looked at, whatever its xid; those below the cursor's xmin are done.
+ * The commit sequence, for key hash h, of the transaction of event id (0
+ * when it was not recorded), and whether an earlier event of the key may
+ * still be ahead in the stream: one of a transaction of the key that
+ * committed earlier, or one of the same transaction (any earlier event of
+ * it counts).  Earlier commits can be ahead when two producers of a key
+ * commit in the opposite order of their xids, and also when a smaller
+ * xid's events were taken by a claim that rolled back: they are a hole in
+ * the chain again while later events of the key were held back meanwhile.
+ * So every transaction of the key past the folded cursor is looked at,
+ * whatever its xid; those below the cursor's xmin are done.
  */
 static bool
-earlier_commit_pending(ClaimState *st, int64 h, uint64 xid, int64 *seq)
+earlier_commit_pending(ClaimState *st, int64 h, int64 id, int64 *seq)
 {
+	uint64		xid = OUTBOX_ID_XID(id);
 	static SPIPlanPtr plan = NULL;
 	Datum		args[2];
 	uint64		i;
@@ -340,6 +343,15 @@ earlier_commit_pending(ClaimState *st, int64 h, uint64 xid, int64 *seq)
 			pending = true;
 	}
 	SPI_freetuptable(tab);
+
+	/*
+	 * Earlier events of the same transaction still ahead in the stream: a
+	 * delivery that left the stream before them (kept by a change of
+	 * topics) waits until the stream has brought them.
+	 */
+	if (!pending && id > OUTBOX_XID_FIRST_ID(xid) &&
+		outbox_chain_pending(st->chain, xid, OUTBOX_XID_FIRST_ID(xid), id - 1))
+		pending = true;
 	*seq = mine;
 	return pending;
 }
@@ -428,7 +440,7 @@ promote_waiting(ClaimState *st)
 		prev_key = key;
 		if (key_in(st->inflight, h))
 			continue;
-		if (earlier_commit_pending(st, h, OUTBOX_ID_XID(id), &seq))
+		if (earlier_commit_pending(st, h, id, &seq))
 			continue;
 		args[1] = Int64GetDatum(id);
 		args[2] = TimestampTzGetDatum(st->now);
@@ -595,9 +607,9 @@ take_event(ClaimState *st, Candidate *c, Datum deliver_at, bool deliver_at_null)
 		bool		blocked = key_in(st->busy, h);
 
 		if (!blocked)
-			blocked = earlier_commit_pending(st, h, OUTBOX_ID_XID(c->id), &seq);
+			blocked = earlier_commit_pending(st, h, c->id, &seq);
 		else
-			(void) earlier_commit_pending(st, h, OUTBOX_ID_XID(c->id), &seq);
+			(void) earlier_commit_pending(st, h, c->id, &seq);
 		if (blocked)
 		{
 			/* behind its key; a delay, if any, still applies once released */
@@ -1083,7 +1095,7 @@ outbox_claim_keep_topics(OutboxSub *sub, ArrayType *old_topics)
 						int64		seq = 0;
 						bool		blocked = key_in(st.busy, h);
 
-						if (earlier_commit_pending(&st, h, OUTBOX_ID_XID(id), &seq))
+						if (earlier_commit_pending(&st, h, id, &seq))
 							blocked = true;
 						if (blocked)
 						{

@@ -26,6 +26,18 @@ SELECT outbox.enqueue('sem_y', '{"n": "y1"}') > 0 AS ok;
 SELECT outbox.subscribe('sem_all', ARRAY['sem_y']);
 SELECT outbox.enqueue('sem_x', '{"n": "x2 after"}') > 0 AS ok;
 SELECT topic, payload->>'n' AS n FROM outbox.claim('sem_all', 10) ORDER BY 2;
+-- ordered: a kept event of a dropped topic still waits behind an earlier
+-- event of its key that the stream brings, one of the same transaction too
+SELECT outbox.subscribe('sem_ot', ARRAY['sem_oa', 'sem_ob'], ordered => true);
+BEGIN;
+CREATE TEMP TABLE sem_oids AS
+SELECT outbox.enqueue('sem_oa', '{"n": "k1 first, stays"}', key => 'k1') AS first_id,
+       outbox.enqueue('sem_ob', '{"n": "k1 second, kept"}', key => 'k1') AS second_id;
+COMMIT;
+SELECT outbox.subscribe('sem_ot', ARRAY['sem_oa', 'sem_oc'], ordered => true);
+SELECT payload->>'n' AS n FROM outbox.claim('sem_ot', 10);
+SELECT outbox.ack('sem_ot', first_id) FROM sem_oids;
+SELECT payload->>'n' AS n FROM outbox.claim('sem_ot', 10);
 
 --
 -- Fault 11: an ack of a delivery no claim has reached makes it done, and
