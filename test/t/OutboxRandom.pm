@@ -1440,7 +1440,13 @@ sub recover
 		my $tx = $s->{tx};
 		if ($tx)
 		{
-			if ($tx->{state} eq 'committing' || $tx->{state} eq 'uncertain') { $tx->{state} = 'uncertain'; }
+			# a PREPARE in flight (it may have waited for a key's commit
+			# lock) may have prepared before the crash, like a COMMIT
+			if ($tx->{state} eq 'committing' || $tx->{state} eq 'uncertain'
+				|| ($s->{busy} && ($s->{busy}{what} // '') eq 'PREPARE'))
+			{
+				$tx->{state} = 'uncertain';
+			}
 			elsif ($tx->{state} eq 'uncertain_prepare') { }
 			else { $self->tx_rolledback($tx); $self->admin_tx_done($tx) if $s->{role} eq 'admin'; }
 		}
