@@ -229,7 +229,8 @@ set_busy(ClaimState *st, int64 h, bool inflight)
 /*
  * Ordered subscriptions: the keys that have deliveries not settled, seen
  * with a dirty snapshot so that other claimers' uncommitted claims count
- * too.
+ * too; in flight, those leased, due or scheduled, and those with a waiting
+ * row another transaction is writing.
  */
 static void
 load_busy_keys(ClaimState *st)
@@ -275,8 +276,16 @@ load_busy_keys(ClaimState *st)
 		if (isnull)
 			continue;
 		state = TextDatumGetCString(heap_getattr(tup, 3, RelationGetDescr(rel), &isnull));
+
+		/*
+		 * A waiting row that another transaction is writing (a claim that
+		 * made it wait, or released it) is not visible to the snapshot
+		 * promote_waiting reads with, yet it may come first in its key's
+		 * order: the key is in flight until that transaction ends.
+		 */
 		set_busy(st, outbox_key_hash(TextDatumGetCString(key)),
-				 strcmp(state, "waiting") != 0);
+				 strcmp(state, "waiting") != 0 ||
+				 TransactionIdIsValid(dirty.xmin) || TransactionIdIsValid(dirty.xmax));
 	}
 	systable_endscan(scan);
 	table_close(rel, AccessShareLock);
