@@ -148,6 +148,11 @@ outbox_start_worker(PG_FUNCTION_ARGS)
 {
 	LOCKTAG		tag;
 
+	/*
+	 * A standby starts no worker before promotion (the launcher serves it
+	 * then): waiting for this one would wait for ever.
+	 */
+	PreventCommandDuringRecovery("outbox.start_worker()");
 	/* one caller at a time per database decides */
 	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, 0, 0, 0x4f43);
 	(void) LockAcquire(&tag, ExclusiveLock, false, false);
