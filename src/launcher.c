@@ -58,6 +58,8 @@ PG_FUNCTION_INFO_V1(outbox_worker_on_create);
 #define PAUSE_MS				(10 * 1000)
 /* workers being started at once: a probe of a database is quick */
 #define MAX_STARTING			2
+/* how often the log repeats that a worker could not start for want of a process */
+#define NO_PROCESS_LOG_MS		(5 * 60 * 1000)
 
 static ProcessUtility_hook_type prev_utility_hook = NULL;
 
@@ -167,6 +169,7 @@ outbox_start_worker(PG_FUNCTION_ARGS)
 		if (slot != NULL)
 		{
 			slot->no_extension = false;
+			slot->has_extension = true;
 			slot->failures = 0;
 			slot->retry_at = 0;
 		}
@@ -191,6 +194,7 @@ create_xact_callback(XactEvent event, void *arg)
 			if (slot != NULL)
 			{
 				slot->no_extension = false;
+				slot->has_extension = true;
 				slot->failures = 0;
 				slot->retry_at = 0;
 			}
@@ -388,6 +392,22 @@ static HTAB *no_extension_dbs = NULL;
 /* databases the log was told have no slot (until a worker serves them) */
 static HTAB *told_no_slot = NULL;
 
+/* when the log last said databases could not be looked at, for want of a process */
+static TimestampTz unprobed_logged_at = 0;
+
+/*
+ * How many background worker processes outbox needs, for the log: the
+ * launcher, MAX_STARTING for probes, and one per database with outbox (of
+ * which only those known so far are counted).
+ */
+static int
+no_process_detail(int nknown)
+{
+	return errdetail("outbox needs max_worker_processes of at least %d here: 1 for the launcher, %d to look for the extension in databases, and 1 for each of the %d databases known to have outbox; other background workers (parallel queries, logical replication) take theirs from the same %d.",
+					 1 + MAX_STARTING + nknown, MAX_STARTING, nknown,
+					 max_worker_processes);
+}
+
 /*
  * One pass: forget dropped databases, notice workers that stopped, take
  * back the slots of databases without the extension, start the workers
@@ -409,6 +429,9 @@ launcher_pass_unit(void *arg)
 	ListCell   *lc;
 	HASH_SEQ_STATUS seq;
 	NoExtensionDb *ne;
+	List	   *no_process = NIL;
+	int			unprobed = 0;
+	int			nknown = 0;
 
 	/* every database there is, however many */
 	dbs = palloc(sizeof(Oid) * maxdbs);
@@ -496,7 +519,11 @@ launcher_pass_unit(void *arg)
 		if (outbox_shared->slots[i].starting)
 			nstarting++;
 		if (outbox_shared->slots[i].pid != 0)
+		{
 			(void) hash_search(told_no_slot, &outbox_shared->slots[i].dboid, HASH_REMOVE, NULL);
+			/* served: a later shortage is news again */
+			outbox_shared->slots[i].no_worker_logged_at = 0;
+		}
 	}
 
 	for (i = 0; i < ndbs && nstarting < MAX_STARTING; i++)
@@ -540,15 +567,50 @@ launcher_pass_unit(void *arg)
 		}
 		else
 		{
+			/*
+			 * Every background worker process is taken.  Tried again in a
+			 * second, so that the worker comes soon after one is free; but
+			 * said only for a database known to have outbox, and again only
+			 * every few minutes.  Databases not looked at yet are counted.
+			 */
 			handles[n] = NULL;
 			slot->retry_at = TimestampTzPlusMilliseconds(now, 1000);
-			ereport(LOG,
-					(errmsg("outbox launcher could not start a worker for database \"%s\"",
-							get_database_name(slot->dboid)),
-					 errhint("Raise max_worker_processes.")));
+			if (!slot->has_extension)
+				unprobed++;
+			else if (slot->no_worker_logged_at == 0 ||
+					 TimestampDifferenceExceeds(slot->no_worker_logged_at, now,
+												NO_PROCESS_LOG_MS))
+			{
+				slot->no_worker_logged_at = now;
+				no_process = lappend_oid(no_process, slot->dboid);
+			}
 		}
 	}
+	for (i = 0; i < outbox_shared->nslots; i++)
+		if (outbox_shared->slots[i].dboid != InvalidOid &&
+			outbox_shared->slots[i].has_extension)
+			nknown++;
 	LWLockRelease(outbox_shared->lock);
+
+	foreach(lc, no_process)
+		ereport(LOG,
+				(errmsg("outbox launcher could not start a worker for database \"%s\": no background worker process is free",
+						get_database_name(lfirst_oid(lc))),
+				 no_process_detail(nknown),
+				 errhint("Raise max_worker_processes (a restart is needed). This is logged again every %d minutes while the database has no worker.",
+						 NO_PROCESS_LOG_MS / 60000)));
+	if (unprobed > 0 &&
+		(unprobed_logged_at == 0 ||
+		 TimestampDifferenceExceeds(unprobed_logged_at, now, NO_PROCESS_LOG_MS)))
+	{
+		unprobed_logged_at = now;
+		ereport(LOG,
+				(errmsg("outbox launcher could not start a worker to look for the extension in %d databases: no background worker process is free",
+						unprobed),
+				 no_process_detail(nknown),
+				 errhint("Raise max_worker_processes (a restart is needed). This is logged again every %d minutes while databases are not looked at.",
+						 NO_PROCESS_LOG_MS / 60000)));
+	}
 
 	/* said once per database, until a worker serves it */
 	foreach(lc, unserved)
