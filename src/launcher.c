@@ -27,7 +27,13 @@
 #include "access/htup_details.h"
 #include "access/table.h"
 #include "access/xact.h"
+#include "catalog/dependency.h"
+#include "catalog/indexing.h"
 #include "catalog/pg_database.h"
+#include "catalog/pg_depend.h"
+#include "catalog/pg_namespace.h"
+#include "catalog/namespace.h"
+#include "commands/extension.h"
 #include "commands/dbcommands.h"
 #include "commands/defrem.h"
 #include "utils/acl.h"
@@ -40,6 +46,7 @@
 #include "storage/proc.h"
 #include "tcop/utility.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/hsearch.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
@@ -326,6 +333,58 @@ createdb_template(CreatedbStmt *stmt)
 	return NULL;
 }
 
+/* Does this statement drop the extension outbox? */
+static bool
+drops_outbox(Node *stmt)
+{
+	ListCell   *lc;
+
+	if (!IsA(stmt, DropStmt) || ((DropStmt *) stmt)->removeType != OBJECT_EXTENSION)
+		return false;
+	foreach(lc, ((DropStmt *) stmt)->objects)
+		if (strcmp(strVal(lfirst(lc)), "outbox") == 0)
+			return true;
+	return false;
+}
+
+/*
+ * After DROP EXTENSION outbox: drop the schema outbox too, if nothing is
+ * left in it and the user owns it.  PostgreSQL creates the schema named in
+ * the control file for the extension but does not make it a member, so
+ * DROP EXTENSION leaves it behind; making it a member is not possible while
+ * it is the extension's own schema, and pg_dump could not restore it then.
+ * Anything else in it (or privileges on it only) is a reason to keep it:
+ * no error, the drop of the extension stands.
+ */
+static void
+drop_empty_schema(void)
+{
+	Oid			nsp = get_namespace_oid("outbox", true);
+	Relation	rel;
+	ScanKeyData key[2];
+	SysScanDesc scan;
+	bool		empty;
+	ObjectAddress addr;
+
+	if (!OidIsValid(nsp) || OidIsValid(get_extension_oid("outbox", true)) ||
+		!pg_namespace_ownercheck(nsp, GetUserId()))
+		return;
+	CommandCounterIncrement();
+	rel = table_open(DependRelationId, AccessShareLock);
+	ScanKeyInit(&key[0], Anum_pg_depend_refclassid, BTEqualStrategyNumber, F_OIDEQ,
+				ObjectIdGetDatum(NamespaceRelationId));
+	ScanKeyInit(&key[1], Anum_pg_depend_refobjid, BTEqualStrategyNumber, F_OIDEQ,
+				ObjectIdGetDatum(nsp));
+	scan = systable_beginscan(rel, DependReferenceIndexId, true, NULL, 2, key);
+	empty = !HeapTupleIsValid(systable_getnext(scan));
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	if (!empty)
+		return;
+	ObjectAddressSet(addr, NamespaceRelationId, nsp);
+	performDeletion(&addr, DROP_RESTRICT, 0);
+}
+
 static void
 outbox_utility_hook(PlannedStmt *pstmt, const char *queryString,
 					bool readOnlyTree, ProcessUtilityContext context,
@@ -363,6 +422,8 @@ outbox_utility_hook(PlannedStmt *pstmt, const char *queryString,
 	 */
 	if (IsA(stmt, CreatedbStmt))
 		resume_worker(paused);
+	if (drops_outbox(stmt))
+		drop_empty_schema();
 }
 
 void

@@ -114,6 +114,8 @@ hold_sub_exclusive(FunctionCallInfo fcinfo, const char *what)
 				 errmsg("subscription must not be null")));
 	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	outbox_check_name(name);
+	/* before any table: DROP EXTENSION waits, holding nothing (subscription.c) */
+	(void) outbox_lock_extension(false);
 	lifetime_tag(&tag, name);
 	(void) LockAcquire(&tag, AccessExclusiveLock, false, false);
 	return name;

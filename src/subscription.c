@@ -22,7 +22,9 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_extension.h"
 #include "catalog/pg_class.h"
+#include "commands/extension.h"
 #include "miscadmin.h"
+#include "storage/lmgr.h"
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -121,6 +123,50 @@ outbox_relid(const char *relname)
 		elog(ERROR, "outbox relation \"%s\" is missing", relname);
 	}
 	return relid;
+}
+
+/*
+ * Hold the extension in share mode until the end of the transaction, before
+ * any of its tables.  DROP EXTENSION takes the extension's lock exclusively
+ * before anything else: it then waits for every transaction using outbox
+ * while holding nothing they could wait for (before, it locked tables one
+ * by one, and one that a consumer or the worker held while it waited for
+ * another that DROP had already taken was a deadlock), and calls that start
+ * meanwhile wait for it, then find the extension gone, a clear error,
+ * instead of tables dropped under them.  Returns false if the extension is
+ * gone and missing_ok (the worker, which then stops).
+ */
+bool
+outbox_lock_extension(bool missing_ok)
+{
+	static Oid	ext_oid = InvalidOid;
+
+	for (;;)
+	{
+		LOCKTAG		tag;
+		Oid			now;
+
+		if (!OidIsValid(ext_oid))
+			ext_oid = get_extension_oid("outbox", true);
+		if (!OidIsValid(ext_oid))
+			break;
+		SET_LOCKTAG_OBJECT(tag, MyDatabaseId, ExtensionRelationId, ext_oid, 0);
+		if (LockAcquire(&tag, AccessShareLock, false, false) != LOCKACQUIRE_OK)
+			return true;		/* held already in this transaction */
+		/* the first time in this transaction: is it (still) the extension? */
+		AcceptInvalidationMessages();
+		now = get_extension_oid("outbox", true);
+		if (now == ext_oid)
+			return true;
+		LockRelease(&tag, AccessShareLock, false);
+		ext_oid = now;
+	}
+	if (!missing_ok)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("extension \"outbox\" was dropped"),
+				 errdetail("DROP EXTENSION outbox committed while this call was waiting for it.")));
+	return false;
 }
 
 /*
@@ -332,7 +378,8 @@ outbox_consumer_begin(FunctionCallInfo fcinfo, Oid *save_user, int *save_sec)
 				 errmsg("subscription must not be null")));
 	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	outbox_check_name(name);
-	/* no unsubscribe or change of settings until this transaction ends */
+	/* no DROP EXTENSION, then no unsubscribe or change of settings, until this transaction ends */
+	(void) outbox_lock_extension(false);
 	outbox_hold_sub(name);
 	SPI_connect();
 	outbox_become_owner(save_user, save_sec);
