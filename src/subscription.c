@@ -125,6 +125,20 @@ outbox_relid(const char *relname)
 	return relid;
 }
 
+/* the extension's oid as last looked up, and whether that still holds */
+static Oid	ext_oid = InvalidOid;
+static bool ext_checked = false;
+
+/*
+ * Any relcache invalidation may be a DROP (or a new CREATE) EXTENSION,
+ * which drops (or makes) outbox's tables: look the extension up again.
+ */
+static void
+ext_invalidate(Datum arg, Oid relid)
+{
+	ext_checked = false;
+}
+
 /*
  * Hold the extension in share mode until the end of the transaction, before
  * any of its tables.  DROP EXTENSION takes the extension's lock exclusively
@@ -135,32 +149,48 @@ outbox_relid(const char *relname)
  * meanwhile wait for it, then find the extension gone, a clear error,
  * instead of tables dropped under them.  Returns false if the extension is
  * gone and missing_ok (the worker, which then stops).
+ *
+ * The extension's oid is looked up again only after a relcache
+ * invalidation, so that a transaction of one enqueue pays a lock, not a
+ * catalog scan.
  */
 bool
 outbox_lock_extension(bool missing_ok)
 {
-	static Oid	ext_oid = InvalidOid;
+	static bool callback_registered = false;
 
+	if (!callback_registered)
+	{
+		CacheRegisterRelcacheCallback(ext_invalidate, (Datum) 0);
+		callback_registered = true;
+	}
 	for (;;)
 	{
 		LOCKTAG		tag;
 		Oid			now;
 
-		if (!OidIsValid(ext_oid))
+		if (!ext_checked || !OidIsValid(ext_oid))
+		{
 			ext_oid = get_extension_oid("outbox", true);
+			ext_checked = true;
+		}
 		if (!OidIsValid(ext_oid))
 			break;
 		SET_LOCKTAG_OBJECT(tag, MyDatabaseId, ExtensionRelationId, ext_oid, 0);
 		if (LockAcquire(&tag, AccessShareLock, false, false) != LOCKACQUIRE_OK)
 			return true;		/* held already in this transaction */
-		/* the first time in this transaction: is it (still) the extension? */
+		/* a DROP EXTENSION we waited for has sent its invalidations */
 		AcceptInvalidationMessages();
+		if (ext_checked)
+			return true;
 		now = get_extension_oid("outbox", true);
+		ext_checked = true;
 		if (now == ext_oid)
 			return true;
 		LockRelease(&tag, AccessShareLock, false);
 		ext_oid = now;
 	}
+	ext_checked = false;
 	if (!missing_ok)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
