@@ -404,6 +404,8 @@ outbox_enqueue(PG_FUNCTION_ARGS)
 	bool		use_spi;
 
 	PreventCommandIfReadOnly("outbox.enqueue()");
+	/* before any table, whatever this backend has cached (subscription.c) */
+	(void) outbox_lock_extension(false);
 	if (PG_ARGISNULL(0))
 		null_argument("topic");
 	if (PG_ARGISNULL(1))

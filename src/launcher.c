@@ -27,7 +27,13 @@
 #include "access/htup_details.h"
 #include "access/table.h"
 #include "access/xact.h"
+#include "catalog/dependency.h"
+#include "catalog/indexing.h"
 #include "catalog/pg_database.h"
+#include "catalog/pg_depend.h"
+#include "catalog/pg_namespace.h"
+#include "catalog/namespace.h"
+#include "commands/extension.h"
 #include "commands/dbcommands.h"
 #include "commands/defrem.h"
 #include "utils/acl.h"
@@ -40,6 +46,7 @@
 #include "storage/proc.h"
 #include "tcop/utility.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/hsearch.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
@@ -58,6 +65,8 @@ PG_FUNCTION_INFO_V1(outbox_worker_on_create);
 #define PAUSE_MS				(10 * 1000)
 /* workers being started at once: a probe of a database is quick */
 #define MAX_STARTING			2
+/* how often the log repeats that a worker could not start for want of a process */
+#define NO_PROCESS_LOG_MS		(5 * 60 * 1000)
 
 static ProcessUtility_hook_type prev_utility_hook = NULL;
 
@@ -148,6 +157,11 @@ outbox_start_worker(PG_FUNCTION_ARGS)
 {
 	LOCKTAG		tag;
 
+	/*
+	 * A standby starts no worker before promotion (the launcher serves it
+	 * then): waiting for this one would wait for ever.
+	 */
+	PreventCommandDuringRecovery("outbox.start_worker()");
 	/* one caller at a time per database decides */
 	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, 0, 0, 0x4f43);
 	(void) LockAcquire(&tag, ExclusiveLock, false, false);
@@ -162,6 +176,7 @@ outbox_start_worker(PG_FUNCTION_ARGS)
 		if (slot != NULL)
 		{
 			slot->no_extension = false;
+			slot->has_extension = true;
 			slot->failures = 0;
 			slot->retry_at = 0;
 		}
@@ -186,6 +201,7 @@ create_xact_callback(XactEvent event, void *arg)
 			if (slot != NULL)
 			{
 				slot->no_extension = false;
+				slot->has_extension = true;
 				slot->failures = 0;
 				slot->retry_at = 0;
 			}
@@ -317,6 +333,58 @@ createdb_template(CreatedbStmt *stmt)
 	return NULL;
 }
 
+/* Does this statement drop the extension outbox? */
+static bool
+drops_outbox(Node *stmt)
+{
+	ListCell   *lc;
+
+	if (!IsA(stmt, DropStmt) || ((DropStmt *) stmt)->removeType != OBJECT_EXTENSION)
+		return false;
+	foreach(lc, ((DropStmt *) stmt)->objects)
+		if (strcmp(strVal(lfirst(lc)), "outbox") == 0)
+			return true;
+	return false;
+}
+
+/*
+ * After DROP EXTENSION outbox: drop the schema outbox too, if nothing is
+ * left in it and the user owns it.  PostgreSQL creates the schema named in
+ * the control file for the extension but does not make it a member, so
+ * DROP EXTENSION leaves it behind; making it a member is not possible while
+ * it is the extension's own schema, and pg_dump could not restore it then.
+ * Anything else in it (or privileges on it only) is a reason to keep it:
+ * no error, the drop of the extension stands.
+ */
+static void
+drop_empty_schema(void)
+{
+	Oid			nsp = get_namespace_oid("outbox", true);
+	Relation	rel;
+	ScanKeyData key[2];
+	SysScanDesc scan;
+	bool		empty;
+	ObjectAddress addr;
+
+	if (!OidIsValid(nsp) || OidIsValid(get_extension_oid("outbox", true)) ||
+		!pg_namespace_ownercheck(nsp, GetUserId()))
+		return;
+	CommandCounterIncrement();
+	rel = table_open(DependRelationId, AccessShareLock);
+	ScanKeyInit(&key[0], Anum_pg_depend_refclassid, BTEqualStrategyNumber, F_OIDEQ,
+				ObjectIdGetDatum(NamespaceRelationId));
+	ScanKeyInit(&key[1], Anum_pg_depend_refobjid, BTEqualStrategyNumber, F_OIDEQ,
+				ObjectIdGetDatum(nsp));
+	scan = systable_beginscan(rel, DependReferenceIndexId, true, NULL, 2, key);
+	empty = !HeapTupleIsValid(systable_getnext(scan));
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	if (!empty)
+		return;
+	ObjectAddressSet(addr, NamespaceRelationId, nsp);
+	performDeletion(&addr, DROP_RESTRICT, 0);
+}
+
 static void
 outbox_utility_hook(PlannedStmt *pstmt, const char *queryString,
 					bool readOnlyTree, ProcessUtilityContext context,
@@ -354,6 +422,8 @@ outbox_utility_hook(PlannedStmt *pstmt, const char *queryString,
 	 */
 	if (IsA(stmt, CreatedbStmt))
 		resume_worker(paused);
+	if (drops_outbox(stmt))
+		drop_empty_schema();
 }
 
 void
@@ -383,6 +453,22 @@ static HTAB *no_extension_dbs = NULL;
 /* databases the log was told have no slot (until a worker serves them) */
 static HTAB *told_no_slot = NULL;
 
+/* when the log last said databases could not be looked at, for want of a process */
+static TimestampTz unprobed_logged_at = 0;
+
+/*
+ * How many background worker processes outbox needs, for the log: the
+ * launcher, MAX_STARTING for probes, and one per database with outbox (of
+ * which only those known so far are counted).
+ */
+static int
+no_process_detail(int nknown)
+{
+	return errdetail("outbox needs max_worker_processes of at least %d here: 1 for the launcher, %d to look for the extension in databases, and 1 for each of the %d databases known to have outbox; other background workers (parallel queries, logical replication) take theirs from the same %d.",
+					 1 + MAX_STARTING + nknown, MAX_STARTING, nknown,
+					 max_worker_processes);
+}
+
 /*
  * One pass: forget dropped databases, notice workers that stopped, take
  * back the slots of databases without the extension, start the workers
@@ -404,6 +490,9 @@ launcher_pass_unit(void *arg)
 	ListCell   *lc;
 	HASH_SEQ_STATUS seq;
 	NoExtensionDb *ne;
+	List	   *no_process = NIL;
+	int			unprobed = 0;
+	int			nknown = 0;
 
 	/* every database there is, however many */
 	dbs = palloc(sizeof(Oid) * maxdbs);
@@ -491,7 +580,11 @@ launcher_pass_unit(void *arg)
 		if (outbox_shared->slots[i].starting)
 			nstarting++;
 		if (outbox_shared->slots[i].pid != 0)
+		{
 			(void) hash_search(told_no_slot, &outbox_shared->slots[i].dboid, HASH_REMOVE, NULL);
+			/* served: a later shortage is news again */
+			outbox_shared->slots[i].no_worker_logged_at = 0;
+		}
 	}
 
 	for (i = 0; i < ndbs && nstarting < MAX_STARTING; i++)
@@ -535,15 +628,50 @@ launcher_pass_unit(void *arg)
 		}
 		else
 		{
+			/*
+			 * Every background worker process is taken.  Tried again in a
+			 * second, so that the worker comes soon after one is free; but
+			 * said only for a database known to have outbox, and again only
+			 * every few minutes.  Databases not looked at yet are counted.
+			 */
 			handles[n] = NULL;
 			slot->retry_at = TimestampTzPlusMilliseconds(now, 1000);
-			ereport(LOG,
-					(errmsg("outbox launcher could not start a worker for database \"%s\"",
-							get_database_name(slot->dboid)),
-					 errhint("Raise max_worker_processes.")));
+			if (!slot->has_extension)
+				unprobed++;
+			else if (slot->no_worker_logged_at == 0 ||
+					 TimestampDifferenceExceeds(slot->no_worker_logged_at, now,
+												NO_PROCESS_LOG_MS))
+			{
+				slot->no_worker_logged_at = now;
+				no_process = lappend_oid(no_process, slot->dboid);
+			}
 		}
 	}
+	for (i = 0; i < outbox_shared->nslots; i++)
+		if (outbox_shared->slots[i].dboid != InvalidOid &&
+			outbox_shared->slots[i].has_extension)
+			nknown++;
 	LWLockRelease(outbox_shared->lock);
+
+	foreach(lc, no_process)
+		ereport(LOG,
+				(errmsg("outbox launcher could not start a worker for database \"%s\": no background worker process is free",
+						get_database_name(lfirst_oid(lc))),
+				 no_process_detail(nknown),
+				 errhint("Raise max_worker_processes (a restart is needed). This is logged again every %d minutes while the database has no worker.",
+						 NO_PROCESS_LOG_MS / 60000)));
+	if (unprobed > 0 &&
+		(unprobed_logged_at == 0 ||
+		 TimestampDifferenceExceeds(unprobed_logged_at, now, NO_PROCESS_LOG_MS)))
+	{
+		unprobed_logged_at = now;
+		ereport(LOG,
+				(errmsg("outbox launcher could not start a worker to look for the extension in %d databases: no background worker process is free",
+						unprobed),
+				 no_process_detail(nknown),
+				 errhint("Raise max_worker_processes (a restart is needed). This is logged again every %d minutes while databases are not looked at.",
+						 NO_PROCESS_LOG_MS / 60000)));
+	}
 
 	/* said once per database, until a worker serves it */
 	foreach(lc, unserved)

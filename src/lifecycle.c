@@ -29,6 +29,7 @@
 #include "common/hashfn.h"
 #include "miscadmin.h"
 #include "storage/lmgr.h"
+#include "tcop/utility.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/snapmgr.h"
@@ -95,20 +96,26 @@ outbox_sub_exists(int32 sub_id)
 
 /*
  * The lifetime lock of the subscription named by the first argument,
- * exclusively, until the end of the transaction; returns the name.
+ * exclusively, until the end of the transaction; returns the name.  Only
+ * a writer takes it so (what: the function, for the error): refused first
+ * in a read-only transaction, as any write is, and so also on a standby,
+ * which would otherwise refuse the lock itself with a less telling error.
  */
 static char *
-hold_sub_exclusive(FunctionCallInfo fcinfo)
+hold_sub_exclusive(FunctionCallInfo fcinfo, const char *what)
 {
 	LOCKTAG		tag;
 	char	   *name;
 
+	PreventCommandIfReadOnly(what);
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("subscription must not be null")));
 	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	outbox_check_name(name);
+	/* before any table: DROP EXTENSION waits, holding nothing (subscription.c) */
+	(void) outbox_lock_extension(false);
 	lifetime_tag(&tag, name);
 	(void) LockAcquire(&tag, AccessExclusiveLock, false, false);
 	return name;
@@ -122,7 +129,7 @@ hold_sub_exclusive(FunctionCallInfo fcinfo)
 Datum
 outbox_hold_subscription_sql(PG_FUNCTION_ARGS)
 {
-	(void) hold_sub_exclusive(fcinfo);
+	(void) hold_sub_exclusive(fcinfo, "outbox.subscribe()");
 	PG_RETURN_VOID();
 }
 
@@ -172,7 +179,7 @@ outbox_drop_subscription(PG_FUNCTION_ARGS)
 		"DELETE FROM outbox.consumer WHERE sub_id OPERATOR(pg_catalog.=) $1",
 		"DELETE FROM outbox.subscription WHERE id OPERATOR(pg_catalog.=) $1"
 	};
-	char	   *name = hold_sub_exclusive(fcinfo);
+	char	   *name = hold_sub_exclusive(fcinfo, "outbox.unsubscribe()");
 	OutboxSub  *sub;
 	Oid			save_user;
 	int			save_sec;

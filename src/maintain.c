@@ -74,14 +74,25 @@ outbox_unit(const char *what, int flags, OutboxUnitFn fn, void *arg)
 	error_context_stack = &errcb;
 	PG_TRY();
 	{
-		if (!(flags & OUTBOX_UNIT_BARE))
+		/*
+		 * The extension first, before any table, as every user of outbox
+		 * does (outbox_lock_extension): a DROP EXTENSION under way then
+		 * waits for this unit, or this unit for it, never both.  Once it is
+		 * dropped the unit does nothing, and the worker stops at its next
+		 * look.
+		 */
+		bool		bare = (flags & OUTBOX_UNIT_BARE) != 0;
+		bool		gone = !bare && !outbox_lock_extension(true);
+
+		if (!bare && !gone)
 		{
 			if (SPI_connect() != SPI_OK_CONNECT)
 				elog(ERROR, "SPI_connect failed");
 			PushActiveSnapshot(GetTransactionSnapshot());
 		}
-		fn(arg);
-		if (!(flags & OUTBOX_UNIT_BARE))
+		if (!gone)
+			fn(arg);
+		if (!bare && !gone)
 		{
 			PopActiveSnapshot();
 			SPI_finish();

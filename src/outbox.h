@@ -123,6 +123,7 @@ extern Oid	outbox_owner(void);
 extern void outbox_become_owner(Oid *save_userid, int *save_sec);
 extern void outbox_restore_user(Oid save_userid, int save_sec);
 extern Oid	outbox_relid(const char *relname);
+extern bool outbox_lock_extension(bool missing_ok);
 extern SPIPlanPtr outbox_prepare(const char *sql, int nargs, Oid *argtypes);
 extern SPIPlanPtr outbox_prepare_generic(const char *sql, int nargs, Oid *argtypes);
 extern int64 outbox_interval_usecs(const Interval *iv);

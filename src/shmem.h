@@ -24,6 +24,10 @@ typedef struct OutboxDbSlot
 	Latch	   *latch;			/* the worker's latch, NULL if none */
 	bool		starting;		/* the launcher has asked for a worker */
 	bool		no_extension;	/* its worker found no outbox there */
+	bool		has_extension;	/* a worker, CREATE EXTENSION or start_worker()
+								 * found outbox there */
+	TimestampTz no_worker_logged_at;	/* when the log last said it has no
+										 * worker for want of a process */
 	TimestampTz checked_at;		/* when no_extension was found */
 	TimestampTz dropping_until; /* DROP DATABASE under way: do not start */
 	int			failures;		/* consecutive worker failures */

@@ -22,7 +22,9 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_extension.h"
 #include "catalog/pg_class.h"
+#include "commands/extension.h"
 #include "miscadmin.h"
+#include "storage/lmgr.h"
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -121,6 +123,80 @@ outbox_relid(const char *relname)
 		elog(ERROR, "outbox relation \"%s\" is missing", relname);
 	}
 	return relid;
+}
+
+/* the extension's oid as last looked up, and whether that still holds */
+static Oid	ext_oid = InvalidOid;
+static bool ext_checked = false;
+
+/*
+ * Any relcache invalidation may be a DROP (or a new CREATE) EXTENSION,
+ * which drops (or makes) outbox's tables: look the extension up again.
+ */
+static void
+ext_invalidate(Datum arg, Oid relid)
+{
+	ext_checked = false;
+}
+
+/*
+ * Hold the extension in share mode until the end of the transaction, before
+ * any of its tables.  DROP EXTENSION takes the extension's lock exclusively
+ * before anything else: it then waits for every transaction using outbox
+ * while holding nothing they could wait for (before, it locked tables one
+ * by one, and one that a consumer or the worker held while it waited for
+ * another that DROP had already taken was a deadlock), and calls that start
+ * meanwhile wait for it, then find the extension gone, a clear error,
+ * instead of tables dropped under them.  Returns false if the extension is
+ * gone and missing_ok (the worker, which then stops).
+ *
+ * The extension's oid is looked up again only after a relcache
+ * invalidation, so that a transaction of one enqueue pays a lock, not a
+ * catalog scan.
+ */
+bool
+outbox_lock_extension(bool missing_ok)
+{
+	static bool callback_registered = false;
+
+	if (!callback_registered)
+	{
+		CacheRegisterRelcacheCallback(ext_invalidate, (Datum) 0);
+		callback_registered = true;
+	}
+	for (;;)
+	{
+		LOCKTAG		tag;
+		Oid			now;
+
+		if (!ext_checked || !OidIsValid(ext_oid))
+		{
+			ext_oid = get_extension_oid("outbox", true);
+			ext_checked = true;
+		}
+		if (!OidIsValid(ext_oid))
+			break;
+		SET_LOCKTAG_OBJECT(tag, MyDatabaseId, ExtensionRelationId, ext_oid, 0);
+		if (LockAcquire(&tag, AccessShareLock, false, false) != LOCKACQUIRE_OK)
+			return true;		/* held already in this transaction */
+		/* a DROP EXTENSION we waited for has sent its invalidations */
+		AcceptInvalidationMessages();
+		if (ext_checked)
+			return true;
+		now = get_extension_oid("outbox", true);
+		ext_checked = true;
+		if (now == ext_oid)
+			return true;
+		LockRelease(&tag, AccessShareLock, false);
+		ext_oid = now;
+	}
+	ext_checked = false;
+	if (!missing_ok)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("extension \"outbox\" was dropped"),
+				 errdetail("DROP EXTENSION outbox committed while this call was waiting for it.")));
+	return false;
 }
 
 /*
@@ -332,7 +408,8 @@ outbox_consumer_begin(FunctionCallInfo fcinfo, Oid *save_user, int *save_sec)
 				 errmsg("subscription must not be null")));
 	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	outbox_check_name(name);
-	/* no unsubscribe or change of settings until this transaction ends */
+	/* no DROP EXTENSION, then no unsubscribe or change of settings, until this transaction ends */
+	(void) outbox_lock_extension(false);
 	outbox_hold_sub(name);
 	SPI_connect();
 	outbox_become_owner(save_user, save_sec);

@@ -131,11 +131,26 @@ exit_no_extension(void)
 	{
 		LWLockAcquire(outbox_shared->lock, LW_EXCLUSIVE);
 		my_slot->no_extension = true;
+		my_slot->has_extension = false;
 		my_slot->checked_at = GetCurrentTimestamp();
 		LWLockRelease(outbox_shared->lock);
 	}
 	clean_exit = true;
 	proc_exit(0);
+}
+
+/*
+ * Tell the launcher this database has outbox: should the worker die and no
+ * background worker process be free for its restart, the log says so.
+ */
+static void
+mark_has_extension(void)
+{
+	if (my_slot == NULL)
+		return;
+	LWLockAcquire(outbox_shared->lock, LW_EXCLUSIVE);
+	my_slot->has_extension = true;
+	LWLockRelease(outbox_shared->lock);
 }
 
 /* this worker's database, for the log */
@@ -229,6 +244,7 @@ outbox_worker_main(Datum arg)
 	}
 	if (!extension_present())
 		exit_no_extension();
+	mark_has_extension();
 
 	ereport(LOG, (errmsg("outbox worker started for database \"%s\"", dbname)));
 	if (outbox_shared != NULL && my_slot == NULL)
@@ -271,6 +287,7 @@ outbox_worker_main(Datum arg)
 			take_slot();
 			if (my_slot != NULL)
 			{
+				mark_has_extension();
 				ereport(LOG, (errmsg("outbox worker for database \"%s\" now has a slot", dbname)));
 				/* commits while it had none woke nobody */
 				outbox_wake_again(OUTBOX_WAKE_ALL);
