@@ -644,6 +644,19 @@ sub enqueue
 		my ($id, $da_epoch, $now) = @{ $rows->[0] };
 		$self->note_op("  -> event $id");
 		my $old = $self->{events}{$id};
+		if ($old && $old->{tx} != $tx->{tag} && $self->{txs}{ $old->{tx} }{state} eq 'rolledback')
+		{
+			# After a crash PostgreSQL hands out again the xids of which
+			# nothing reached the disk, so an id of a transaction the crash
+			# rolled back can come back, for a new event.
+			$self->{by_key}{ $old->{key} } = [ grep { $_ != $id } @{ $self->{by_key}{ $old->{key} } } ]
+			  if defined $old->{key};
+			$self->{event_list} = [ grep { $_ != $id } @{ $self->{event_list} } ];
+			delete $self->{events}{$id};
+			delete $_->{$id} for values %{ $self->{deliv} };
+			$self->count('id_reused');
+			$old = undef;
+		}
 		if ($old)
 		{
 			# a dedup hit: the retained event of the same topic and key
