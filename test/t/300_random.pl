@@ -35,19 +35,8 @@
 #
 # On 1.0 every operation kind and check fails the test (faults 1, 7, 10,
 # 11, 13 of issue 8, and what the test found besides: see the history of
-# this file).  With those fixed, OUTBOX_RANDOM_SKIP defaults to
-# @default_skip below, each name for what still fails or is undecided:
-#   resubscribe   re-subscribing an ordered subscription with other topics
-#                 can still hand out a key's later event while an earlier
-#                 one waits for its retry (seed 22, 45 s; being worked on)
-#   ordered       ordered subscriptions: in rare interleavings (crashes,
-#                 replays, changing max_attempts) a key's later event is
-#                 still handed out while an earlier one is pending (seed 21
-#                 under load, step 4336; seed 2026, 1800 s, step 2978 before
-#                 the model learned replay; not root-caused)
-#   stats         outbox.stats can still count fewer deliveries than the
-#                 model under heavy concurrency (seed 2026, 120 s: 580
-#                 against 616 at step 11676, after two such gaps were closed)
+# this file and of src/).  OUTBOX_RANDOM_SKIP defaults to @default_skip
+# below:
 #   reclaim       a transaction gets again an event whose lease in that
 #                 same transaction ran out (the contract is silent)
 # Everything else, faults included, runs by default.
@@ -59,7 +48,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use OutboxRandom;
 
-my @default_skip = qw(resubscribe ordered stats reclaim);
+my @default_skip = qw(reclaim);
 # The suite runs one fixed seed, so that a run of it repeats the same
 # operations; exploring takes other seeds (OUTBOX_RANDOM_SEED=random picks
 # one from the clock).
