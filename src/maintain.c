@@ -188,16 +188,60 @@ typedef struct AdvanceArgs
 	MemoryContext cxt;
 } AdvanceArgs;
 
+/*
+ * SQL: event e is one that cursor c has passed: its transaction is in the
+ * cursor's folded part, or in its last delta up to its position.
+ */
+#define PASSED(e, c) \
+	"(pg_visible_in_snapshot(((" e ".id >> " CppAsString2(OUTBOX_SEQ_BITS) ")::text)::xid8, " c ".lo)" \
+	" OR (pg_visible_in_snapshot(((" e ".id >> " CppAsString2(OUTBOX_SEQ_BITS) ")::text)::xid8, " c ".hi)" \
+	"  AND (" c ".ended OR " e ".id <= " c ".pos)))"
+
+/*
+ * The subscriptions whose chain an advance would change (issue 9): those
+ * with slices not folded yet that leased events, or slices passed by their
+ * cursor (records to drop), those whose newest cursor row is two generations old or more
+ * (rotation will want its partition: a fresh row now keeps it free), and
+ * those with events of other topics ahead of their cursor to move past.
+ * The others are left alone: advancing them would write a new empty delta
+ * and cursor row, whose transaction moves every snapshot on, so that the
+ * next round found the stream "moved" again and wrote again, a round at a
+ * time for ever, and kept chain rotation and its TRUNCATEs going as well.
+ * The advance itself leaves an empty slice (a delta that held nothing for
+ * the subscription) unfolded: harmless, so it does not select the
+ * subscription again; the next fold, or a refresh, takes it.  Events of
+ * their own topics a subscription has not claimed are not passed by an
+ * advance, so they do not select it either.  $1: the current generation.
+ */
 static void
 list_subscriptions_unit(void *arg)
 {
 	static SPIPlanPtr plan = NULL;
 	AdvanceArgs *a = arg;
 	uint64		i;
+	Datum		gen;
 
 	if (plan == NULL)
-		plan = outbox_prepare("SELECT id, name FROM outbox.subscription ORDER BY id", 0, NULL);
-	if (SPI_execute_plan(plan, NULL, NULL, true, 0) != SPI_OK_SELECT)
+	{
+		Oid			t1[1] = {INT8OID};
+
+		plan = outbox_prepare(
+			"SELECT s.id, s.name FROM outbox.subscription s"
+			" LEFT JOIN outbox.cursor_now c ON c.sub_id = s.id"
+			" WHERE c.sub_id IS NULL"
+			" OR c.gen <= $1 - 2 OR c.scan_gen <= $1 - 2"
+			" OR pg_catalog.cardinality(c.held) > 0"
+			" OR EXISTS (SELECT 1 FROM outbox.batch b"
+			"  WHERE b.sub_id = s.id AND b.batch_no >= c.scan_from"
+			"  AND pg_catalog.cardinality(b.ids) > 0)"
+			" OR EXISTS (SELECT 1 FROM outbox.event e"
+			"  WHERE e.id >= ((pg_snapshot_xmin(c.lo)::text::bigint) << " CppAsString2(OUTBOX_SEQ_BITS) ")"
+			"  AND s.topics IS NOT NULL AND NOT (e.topic = ANY (s.topics))"
+			"  AND NOT " PASSED("e", "c") ")"
+			" ORDER BY s.id", 1, t1);
+	}
+	gen = Int64GetDatum(outbox_chain_gen());
+	if (SPI_execute_plan(plan, &gen, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "subscription list failed");
 	for (i = 0; i < SPI_processed; i++)
 	{
@@ -221,9 +265,10 @@ advance_unit(void *arg)
 }
 
 /*
- * Move every subscription's chain past what is not for it and fold what
- * is settled, each subscription in its own short transaction: one that
- * fails is logged and the others go on.
+ * Move the chains of the subscriptions that need it (list_subscriptions_unit)
+ * past what is not for them and fold what is settled, each subscription in
+ * its own short transaction: one that fails is logged and the others go on.
+ * An idle subscription costs no transaction.
  */
 static void
 advance_subscriptions(void)

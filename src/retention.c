@@ -149,7 +149,12 @@ rotate_and_truncate_unit(void *arg)
 	bool		next_empty = false;
 	Oid			state_relid;
 
-	if (SPI_execute("SELECT bucket, bucket_since FROM outbox.state FOR UPDATE", false, 1) != SPI_OK_SELECT ||
+	/*
+	 * Not FOR UPDATE: a row lock is a write (an xid and WAL) every round,
+	 * idle or not (issue 9).  Only the worker changes the row, and its
+	 * UPDATE below checks the bucket it read.
+	 */
+	if (SPI_execute("SELECT bucket, bucket_since FROM outbox.state", false, 1) != SPI_OK_SELECT ||
 		SPI_processed != 1)
 		elog(ERROR, "outbox.state is missing its row");
 	current = DatumGetInt16(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
@@ -209,8 +214,10 @@ rotate_and_truncate_unit(void *arg)
 		int8_result(psprintf("SELECT count(*) FROM (SELECT 1 FROM outbox.event_%d LIMIT 1) x",
 							 current)) > 0)
 	{
-		if (SPI_execute(psprintf("UPDATE outbox.state SET bucket = %d, bucket_since = now()",
-								 (current + 1) % OUTBOX_BUCKETS), false, 0) != SPI_OK_UPDATE)
+		if (SPI_execute(psprintf("UPDATE outbox.state SET bucket = %d, bucket_since = now()"
+								 " WHERE bucket = %d",
+								 (current + 1) % OUTBOX_BUCKETS, current), false, 0) != SPI_OK_UPDATE ||
+			SPI_processed != 1)
 			elog(ERROR, "bucket rotation failed");
 		/* producers cache the current bucket */
 		state_relid = outbox_relid("state");
