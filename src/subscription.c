@@ -334,6 +334,8 @@ outbox_consumer_begin(FunctionCallInfo fcinfo, Oid *save_user, int *save_sec)
 	outbox_check_name(name);
 	/* no unsubscribe or change of settings until this transaction ends */
 	outbox_hold_sub(name);
+	/* the worker's timed work (leases, folds) may change: tell it at the end */
+	outbox_activity_at_end();
 	SPI_connect();
 	outbox_become_owner(save_user, save_sec);
 	sub = outbox_lookup_sub(name);
