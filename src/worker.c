@@ -287,6 +287,9 @@ outbox_worker_main(Datum arg)
 		{
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
+			/* an idle worker's times were reckoned with the old settings */
+			if (idle)
+				next_timed = 0;
 		}
 
 		/*
