@@ -1544,7 +1544,9 @@ sub quiesce
 		for my $s (@{ $self->{sessions} })
 		{
 			next if $s->{role} eq 'observer';
-			if ($s->{busy}) { $open++ unless $self->poll($s); next; }
+			# an answer read now may leave a transaction to finish: look
+			# again in the next pass
+			if ($s->{busy}) { $open++; $self->poll($s); next; }
 			next unless $s->{tx};
 			$open++;
 			$self->end_tx($s, $s->{tx}{aborted} ? 'ROLLBACK' : 'COMMIT');
