@@ -600,6 +600,44 @@ write_slice(ClaimState *st, OutboxSlice *s, Candidate *cands, int n)
 }
 
 /*
+ * Only the commit sequence of event id's transaction for key hash h (0
+ * when it was not recorded), for an event that waits anyway: one index
+ * probe, where earlier_commit_pending reads every transaction of the key
+ * past the cursor (a claim that makes a long backlog of few keys wait
+ * would otherwise read them all for every event).
+ */
+static int64
+key_commit_seq(ClaimState *st, int64 h, int64 id)
+{
+	static SPIPlanPtr plan = NULL;
+	Datum		args[2];
+	int64		seq = 0;
+
+	if (plan == NULL)
+	{
+		Oid			types[2] = {INT8OID, XID8OID};
+
+		plan = outbox_prepare("SELECT seq FROM outbox.key_commit"
+							  " WHERE key_hash OPERATOR(pg_catalog.=) $1"
+							  " AND xid OPERATOR(pg_catalog.=) $2", 2, types);
+	}
+	args[0] = Int64GetDatum(h);
+	args[1] = FullTransactionIdGetDatum(FullTransactionIdFromU64(OUTBOX_ID_XID(id)));
+	if (SPI_execute_snapshot(plan, args, NULL, st->chain->snapshot,
+							 InvalidSnapshot, true, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "key commit lookup failed");
+	if (SPI_processed == 1)
+	{
+		bool		isnull;
+
+		seq = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+										  SPI_tuptable->tupdesc, 1, &isnull));
+	}
+	SPI_freetuptable(SPI_tuptable);
+	return seq;
+}
+
+/*
  * Handle one event of a segment: lease it (add it to cands), or move it
  * into outbox.delivery.  Returns true if it was leased.
  */
@@ -618,7 +656,7 @@ take_event(ClaimState *st, Candidate *c, Datum deliver_at, bool deliver_at_null)
 		if (!blocked)
 			blocked = earlier_commit_pending(st, h, c->id, &seq);
 		else
-			(void) earlier_commit_pending(st, h, c->id, &seq);
+			seq = key_commit_seq(st, h, c->id);
 		if (blocked)
 		{
 			/* behind its key; a delay, if any, still applies once released */
@@ -1104,8 +1142,10 @@ outbox_claim_keep_topics(OutboxSub *sub, ArrayType *old_topics)
 						int64		seq = 0;
 						bool		blocked = key_in(st.busy, h);
 
-						if (earlier_commit_pending(&st, h, id, &seq))
-							blocked = true;
+						if (!blocked)
+							blocked = earlier_commit_pending(&st, h, id, &seq);
+						else
+							seq = key_commit_seq(&st, h, id);
 						if (blocked)
 						{
 							materialize(&st, id, "waiting",
