@@ -710,31 +710,30 @@ segment_ranges(OutboxSegment *seg, int64 **starts, int64 **ends)
 	return nranges;
 }
 
+/* what collect_candidates found in a segment */
+typedef struct SegmentScan
+{
+	Candidate  *cands;			/* events to lease */
+	int			ncands;
+	int64		pos;			/* the last id looked at */
+	bool		more;			/* stopped with room used up: not all seen */
+	bool		consumed;		/* some event for us was reached */
+} SegmentScan;
+
 /*
- * Scan one segment of the stream, leasing up to what the claim still
- * wants, and record what it covered.  Returns whether it covered all of
- * it: a delta left unfinished must not be followed by the next.
+ * Read the segment's events in id order, range by range, and hand each to
+ * take_event until room events are to be leased; the slice being built
+ * (chain->slices[idx]) covers each event as it is reached, so that ordered
+ * checks within this claim see what precedes it as handed out.
  */
-static bool
-scan_segment(ClaimState *st, OutboxSegment *seg)
+static void
+collect_candidates(ClaimState *st, OutboxSegment *seg, int idx, int room, SegmentScan *sc)
 {
 	static SPIPlanPtr plan = NULL;
-	OutboxSnap *lo = seg->lo;
-	OutboxSnap *hi = seg->hi;
 	int64	   *starts;
 	int64	   *ends;
-	int			nranges = 0;
+	int			nranges;
 	int			r;
-	uint32		i;
-	OutboxSlice slice;
-	int			idx;
-	int64		pos = seg->from;
-	bool		more = false;
-	bool		consumed = false;
-	Candidate  *cands;
-	int			ncands = 0;
-	int			room = st->want - st->got;
-	int64		stop_at;
 
 	if (plan == NULL)
 	{
@@ -749,34 +748,27 @@ scan_segment(ClaimState *st, OutboxSegment *seg)
 	}
 
 	nranges = segment_ranges(seg, &starts, &ends);
-
-	memset(&slice, 0, sizeof(slice));
-	slice.batch_no = -1;
-	slice.delta = seg->delta;
-	slice.lo = lo;
-	slice.hi = hi;
-	slice.pos_from = seg->from;
-	slice.pos_to = seg->from;
-	slice.is_new = true;
-	outbox_chain_add(st->chain, &slice);
-	idx = st->chain->nslices - 1;
-
-	cands = palloc(sizeof(Candidate) * (room + 1));
+	sc->cands = palloc(sizeof(Candidate) * (room + 1));
+	sc->ncands = 0;
+	sc->pos = seg->from;
+	sc->more = false;
+	sc->consumed = false;
 	/* room 0 (outbox_claim_advance): cover what precedes the first event */
-	for (r = 0; r < nranges && !more; r++)
+	for (r = 0; r < nranges && !sc->more; r++)
 	{
 		int64		cur = Max(starts[r], seg->from);
 		int64		end = Min(ends[r], seg->to);
 
-		while (cur < end && !more)
+		while (cur < end && !sc->more)
 		{
 			Datum		args[4];
 			char		nulls[4] = {' ', ' ', ' ', ' '};
-			int64		limit = room - ncands + 16;
+			int64		limit = room - sc->ncands + 16;
 			uint64		n,
 						j;
 			SPITupleTable *tab;
 
+			CHECK_FOR_INTERRUPTS();
 			args[0] = Int64GetDatum(cur);
 			args[1] = Int64GetDatum(end);
 			args[2] = st->sub->topics ? PointerGetDatum(st->sub->topics) : (Datum) 0;
@@ -791,7 +783,7 @@ scan_segment(ClaimState *st, OutboxSegment *seg)
 			{
 				HeapTuple	tup = tab->vals[j];
 				TupleDesc	desc = tab->tupdesc;
-				Candidate  *c = &cands[ncands];
+				Candidate  *c = &sc->cands[sc->ncands];
 				bool		isnull;
 				bool		da_null;
 				Datum		deliver_at;
@@ -799,12 +791,12 @@ scan_segment(ClaimState *st, OutboxSegment *seg)
 				c->id = DatumGetInt64(SPI_getbinval(tup, desc, EV_ID, &isnull));
 				if (!outbox_segment_contains(seg, c->id))
 				{
-					cur = pos = c->id;
+					cur = sc->pos = c->id;
 					continue;
 				}
-				if (ncands >= room)
+				if (sc->ncands >= room)
 				{
-					more = true;
+					sc->more = true;
 					break;
 				}
 				c->topic = SPI_getbinval(tup, desc, EV_TOPIC, &isnull);
@@ -813,27 +805,60 @@ scan_segment(ClaimState *st, OutboxSegment *seg)
 				c->headers = SPI_getbinval(tup, desc, EV_HEADERS, &c->headers_null);
 				c->enqueued_at = SPI_getbinval(tup, desc, EV_ENQUEUED_AT, &isnull);
 				deliver_at = SPI_getbinval(tup, desc, EV_DELIVER_AT, &da_null);
-				consumed = true;
+				sc->consumed = true;
 				st->chain->slices[idx].pos_to = c->id;
 				if (take_event(st, c, deliver_at, da_null))
-					ncands++;
-				cur = pos = c->id;
+					sc->ncands++;
+				cur = sc->pos = c->id;
 			}
 			if (n < (uint64) limit)
 				break;
 		}
 	}
+}
+
+/*
+ * Scan one segment of the stream, leasing up to what the claim still
+ * wants, and record what it covered.  Returns whether it covered all of
+ * it: a delta left unfinished must not be followed by the next.
+ *
+ * Phases: a slice for the segment joins the chain (so that the ordered
+ * checks see it), collect_candidates reads the events, what an ack ahead
+ * settled is dropped (drop_settled_ahead), the rest is leased (emit), and
+ * the slice is written, unless it is a new delta that held nothing for us.
+ */
+static bool
+scan_segment(ClaimState *st, OutboxSegment *seg)
+{
+	OutboxSlice slice;
+	int			idx;
+	SegmentScan sc;
+	int64		stop_at;
+	int			i;
+
+	memset(&slice, 0, sizeof(slice));
+	slice.batch_no = -1;
+	slice.delta = seg->delta;
+	slice.lo = seg->lo;
+	slice.hi = seg->hi;
+	slice.pos_from = seg->from;
+	slice.pos_to = seg->from;
+	slice.is_new = true;
+	outbox_chain_add(st->chain, &slice);
+	idx = st->chain->nslices - 1;
+
+	collect_candidates(st, seg, idx, st->want - st->got, &sc);
 
 	slice = st->chain->slices[idx];
-	if (more)
-		slice.pos_to = pos;
+	if (sc.more)
+		slice.pos_to = sc.pos;
 	else
 	{
 		slice.pos_to = seg->to;
 		slice.ended = seg->to_end;
 	}
 
-	ncands = drop_settled_ahead(st, cands, ncands, &stop_at);
+	sc.ncands = drop_settled_ahead(st, sc.cands, sc.ncands, &stop_at);
 	if (stop_at > 0)
 	{
 		/* an ack-ahead in progress: leave it and what follows for later */
@@ -841,8 +866,8 @@ scan_segment(ClaimState *st, OutboxSegment *seg)
 		slice.ended = false;
 	}
 	st->chain->slices[idx] = slice;
-	for (i = 0; i < (uint32) ncands; i++)
-		emit(st, &cands[i], 1);
+	for (i = 0; i < sc.ncands; i++)
+		emit(st, &sc.cands[i], 1);
 
 	/*
 	 * Record the slice, except for a new delta that held nothing for us:
@@ -853,9 +878,10 @@ scan_segment(ClaimState *st, OutboxSegment *seg)
 	 */
 	if (slice.pos_to == seg->from && !slice.ended)
 		st->chain->nslices--;	/* covered nothing */
-	else if (consumed || seg->is_gap || !seg->new_delta || st->advancing ||
-			 U64FromFullTransactionId(hi->xmax) - U64FromFullTransactionId(lo->xmax) >= IDLE_DELTA_XIDS)
-		write_slice(st, &slice, cands, ncands);
+	else if (sc.consumed || seg->is_gap || !seg->new_delta || st->advancing ||
+			 U64FromFullTransactionId(seg->hi->xmax) -
+			 U64FromFullTransactionId(seg->lo->xmax) >= IDLE_DELTA_XIDS)
+		write_slice(st, &slice, sc.cands, sc.ncands);
 	else
 		st->chain->nslices--;
 	return slice.pos_to == seg->to && slice.ended == seg->to_end;
