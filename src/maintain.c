@@ -33,48 +33,6 @@
 /* the SQLSTATE of the last unit that failed */
 static int	unit_errcode = 0;
 
-/*
- * What the worker's current timed round found (issue 9): whether a unit
- * wrote, failed, or left work it could not do yet (busy), and the earliest
- * time it knows something falls due (timer).  A round that was not busy
- * leaves nothing for the next one but what those times, or activity, bring.
- */
-static bool round_busy = false;
-static TimestampTz round_timer = 0;
-
-void
-outbox_round_begin(void)
-{
-	round_busy = false;
-	round_timer = 0;
-}
-
-/* This round did something, or left something to do: the next one runs. */
-void
-outbox_round_busy(void)
-{
-	round_busy = true;
-}
-
-/* Something falls due at t (0: nothing). */
-void
-outbox_round_timer(TimestampTz t)
-{
-	round_timer = outbox_earliest(round_timer, t);
-}
-
-/*
- * Did the round leave nothing to do?  Sets *timer to when its timed work
- * falls due next (0 if never).  Units that failed and wait to be retried
- * count as left to do.
- */
-bool
-outbox_round_quiet(TimestampTz *timer)
-{
-	*timer = round_timer;
-	return !round_busy && outbox_no_failures();
-}
-
 /* the unit running now, for the error context */
 static const char *unit_what = NULL;
 
@@ -139,9 +97,6 @@ outbox_unit(const char *what, int flags, OutboxUnitFn fn, void *arg)
 			PopActiveSnapshot();
 			SPI_finish();
 		}
-		/* it wrote: the next round may have more to do */
-		if (TransactionIdIsValid(GetTopTransactionIdIfAny()))
-			round_busy = true;
 		/* commit inside: an error at commit is the unit's too */
 		CommitTransactionCommand();
 	}
@@ -155,7 +110,6 @@ outbox_unit(const char *what, int flags, OutboxUnitFn fn, void *arg)
 		/* releases locks, LWLocks, snapshots, SPI and buffers of the unit */
 		AbortCurrentTransaction();
 		ok = false;
-		round_busy = true;
 	}
 	PG_END_TRY();
 	/* the callback lived in this frame; it is popped on either path */
@@ -179,13 +133,6 @@ typedef struct SubFailure
 #define MAX_SUB_PAUSE_MS (60 * 1000)
 
 static List *sub_failures = NIL;	/* in TopMemoryContext */
-
-/* No unit waits to be tried again. */
-bool
-outbox_no_failures(void)
-{
-	return sub_failures == NIL;
-}
 
 /*
  * A unit of work for one subscription, or with sub_id 0 for the whole
@@ -252,74 +199,16 @@ typedef struct AdvanceArgs
 	MemoryContext cxt;
 } AdvanceArgs;
 
-/*
- * SQL: event e is one that cursor c has passed: its transaction is in the
- * cursor's folded part, or in its last delta up to its position.
- */
-#define PASSED(e, c) \
-	"(pg_visible_in_snapshot(((" e ".id >> " CppAsString2(OUTBOX_SEQ_BITS) ")::text)::xid8, " c ".lo)" \
-	" OR (pg_visible_in_snapshot(((" e ".id >> " CppAsString2(OUTBOX_SEQ_BITS) ")::text)::xid8, " c ".hi)" \
-	"  AND (" c ".ended OR " e ".id <= " c ".pos)))"
-
-/*
- * The subscriptions whose chain an advance would change (issue 9): those
- * with slices not folded yet that leased events, or slices passed by their
- * cursor (records to drop), and those with events their folded cursor's
- * first snapshot ("lo", which retention goes by) has not passed, except
- * events of their own topics not handed out yet: events of other topics
- * ahead to move past, or handed out and to be folded behind "lo".  And once any subscription's chain starts two
- * generations back or more (rotation will soon want its partition), every
- * subscription whose chain is not in the current generation gets a fresh
- * cursor row there: all together, so that afterwards all chains are in one
- * generation, and rotation, which starts a generation only when the
- * current one has rows, stops after one more step.  (Refreshing each
- * subscription on its own once two generations old made groups refreshed
- * in turn keep each other rotating.)
- *
- * The others are left alone: advancing them would write a new empty delta
- * and cursor row, whose transaction moves every snapshot on, so that the
- * next round found the stream "moved" again and wrote again, a round at a
- * time for ever, and kept chain rotation and its TRUNCATEs going as well.
- * The advance itself leaves an empty slice (a delta that held nothing for
- * the subscription) unfolded: harmless, so it does not select the
- * subscription again; the next fold, or a refresh, takes it.  Events of
- * their own topics a subscription has not claimed are not passed by an
- * advance, so they do not select it (events of other topics behind them
- * do: a read, every round, for a subscription whose consumer is away).
- * $1: the current generation.
- */
 static void
 list_subscriptions_unit(void *arg)
 {
 	static SPIPlanPtr plan = NULL;
 	AdvanceArgs *a = arg;
 	uint64		i;
-	Datum		gen;
 
 	if (plan == NULL)
-	{
-		Oid			t1[1] = {INT8OID};
-
-		plan = outbox_prepare(
-			"WITH c AS MATERIALIZED (SELECT * FROM outbox.cursor_now),"
-			" stale AS MATERIALIZED (SELECT EXISTS (SELECT 1 FROM c"
-			"  WHERE c.gen <= $1 - 2 OR c.scan_gen <= $1 - 2) AS found)"
-			" SELECT s.id, s.name FROM outbox.subscription s"
-			" LEFT JOIN c ON c.sub_id = s.id"
-			" WHERE c.sub_id IS NULL"
-			" OR ((c.gen < $1 OR c.scan_gen < $1) AND (SELECT found FROM stale))"
-			" OR pg_catalog.cardinality(c.held) > 0"
-			" OR EXISTS (SELECT 1 FROM outbox.batch b"
-			"  WHERE b.sub_id = s.id AND b.batch_no >= c.scan_from"
-			"  AND pg_catalog.cardinality(b.ids) > 0)"
-			" OR EXISTS (SELECT 1 FROM outbox.event e"
-			"  WHERE e.id >= ((pg_snapshot_xmin(c.lo)::text::bigint) << " CppAsString2(OUTBOX_SEQ_BITS) ")"
-			"  AND NOT pg_visible_in_snapshot(((e.id >> " CppAsString2(OUTBOX_SEQ_BITS) ")::text)::xid8, c.lo)"
-			"  AND (" PASSED("e", "c") " OR NOT (e.topic = ANY (s.topics))))"
-			" ORDER BY s.id", 1, t1);
-	}
-	gen = Int64GetDatum(outbox_chain_gen());
-	if (SPI_execute_plan(plan, &gen, NULL, true, 0) != SPI_OK_SELECT)
+		plan = outbox_prepare("SELECT id, name FROM outbox.subscription ORDER BY id", 0, NULL);
+	if (SPI_execute_plan(plan, NULL, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "subscription list failed");
 	for (i = 0; i < SPI_processed; i++)
 	{
@@ -343,10 +232,9 @@ advance_unit(void *arg)
 }
 
 /*
- * Move the chains of the subscriptions that need it (list_subscriptions_unit)
- * past what is not for them and fold what is settled, each subscription in
- * its own short transaction: one that fails is logged and the others go on.
- * An idle subscription costs no transaction.
+ * Move every subscription's chain past what is not for it and fold what
+ * is settled, each subscription in its own short transaction: one that
+ * fails is logged and the others go on.
  */
 static void
 advance_subscriptions(void)
@@ -383,11 +271,7 @@ outbox_maintain(void)
 	TimestampTz now = GetCurrentTimestamp();
 
 	if (!TimestampDifferenceExceeds(last, now, Min(outbox_naptime, 1000)))
-	{
-		/* not this round: a round may not count as idle without it */
-		outbox_round_busy();
 		return;
-	}
 	last = now;
 	advance_subscriptions();
 	outbox_clean_up();

@@ -130,26 +130,6 @@ bucket_due(int b, int64 max_id)
 }
 
 /*
- * When bucket b, whose newest event is max_id, falls due (bucket_due).
- */
-static TimestampTz
-bucket_due_at(int b, int64 max_id)
-{
-	bool		isnull;
-	Datum		d;
-
-	if (SPI_execute(psprintf("SELECT enqueued_at FROM outbox.event_%d WHERE id = " INT64_FORMAT,
-							 b, max_id), false, 1) != SPI_OK_SELECT)
-		elog(ERROR, "bucket age lookup failed");
-	if (SPI_processed != 1)
-		return 0;
-	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	if (isnull)
-		return 0;
-	return DatumGetTimestampTz(d) + (int64) outbox_retention * USECS_PER_SEC;
-}
-
-/*
  * Empty the buckets whose events are past retention, and rotate the current
  * bucket when it is old enough and the next one is empty.  Buckets rotate
  * every half retention, so about three of the four hold events.  Events a
@@ -169,12 +149,7 @@ rotate_and_truncate_unit(void *arg)
 	bool		next_empty = false;
 	Oid			state_relid;
 
-	/*
-	 * Not FOR UPDATE: a row lock is a write (an xid and WAL) every round,
-	 * idle or not (issue 9).  Only the worker changes the row, and its
-	 * UPDATE below checks the bucket it read.
-	 */
-	if (SPI_execute("SELECT bucket, bucket_since FROM outbox.state", false, 1) != SPI_OK_SELECT ||
+	if (SPI_execute("SELECT bucket, bucket_since FROM outbox.state FOR UPDATE", false, 1) != SPI_OK_SELECT ||
 		SPI_processed != 1)
 		elog(ERROR, "outbox.state is missing its row");
 	current = DatumGetInt16(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
@@ -196,25 +171,16 @@ rotate_and_truncate_unit(void *arg)
 			continue;
 		}
 		if (!bucket_due(b, max_id))
-		{
-			outbox_round_timer(bucket_due_at(b, max_id));
 			continue;
-		}
 		snprintf(relname, sizeof(relname), "event_%d", b);
 		relid = outbox_relid(relname);
 		/* a claim or a late enqueue is using it: next round */
 		if (!ConditionalLockRelationOid(relid, AccessExclusiveLock))
-		{
-			outbox_round_busy();
 			continue;
-		}
 		/* a late enqueue may have added events before we locked */
 		if (int8_result(psprintf("SELECT max(id) FROM outbox.event_%d", b)) != max_id ||
 			!bucket_due(b, max_id))
-		{
-			outbox_round_busy();
 			continue;
-		}
 		/* only cursors that have not passed the bucket's newest event matter */
 		if (SPI_execute(psprintf("WITH lag AS MATERIALIZED " CURSORS("WHERE NOT ('" UINT64_FORMAT "'::xid8 < pg_snapshot_xmin(c.lo))")
 								 " INSERT INTO outbox.event_kept"
@@ -239,21 +205,12 @@ rotate_and_truncate_unit(void *arg)
 
 	/* in int64 microseconds: half of retention in int milliseconds overflows past 49.7 days */
 	if (next_empty &&
+		now - since >= (int64) Max(outbox_retention / 2, 1) * USECS_PER_SEC &&
 		int8_result(psprintf("SELECT count(*) FROM (SELECT 1 FROM outbox.event_%d LIMIT 1) x",
 							 current)) > 0)
 	{
-		int64		half = (int64) Max(outbox_retention / 2, 1) * USECS_PER_SEC;
-
-		if (now - since < half)
-		{
-			/* rotate then (an empty bucket never rotates: issue 9) */
-			outbox_round_timer(since + half);
-			return;
-		}
-		if (SPI_execute(psprintf("UPDATE outbox.state SET bucket = %d, bucket_since = now()"
-								 " WHERE bucket = %d",
-								 (current + 1) % OUTBOX_BUCKETS, current), false, 0) != SPI_OK_UPDATE ||
-			SPI_processed != 1)
+		if (SPI_execute(psprintf("UPDATE outbox.state SET bucket = %d, bucket_since = now()",
+								 (current + 1) % OUTBOX_BUCKETS), false, 0) != SPI_OK_UPDATE)
 			elog(ERROR, "bucket rotation failed");
 		/* producers cache the current bucket */
 		state_relid = outbox_relid("state");
@@ -319,7 +276,6 @@ typedef struct RotateArgs
 	int64		gen;
 	int			oldest;
 	bool		truncate;		/* the oldest generation is to be emptied */
-	bool		current_rows;	/* the current generation has rows */
 	bool		started;		/* a new generation was started */
 	TimestampTz now;
 } RotateArgs;
@@ -334,7 +290,6 @@ rotate_check_unit(void *arg)
 	r->oldest = (int) ((r->gen + 1) % OUTBOX_CHAIN_PARTS);
 	r->truncate = r->gen >= OUTBOX_CHAIN_PARTS - 1 && !chain_part_empty(r->oldest) &&
 		!chain_part_needed(r->gen - (OUTBOX_CHAIN_PARTS - 1));
-	r->current_rows = !chain_part_empty((int) (r->gen % OUTBOX_CHAIN_PARTS));
 }
 
 /* Empty it, if its partitions can be locked at once and it is still unneeded. */
@@ -355,8 +310,6 @@ rotate_truncate_unit(void *arg)
 		ereport(DEBUG1, (errmsg("outbox emptied chain generation " INT64_FORMAT,
 								r->gen - (OUTBOX_CHAIN_PARTS - 1))));
 	}
-	else
-		outbox_round_busy();	/* held or needed again: next round */
 }
 
 /*
@@ -385,8 +338,6 @@ rotate_start_unit(void *arg)
 		r->started = true;
 		ereport(DEBUG1, (errmsg("outbox started chain generation " INT64_FORMAT, r->gen + 1)));
 	}
-	else if (!chain_part_empty((int) (r->gen % OUTBOX_CHAIN_PARTS)))
-		outbox_round_busy();	/* due, but held: next round */
 }
 
 void
@@ -405,16 +356,8 @@ outbox_rotate_chain(void)
 	if (r.truncate)
 		(void) outbox_sub_unit("outbox: rotate", OUTBOX_DB_ROTATE, 0, 0, rotate_truncate_unit, &r);
 
-	/*
-	 * A new generation, if the current one has rows and is old enough.  An
-	 * empty one never rotates: rotation of what nothing wrote is what kept
-	 * an idle database writing (issue 9).
-	 */
-	if (!r.current_rows)
-		return;
-	if (!TimestampDifferenceExceeds(since, r.now, outbox_chain_rotation))
-		outbox_round_timer(TimestampTzPlusMilliseconds(since, outbox_chain_rotation));
-	else
+	/* a new generation, if the current one has rows and is old enough */
+	if (TimestampDifferenceExceeds(since, r.now, outbox_chain_rotation))
 	{
 		r.started = false;
 		if (outbox_sub_unit("outbox: rotate", OUTBOX_DB_ROTATE, 0, 0, rotate_start_unit, &r) &&
