@@ -245,3 +245,59 @@ CREATE VIEW outbox.cursor_floor AS
 	UNION ALL
 	SELECT c.sub_id, h.lo FROM outbox.cursor_now c, pg_catalog.unnest(c.held) h;
 REVOKE ALL ON outbox.cursor_floor FROM PUBLIC;
+
+--
+-- Events by topic (issue 9).  A claim, and the worker's advance of a
+-- subscription, read the stream by id; with only the id index they read
+-- every event of every topic in the range and kept their own, so each
+-- subscription read everyone's traffic: with 1,000 subscriptions, each
+-- event 1,000 times.  A subscription that names its topics reads its own
+-- events through this index and steps over the others without reading
+-- them (src/claim.c, collect_candidates).
+--
+CREATE INDEX event_topic_id_idx ON outbox.event (topic, id);
+
+-- Whether a delivery that is not done holds an event, by the event's id
+-- (issue 9): retention asks it of every event it keeps or removes, which
+-- without an index read the whole table for each.
+CREATE INDEX delivery_event_idx ON outbox.delivery (event_id) WHERE state <> 'done';
+
+--
+-- The stats of one subscription (issue 9): a filter on the view outbox.stats
+-- cannot reach into outbox._stats(), which computed every subscription's
+-- row for it; outbox.stats('name') computes that one.  A consumer function
+-- like the others: existing consumers get it, and grant_consume grants it.
+--
+CREATE FUNCTION outbox.stats(subscription text)
+RETURNS SETOF outbox.stats
+AS 'MODULE_PATHNAME', 'outbox_stats'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+REVOKE ALL ON FUNCTION outbox.stats(text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION outbox._consumer_objects()
+RETURNS text[]
+LANGUAGE sql IMMUTABLE
+AS $$
+	SELECT ARRAY[
+		'FUNCTION outbox.claim(text, integer, interval)',
+		'FUNCTION outbox.ack(text, bigint)',
+		'FUNCTION outbox.ack(text, bigint[])',
+		'FUNCTION outbox.fail(text, bigint, text, interval, integer)',
+		'FUNCTION outbox.channel(text)',
+		'FUNCTION outbox._stats()',
+		'FUNCTION outbox.stats(text)',
+		'FUNCTION outbox._may_consume(integer)',
+		'TABLE outbox.stats',
+		'TABLE outbox.dead_letters']
+$$;
+
+DO $$
+DECLARE
+	role name;
+BEGIN
+	FOR role IN SELECT DISTINCT r.rolname FROM outbox.consumer c
+				JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) c.role LOOP
+		EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION outbox.stats(text) TO %I', role);
+	END LOOP;
+END
+$$;

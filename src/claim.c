@@ -730,6 +730,7 @@ static void
 collect_candidates(ClaimState *st, OutboxSegment *seg, int idx, int room, SegmentScan *sc)
 {
 	static SPIPlanPtr plan = NULL;
+	static SPIPlanPtr topics_plan = NULL;
 	int64	   *starts;
 	int64	   *ends;
 	int			nranges;
@@ -739,12 +740,26 @@ collect_candidates(ClaimState *st, OutboxSegment *seg, int idx, int room, Segmen
 	{
 		Oid			types[4] = {INT8OID, INT8OID, TEXTARRAYOID, INT8OID};
 
+		/* every topic: the stream by id */
 		plan = outbox_prepare_generic(
 			"SELECT id, topic, key, payload, headers, deliver_at, enqueued_at"
 			" FROM outbox.event"
 			" WHERE id OPERATOR(pg_catalog.>) $1 AND id OPERATOR(pg_catalog.<=) $2"
-			" AND ($3 IS NULL OR topic OPERATOR(pg_catalog.=) ANY ($3))"
 			" ORDER BY id LIMIT $4", 4, types);
+
+		/*
+		 * Named topics: each topic's events through event_topic_id_idx, so
+		 * that other topics' events are stepped over, not read (issue 9),
+		 * the first $4 of each merged in id order.
+		 */
+		topics_plan = outbox_prepare_generic(
+			"SELECT e.id, e.topic, e.key, e.payload, e.headers, e.deliver_at, e.enqueued_at"
+			" FROM (SELECT DISTINCT x FROM pg_catalog.unnest($3) x) t(topic)"
+			" CROSS JOIN LATERAL (SELECT * FROM outbox.event e"
+			"  WHERE e.topic OPERATOR(pg_catalog.=) t.topic"
+			"  AND e.id OPERATOR(pg_catalog.>) $1 AND e.id OPERATOR(pg_catalog.<=) $2"
+			"  ORDER BY e.id LIMIT $4) e"
+			" ORDER BY e.id LIMIT $4", 4, types);
 	}
 
 	nranges = segment_ranges(seg, &starts, &ends);
@@ -774,7 +789,8 @@ collect_candidates(ClaimState *st, OutboxSegment *seg, int idx, int room, Segmen
 			args[2] = st->sub->topics ? PointerGetDatum(st->sub->topics) : (Datum) 0;
 			nulls[2] = st->sub->topics ? ' ' : 'n';
 			args[3] = Int64GetDatum(limit);
-			if (SPI_execute_snapshot(plan, args, nulls, st->chain->snapshot,
+			if (SPI_execute_snapshot(st->sub->topics ? topics_plan : plan,
+									 args, nulls, st->chain->snapshot,
 									 InvalidSnapshot, true, false, 0) != SPI_OK_SELECT)
 				elog(ERROR, "event scan failed");
 			tab = SPI_tuptable;
@@ -796,6 +812,12 @@ collect_candidates(ClaimState *st, OutboxSegment *seg, int idx, int room, Segmen
 				}
 				if (sc->ncands >= room)
 				{
+					/*
+					 * The scan skipped events of other topics up to this
+					 * one: cover them, or the next scan (the worker's
+					 * advance, room 0, every round) reads them all again.
+					 */
+					sc->pos = c->id - 1;
 					sc->more = true;
 					break;
 				}

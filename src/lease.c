@@ -272,6 +272,9 @@ outbox_expire_leases(void)
 	if (!outbox_unit("outbox: find expired leases", 0, expiry_candidates_unit, &a))
 		return 0;
 	next = a.next;
+	/* returned now, or locked and left for the next round */
+	if (a.subs != NIL)
+		outbox_round_busy();
 	foreach(lc, a.subs)
 	{
 		ExpiryCandidate *c = lfirst(lc);

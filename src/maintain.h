@@ -21,6 +21,11 @@ typedef void (*OutboxUnitFn) (void *arg);
 
 extern bool outbox_unit(const char *what, int flags, OutboxUnitFn fn, void *arg);
 extern void outbox_maintain(void);
+extern void outbox_round_begin(void);
+extern void outbox_round_busy(void);
+extern void outbox_round_timer(TimestampTz t);
+extern bool outbox_round_quiet(TimestampTz *timer);
+extern bool outbox_no_failures(void);
 
 /*
  * Kinds of work, for outbox_sub_unit's memory of failures: per

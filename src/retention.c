@@ -59,8 +59,20 @@ int			outbox_chain_rotation = 10000;
 /*
  * Delete, a step at a time: done markers behind their subscription's
  * cursor, commit-order records no chain can need, and kept copies of events
- * that nothing needs any more (with their dedup keys and done markers).  (Old cursor, batch and settle rows go
- * with their partition: rotate_chain.)
+ * that nothing needs any more (with their dedup keys and done markers).
+ * (Old cursor, batch and settle rows go with their partition:
+ * rotate_chain.)
+ *
+ * Kept copies are looked at a window of STEP_ROWS at a time, in id order,
+ * from where the last round stopped: a round costs the same however many
+ * copies a subscription whose consumer is away keeps (looking at all of
+ * them every round, with every cursor for each, took 1.5 s a round at
+ * 50,000).  A copy goes once no delivery that is not done holds it and
+ * every cursor of its topic (and every cursor of all topics) has passed
+ * its transaction's xid by the oldest xid its folded snapshot may not
+ * see: a bound, not EVENT_NEEDED's exact test, so that each copy costs a
+ * lookup of its topic; a copy the bound keeps goes in a later pass, once
+ * the cursors that may need it have moved on.
  */
 static void
 clean_up_unit(void *arg)
@@ -68,9 +80,15 @@ clean_up_unit(void *arg)
 	static SPIPlanPtr done_plan = NULL;
 	static SPIPlanPtr keys_plan = NULL;
 	static SPIPlanPtr kept_plan = NULL;
+	static int64 kept_pos = 0;
+	Datum		pos;
+	Datum		max_id;
+	bool		isnull;
 
 	if (kept_plan == NULL)
 	{
+		Oid			t1[1] = {INT8OID};
+
 		done_plan = outbox_prepare(
 			"DELETE FROM outbox.delivery WHERE ctid IN ("
 			" SELECT d.ctid FROM outbox.delivery d"
@@ -86,17 +104,35 @@ clean_up_unit(void *arg)
 			"  pg_snapshot_xmin(pg_current_snapshot()))"
 			" LIMIT " CppAsString2(STEP_ROWS) ")", 0, NULL);
 		kept_plan = outbox_prepare(
-			"WITH gone AS (DELETE FROM outbox.event_kept k WHERE ctid IN ("
-			"  SELECT ctid FROM outbox.event_kept k WHERE NOT " EVENT_NEEDED("k", CURSORS(""))
-			"  LIMIT " CppAsString2(STEP_ROWS) ") RETURNING k.id),"
-			" dedup AS (DELETE FROM outbox.dedup WHERE event_id IN (SELECT id FROM gone))"
-			" DELETE FROM outbox.delivery WHERE state = 'done'"
-			" AND event_id IN (SELECT id FROM gone)", 0, NULL);
+			"WITH c AS MATERIALIZED " CURSORS("") ","
+			" floor AS MATERIALIZED (SELECT t.topic,"
+			"  pg_catalog.min(pg_snapshot_xmin(c.lo)::text::bigint) AS xmin"
+			"  FROM c, pg_catalog.unnest(c.topics) t(topic) GROUP BY t.topic),"
+			" floor_all AS MATERIALIZED (SELECT"
+			"  pg_catalog.min(pg_snapshot_xmin(c.lo)::text::bigint) AS xmin"
+			"  FROM c WHERE c.topics IS NULL),"
+			" win AS MATERIALIZED (SELECT k.ctid, k.id, k.topic FROM outbox.event_kept k"
+			"  WHERE k.id > $1 ORDER BY k.id LIMIT " CppAsString2(STEP_ROWS) "),"
+			" gone AS (DELETE FROM outbox.event_kept k WHERE ctid IN ("
+			"  SELECT w.ctid FROM win w LEFT JOIN floor f ON f.topic = w.topic, floor_all a"
+			"  WHERE (w.id >> " CppAsString2(OUTBOX_SEQ_BITS) ") <"
+			"   COALESCE(LEAST(f.xmin, a.xmin), 9223372036854775807)"
+			"  AND NOT EXISTS (SELECT 1 FROM outbox.delivery d"
+			"   WHERE d.event_id = w.id AND d.state <> 'done')) RETURNING k.id),"
+			" dedup AS (DELETE FROM outbox.dedup WHERE event_id IN (SELECT id FROM gone)),"
+			" markers AS (DELETE FROM outbox.delivery WHERE state = 'done'"
+			"  AND event_id IN (SELECT id FROM gone))"
+			" SELECT pg_catalog.max(id) FROM win", 1, t1);
 	}
 	if (SPI_execute_plan(done_plan, NULL, NULL, false, 0) != SPI_OK_DELETE ||
-		SPI_execute_plan(keys_plan, NULL, NULL, false, 0) != SPI_OK_DELETE ||
-		SPI_execute_plan(kept_plan, NULL, NULL, false, 0) != SPI_OK_DELETE)
+		SPI_execute_plan(keys_plan, NULL, NULL, false, 0) != SPI_OK_DELETE)
 		elog(ERROR, "clean-up failed");
+	pos = Int64GetDatum(kept_pos);
+	if (SPI_execute_plan(kept_plan, &pos, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "clean-up of kept events failed");
+	max_id = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	/* the next window; after the last, from the start again */
+	kept_pos = isnull ? 0 : DatumGetInt64(max_id);
 }
 
 void
@@ -130,6 +166,26 @@ bucket_due(int b, int64 max_id)
 }
 
 /*
+ * When bucket b, whose newest event is max_id, falls due (bucket_due).
+ */
+static TimestampTz
+bucket_due_at(int b, int64 max_id)
+{
+	bool		isnull;
+	Datum		d;
+
+	if (SPI_execute(psprintf("SELECT enqueued_at FROM outbox.event_%d WHERE id = " INT64_FORMAT,
+							 b, max_id), false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "bucket age lookup failed");
+	if (SPI_processed != 1)
+		return 0;
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (isnull)
+		return 0;
+	return DatumGetTimestampTz(d) + (int64) outbox_retention * USECS_PER_SEC;
+}
+
+/*
  * Empty the buckets whose events are past retention, and rotate the current
  * bucket when it is old enough and the next one is empty.  Buckets rotate
  * every half retention, so about three of the four hold events.  Events a
@@ -149,7 +205,12 @@ rotate_and_truncate_unit(void *arg)
 	bool		next_empty = false;
 	Oid			state_relid;
 
-	if (SPI_execute("SELECT bucket, bucket_since FROM outbox.state FOR UPDATE", false, 1) != SPI_OK_SELECT ||
+	/*
+	 * Not FOR UPDATE: a row lock is a write (an xid and WAL) every round,
+	 * idle or not (issue 9).  Only the worker changes the row, and its
+	 * UPDATE below checks the bucket it read.
+	 */
+	if (SPI_execute("SELECT bucket, bucket_since FROM outbox.state", false, 1) != SPI_OK_SELECT ||
 		SPI_processed != 1)
 		elog(ERROR, "outbox.state is missing its row");
 	current = DatumGetInt16(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
@@ -171,16 +232,25 @@ rotate_and_truncate_unit(void *arg)
 			continue;
 		}
 		if (!bucket_due(b, max_id))
+		{
+			outbox_round_timer(bucket_due_at(b, max_id));
 			continue;
+		}
 		snprintf(relname, sizeof(relname), "event_%d", b);
 		relid = outbox_relid(relname);
 		/* a claim or a late enqueue is using it: next round */
 		if (!ConditionalLockRelationOid(relid, AccessExclusiveLock))
+		{
+			outbox_round_busy();
 			continue;
+		}
 		/* a late enqueue may have added events before we locked */
 		if (int8_result(psprintf("SELECT max(id) FROM outbox.event_%d", b)) != max_id ||
 			!bucket_due(b, max_id))
+		{
+			outbox_round_busy();
 			continue;
+		}
 		/* only cursors that have not passed the bucket's newest event matter */
 		if (SPI_execute(psprintf("WITH lag AS MATERIALIZED " CURSORS("WHERE NOT ('" UINT64_FORMAT "'::xid8 < pg_snapshot_xmin(c.lo))")
 								 " INSERT INTO outbox.event_kept"
@@ -205,12 +275,21 @@ rotate_and_truncate_unit(void *arg)
 
 	/* in int64 microseconds: half of retention in int milliseconds overflows past 49.7 days */
 	if (next_empty &&
-		now - since >= (int64) Max(outbox_retention / 2, 1) * USECS_PER_SEC &&
 		int8_result(psprintf("SELECT count(*) FROM (SELECT 1 FROM outbox.event_%d LIMIT 1) x",
 							 current)) > 0)
 	{
-		if (SPI_execute(psprintf("UPDATE outbox.state SET bucket = %d, bucket_since = now()",
-								 (current + 1) % OUTBOX_BUCKETS), false, 0) != SPI_OK_UPDATE)
+		int64		half = (int64) Max(outbox_retention / 2, 1) * USECS_PER_SEC;
+
+		if (now - since < half)
+		{
+			/* rotate then (an empty bucket never rotates: issue 9) */
+			outbox_round_timer(since + half);
+			return;
+		}
+		if (SPI_execute(psprintf("UPDATE outbox.state SET bucket = %d, bucket_since = now()"
+								 " WHERE bucket = %d",
+								 (current + 1) % OUTBOX_BUCKETS, current), false, 0) != SPI_OK_UPDATE ||
+			SPI_processed != 1)
 			elog(ERROR, "bucket rotation failed");
 		/* producers cache the current bucket */
 		state_relid = outbox_relid("state");
@@ -276,6 +355,7 @@ typedef struct RotateArgs
 	int64		gen;
 	int			oldest;
 	bool		truncate;		/* the oldest generation is to be emptied */
+	bool		current_rows;	/* the current generation has rows */
 	bool		started;		/* a new generation was started */
 	TimestampTz now;
 } RotateArgs;
@@ -290,6 +370,7 @@ rotate_check_unit(void *arg)
 	r->oldest = (int) ((r->gen + 1) % OUTBOX_CHAIN_PARTS);
 	r->truncate = r->gen >= OUTBOX_CHAIN_PARTS - 1 && !chain_part_empty(r->oldest) &&
 		!chain_part_needed(r->gen - (OUTBOX_CHAIN_PARTS - 1));
+	r->current_rows = !chain_part_empty((int) (r->gen % OUTBOX_CHAIN_PARTS));
 }
 
 /* Empty it, if its partitions can be locked at once and it is still unneeded. */
@@ -310,6 +391,8 @@ rotate_truncate_unit(void *arg)
 		ereport(DEBUG1, (errmsg("outbox emptied chain generation " INT64_FORMAT,
 								r->gen - (OUTBOX_CHAIN_PARTS - 1))));
 	}
+	else
+		outbox_round_busy();	/* held or needed again: next round */
 }
 
 /*
@@ -338,6 +421,8 @@ rotate_start_unit(void *arg)
 		r->started = true;
 		ereport(DEBUG1, (errmsg("outbox started chain generation " INT64_FORMAT, r->gen + 1)));
 	}
+	else if (!chain_part_empty((int) (r->gen % OUTBOX_CHAIN_PARTS)))
+		outbox_round_busy();	/* due, but held: next round */
 }
 
 void
@@ -356,8 +441,16 @@ outbox_rotate_chain(void)
 	if (r.truncate)
 		(void) outbox_sub_unit("outbox: rotate", OUTBOX_DB_ROTATE, 0, 0, rotate_truncate_unit, &r);
 
-	/* a new generation, if the current one has rows and is old enough */
-	if (TimestampDifferenceExceeds(since, r.now, outbox_chain_rotation))
+	/*
+	 * A new generation, if the current one has rows and is old enough.  An
+	 * empty one never rotates: rotation of what nothing wrote is what kept
+	 * an idle database writing (issue 9).
+	 */
+	if (!r.current_rows)
+		return;
+	if (!TimestampDifferenceExceeds(since, r.now, outbox_chain_rotation))
+		outbox_round_timer(TimestampTzPlusMilliseconds(since, outbox_chain_rotation));
+	else
 	{
 		r.started = false;
 		if (outbox_sub_unit("outbox: rotate", OUTBOX_DB_ROTATE, 0, 0, rotate_start_unit, &r) &&

@@ -45,6 +45,7 @@ static ProcessUtility_hook_type prev_utility_hook = NULL;
 /* topics this transaction made ready, as bits (see outbox_topic_bit) */
 static uint64 pending_wake = 0;
 static bool pending_subs_change = false;
+static bool pending_activity = false;
 static int	my_slot = -1;
 
 static Size
@@ -84,6 +85,7 @@ outbox_shmem_startup(void)
 		{
 			pg_atomic_init_u64(&outbox_shared->slots[i].wake, 0);
 			pg_atomic_init_u32(&outbox_shared->slots[i].subs_changes, 0);
+			pg_atomic_init_u32(&outbox_shared->slots[i].activity, 0);
 		}
 	}
 	LWLockRelease(AddinShmemInitLock);
@@ -135,6 +137,7 @@ outbox_slot_get(Oid dboid)
 			memset(slot, 0, offsetof(OutboxDbSlot, wake));
 			slot->dboid = dboid;
 			pg_atomic_write_u64(&slot->wake, 0);
+			pg_atomic_write_u32(&slot->activity, 0);
 			return slot;
 		}
 	}
@@ -175,11 +178,26 @@ outbox_subs_changed_after_commit(void)
 }
 
 /*
+ * Note that this transaction writes rows the worker has timed work for
+ * (leases, folds, retries).  When it ends, committed or not, it bumps the
+ * slot's activity count: a worker that found nothing to do sleeps until the
+ * count moves or a time it knows of comes (issue 9), and looks at the
+ * count every outbox.naptime without a transaction.  A rollback counts
+ * too: a claim held open and rolled back leaves a hole for a fold.
+ */
+void
+outbox_activity_at_end(void)
+{
+	pending_activity = true;
+}
+
+/*
  * Wake this database's worker with the bits of this transaction.  Called
- * after commit, when what it made ready is visible.
+ * after commit, when what it made ready is visible; after a rollback only
+ * to count activity (nothing to wake it for).
  */
 static void
-wake_worker(void)
+wake_worker(bool committed)
 {
 	OutboxDbSlot *slot;
 	Latch	   *latch;
@@ -196,10 +214,16 @@ wake_worker(void)
 			return;
 	}
 	slot = &outbox_shared->slots[my_slot];
+	/* a round that starts after this sees the count moved */
+	pg_atomic_fetch_add_u32(&slot->activity, 1);
+	if (!committed)
+		return;
 	/* before the bits: the worker reads this after taking them */
 	if (pending_subs_change)
 		pg_atomic_fetch_add_u32(&slot->subs_changes, 1);
 	pg_atomic_fetch_or_u64(&slot->wake, pending_wake);
+	if (pending_wake == 0 && !pending_subs_change)
+		return;
 	latch = slot->latch;
 	if (latch != NULL)
 		SetLatch(latch);
@@ -211,17 +235,25 @@ shmem_xact_callback(XactEvent event, void *arg)
 	switch (event)
 	{
 		case XACT_EVENT_COMMIT:
-			if (pending_wake != 0 || pending_subs_change)
-				wake_worker();
+			if (pending_wake != 0 || pending_subs_change || pending_activity)
+				wake_worker(true);
 			pending_wake = 0;
 			pending_subs_change = false;
+			pending_activity = false;
 			break;
 		case XACT_EVENT_ABORT:
+			if (pending_activity)
+				wake_worker(false);
+			pending_wake = 0;
+			pending_subs_change = false;
+			pending_activity = false;
+			break;
 		case XACT_EVENT_PARALLEL_ABORT:
 		case XACT_EVENT_PARALLEL_COMMIT:
 		case XACT_EVENT_PREPARE:
 			pending_wake = 0;
 			pending_subs_change = false;
+			pending_activity = false;
 			break;
 		default:
 			break;
@@ -259,6 +291,16 @@ wake_utility_hook(PlannedStmt *pstmt, const char *queryString,
 		outbox_wake_after_commit(OUTBOX_WAKE_ALL);
 		outbox_subs_changed_after_commit();
 	}
+
+	/*
+	 * DROP EXTENSION (or of its schema): an idle worker runs no round that
+	 * would notice (issue 9), so wake it to look.  Any extension's drop
+	 * does; that costs one round.
+	 */
+	if (IsA(parsetree, DropStmt) &&
+		(((DropStmt *) parsetree)->removeType == OBJECT_EXTENSION ||
+		 ((DropStmt *) parsetree)->removeType == OBJECT_SCHEMA))
+		outbox_subs_changed_after_commit();
 }
 
 /*

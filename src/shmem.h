@@ -34,6 +34,7 @@ typedef struct OutboxDbSlot
 	TimestampTz retry_at;		/* no restart before this */
 	pg_atomic_uint64 wake;		/* topic bits committed since last wake */
 	pg_atomic_uint32 subs_changes;	/* commits that changed subscriptions */
+	pg_atomic_uint32 activity;	/* transactions that wrote outbox rows */
 } OutboxDbSlot;
 
 typedef struct OutboxShared
@@ -55,6 +56,7 @@ extern uint64 outbox_topic_bit(const char *topic);
 extern void outbox_wake_after_commit(uint64 bits);
 extern void outbox_wake_init(void);
 extern void outbox_subs_changed_after_commit(void);
+extern void outbox_activity_at_end(void);
 
 /* launcher.c */
 extern void outbox_launcher_register(void);

@@ -411,6 +411,8 @@ outbox_consumer_begin(FunctionCallInfo fcinfo, Oid *save_user, int *save_sec)
 	/* no DROP EXTENSION, then no unsubscribe or change of settings, until this transaction ends */
 	(void) outbox_lock_extension(false);
 	outbox_hold_sub(name);
+	/* the worker's timed work (leases, folds) may change: tell it at the end */
+	outbox_activity_at_end();
 	SPI_connect();
 	outbox_become_owner(save_user, save_sec);
 	sub = outbox_lookup_sub(name);

@@ -46,6 +46,8 @@ int			outbox_retention = 7 * 24 * 3600;
 #define MAX_ERROR_PAUSE_MS (60 * 1000)
 /* how long wake-ups gather after a round that sent notifications */
 #define WAKE_GATHER_MS 1
+/* the longest an idle worker goes without a round */
+#define IDLE_ROUND_MS (5 * 60 * 1000)
 
 static OutboxDbSlot *my_slot = NULL;
 
@@ -200,13 +202,35 @@ extension_present(void)
  * notifications failed (the rest of the round contains its own errors).
  */
 static bool
-round_of_work(uint64 wake_bits, bool timed, TimestampTz *next)
+round_of_work(uint64 wake_bits, bool timed, TimestampTz *next, bool *quiet)
 {
+	TimestampTz timer;
+
+	*quiet = false;
+	if (timed)
+		outbox_round_begin();
 	if (!outbox_notify_round(wake_bits, timed, next))
 		return false;
 	if (!timed)
 		return true;
 	outbox_maintain();
+
+	/*
+	 * Idle (issue 9): nothing written, nothing left to retry.  Then nothing
+	 * changes until a known time (a lease, a delivery or a bucket falling
+	 * due, a generation to start) or until a transaction writes outbox rows
+	 * (the slot's activity count), so the worker sleeps until then, waking
+	 * each naptime only to look at the count.  A round at least every
+	 * IDLE_ROUND_MS all the same, as a safety net.
+	 */
+	if (my_slot != NULL && outbox_round_quiet(&timer))
+	{
+		*quiet = true;
+		*next = outbox_earliest(outbox_earliest(*next, timer),
+								TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+															IDLE_ROUND_MS));
+		return true;
+	}
 	*next = outbox_earliest(*next, TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 															   outbox_naptime));
 	return true;
@@ -220,6 +244,8 @@ outbox_worker_main(Datum arg)
 	TimestampTz paused_until = 0;
 	MemoryContext round_cxt;
 	TimestampTz next_timed = 0;
+	bool		idle = false;	/* the last timed round left nothing to do */
+	uint32		activity_seen = 0;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
@@ -268,6 +294,7 @@ outbox_worker_main(Datum arg)
 		long		timeout;
 		uint64		wake_bits;
 		bool		timed;
+		bool		round_quiet;
 		TimestampTz now;
 		TimestampTz next;
 
@@ -276,6 +303,9 @@ outbox_worker_main(Datum arg)
 		{
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
+			/* an idle worker's times were reckoned with the old settings */
+			if (idle)
+				next_timed = 0;
 		}
 
 		/*
@@ -297,9 +327,22 @@ outbox_worker_main(Datum arg)
 		now = GetCurrentTimestamp();
 		if (now >= paused_until)
 		{
-			wake_bits = outbox_take_wake_bits();
+			uint32		activity = 0;
 
-			if (!extension_present())
+			/* before the bits and the round: what commits after, it misses */
+			if (my_slot != NULL)
+				activity = pg_atomic_read_u32(&my_slot->activity);
+			wake_bits = outbox_take_wake_bits();
+			timed = next_timed == 0 || now >= next_timed ||
+				(idle && (activity != activity_seen || wake_bits != 0));
+			if (!timed && wake_bits == 0)
+			{
+				/* idle: no transaction at all; what the last round counted */
+				pgstat_report_stat(false);
+				goto nap;
+			}
+
+			if (timed && !extension_present())
 			{
 				ereport(LOG, (errmsg("outbox worker stopping: database \"%s\" no longer has the extension, or is a template or closed to connections",
 									 dbname)));
@@ -307,12 +350,15 @@ outbox_worker_main(Datum arg)
 			}
 
 			MemoryContextSwitchTo(round_cxt);
-			timed = next_timed == 0 || now >= next_timed;
-			if (round_of_work(wake_bits, timed, &next))
+			if (round_of_work(wake_bits, timed, &next, &round_quiet))
 			{
 				error_pause = 0;
 				if (timed)
+				{
 					next_timed = next;
+					idle = round_quiet;
+					activity_seen = activity;
+				}
 
 				/*
 				 * Under a stream of commits, let a millisecond's worth
@@ -330,6 +376,7 @@ outbox_worker_main(Datum arg)
 				error_pause = error_pause == 0 ? 1000 : Min(error_pause * 2, MAX_ERROR_PAUSE_MS);
 				paused_until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), error_pause);
 				next_timed = paused_until;
+				idle = false;
 			}
 			MemoryContextSwitchTo(TopMemoryContext);
 			MemoryContextReset(round_cxt);
@@ -338,6 +385,7 @@ outbox_worker_main(Datum arg)
 			pgstat_report_stat(false);
 		}
 
+nap:
 		/* until the timed work is due, or a commit wakes us; while paused, the pause */
 		timeout = outbox_naptime;
 		if (next_timed != 0)

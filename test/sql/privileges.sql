@@ -378,6 +378,22 @@ RESET ROLE;
 SELECT payload FROM outbox.claim('priv_b', 10) ORDER BY payload->>'n';
 
 --
+-- outbox.stats(subscription) (1.1): one subscription's row, for a role that
+-- may consume it, with the errors of claim otherwise.
+--
+SET ROLE regress_outbox_consumer;
+SELECT (SELECT s FROM outbox.stats('priv_a') s) = (SELECT v FROM outbox.stats v WHERE subscription = 'priv_a')
+  AS same_as_the_view;
+SELECT * FROM outbox.stats('priv_b');
+SELECT * FROM outbox.stats('priv_nope');
+SELECT * FROM outbox.stats(NULL);
+SELECT * FROM outbox.stats('Not A Name');
+RESET ROLE;
+SET ROLE regress_outbox_nobody;
+SELECT * FROM outbox.stats('priv_a');
+RESET ROLE;
+
+--
 -- Clean up.
 --
 DROP SCHEMA regress_outbox_evil CASCADE;
