@@ -253,7 +253,9 @@ REVOKE ALL ON outbox.cursor_floor FROM PUBLIC;
 -- subscription read everyone's traffic: with 1,000 subscriptions, each
 -- event 1,000 times.  A subscription that names its topics reads its own
 -- events through this index and steps over the others without reading
--- them (src/claim.c, collect_candidates).
+-- them (src/claim.c, collect_candidates).  Built in the update's
+-- transaction: enqueues wait for it, for as long as indexing the events
+-- kept takes.
 --
 CREATE INDEX event_topic_id_idx ON outbox.event (topic, id);
 

@@ -265,6 +265,11 @@ typedef struct AdvanceArgs
 #define HI_END(c) \
 	"((pg_snapshot_xmax(" c ".hi)::text::bigint) << " CppAsString2(OUTBOX_SEQ_BITS) ")"
 
+/* SQL: event e is one that slice (batch row) b covers */
+#define IN_SLICE(e, b) \
+	e ".id > " b ".pos_from AND " e ".id <= " b ".pos_to" \
+	" AND NOT " VISIBLE(e, b ".lo") " AND " VISIBLE(e, b ".hi")
+
 /* SQL: event e is in cursor c's last delta, and c has passed it */
 #define IN_DELTA(e, c) \
 	e ".id >= " LO_START(c) \
@@ -273,8 +278,10 @@ typedef struct AdvanceArgs
 
 /*
  * The subscriptions whose chain an advance would change (issue 9): those
- * with slices not folded yet that leased events, or slices passed by their
- * cursor (records to drop), and those whose cursor's last delta holds
+ * with slices not folded yet that leased events or covered events of their
+ * topics (moved to delivery rows: a delayed event, one acked ahead), or
+ * slices passed by their cursor (records to drop), and those whose
+ * cursor's last delta holds
  * events it has passed (handed out, to be folded behind "lo", which
  * retention goes by).  Only claims hand out, so this is work for
  * subscriptions whose consumers were active, not for all.
@@ -303,7 +310,8 @@ typedef struct AdvanceArgs
  * time for ever, and kept chain rotation and its TRUNCATEs going as well.
  * The advance itself leaves an empty slice (a delta that held nothing for
  * the subscription) unfolded: harmless, so it does not select the
- * subscription again; the next fold, or a refresh, takes it.
+ * subscription again (it covers no event of the subscription's topics);
+ * the next fold, or a refresh, takes it.
  *
  * The probe reads only the subscription's own topics (event_topic_id_idx),
  * "ORDER BY id LIMIT 1": index scans that stop at the first match.  (Over
@@ -334,7 +342,13 @@ list_subscriptions_unit(void *arg)
 			" OR pg_catalog.cardinality(c.held) > 0"
 			" OR EXISTS (SELECT 1 FROM outbox.batch b"
 			"  WHERE b.sub_id = s.id AND b.batch_no >= c.scan_from"
-			"  AND pg_catalog.cardinality(b.ids) > 0)"
+			"  AND (pg_catalog.cardinality(b.ids) > 0"
+			"   OR (s.topics IS NULL AND EXISTS (SELECT 1 FROM outbox.event e"
+			"    WHERE " IN_SLICE("e", "b") "))"
+			"   OR (s.topics IS NOT NULL AND EXISTS (SELECT 1"
+			"    FROM pg_catalog.unnest(s.topics) t(topic) CROSS JOIN LATERAL"
+			"    (SELECT 1 FROM outbox.event e WHERE e.topic = t.topic"
+			"     AND " IN_SLICE("e", "b") " ORDER BY e.id LIMIT 1) x))))"
 			" OR (s.topics IS NULL AND COALESCE((SELECT true FROM outbox.event e"
 			"  WHERE " IN_DELTA("e", "c") " ORDER BY e.id LIMIT 1), false))"
 			" OR (s.topics IS NOT NULL AND EXISTS (SELECT 1"

@@ -66,6 +66,7 @@ my %writes = (
 my %reads = (
 	'channel(text)' => [ q{SELECT outbox.channel('sb')}, 'outbox.sb' ],
 	'_stats()' => [ q{SELECT count(*) FROM outbox._stats()}, '2' ],
+	'stats(text)' => [ q{SELECT subscription FROM outbox.stats('sb')}, 'sb' ],
 );
 # Internal functions: not callable by users (no EXECUTE for PUBLIC), called
 # only from the functions above or from the worker.
