@@ -248,7 +248,8 @@ typedef struct
 	PGconn	   *conn;
 	int			nmine;
 	int		   *mine;			/* subscription indexes it claims */
-	char	   *pending;		/* per subscription: notified, not yet claimed */
+	char	   *pending;		/* per subscription, not yet claimed: 1 to look,
+								 * 2 notified */
 	int		   *queue;			/* ring of pending subscriptions, in order */
 	int			qhead,
 				qlen;
@@ -260,6 +261,7 @@ typedef struct
 				unknown_notifications,
 				wakeups_notify,
 				wakeups_timeout,
+				busy_ns,		/* time spent in claims (claim, ack, commit) */
 				last_claim_ns;
 } Consumer;
 
@@ -271,7 +273,8 @@ claim_once(Consumer *k, int i, char *ids)
 {
 	PGconn	   *c = k->conn;
 	PGresult   *r;
-	int64_t		t;
+	int64_t		t0,
+				t;
 	int			got;
 	size_t		len = 0;
 	char		sql[512];
@@ -285,6 +288,7 @@ claim_once(Consumer *k, int i, char *ids)
 		snprintf(sql, sizeof(sql),
 				 "BEGIN; SELECT event_id, payload->>'seq' FROM outbox.claim('%s', %d)",
 				 sub_names[i], batch);
+	t0 = now_ns();
 	r = PQexec(c, sql);
 	t = now_ns();
 	if (PQresultStatus(r) != PGRES_TUPLES_OK)
@@ -329,6 +333,7 @@ claim_once(Consumer *k, int i, char *ids)
 		PQclear(a);
 		PQclear(exec_ok(c, "COMMIT"));
 	}
+	k->busy_ns += now_ns() - t0;
 	return got;
 }
 
@@ -338,15 +343,14 @@ cmp_channel(const void *a, const void *b)
 	return strcmp(((const ChannelIdx *) a)->channel, ((const ChannelIdx *) b)->channel);
 }
 
-/* mark subscription i pending (once) */
+/* mark subscription i pending (once); how: 1 to look, 2 notified */
 static void
-make_pending(Consumer *k, int i)
+make_pending(Consumer *k, int i, char how)
 {
 	if (!k->pending[i])
-	{
-		k->pending[i] = 1;
 		k->queue[(k->qhead + k->qlen++) % nsub] = i;
-	}
+	if (how > k->pending[i])
+		k->pending[i] = how;
 }
 
 /* take the notifications libpq has read; returns how many */
@@ -365,7 +369,7 @@ take_notifies(Consumer *k)
 		any++;
 		k->notifications++;
 		if (hit)
-			make_pending(k, hit->idx);
+			make_pending(k, hit->idx, 2);
 		else
 			k->unknown_notifications++;
 		PQfreemem(n);
@@ -404,11 +408,10 @@ consumer(void *arg)
 	Consumer   *k = (Consumer *) arg;
 	char	   *ids = malloc((size_t) batch * 24 + 16);
 	int64_t		deadline = start_ns + (int64_t) ((duration + 15.0) * 1e9);
-	int			notified = 0;
 
 	/* the first round claims everything it has */
 	for (int j = 0; j < k->nmine; j++)
-		make_pending(k, k->mine[j]);
+		make_pending(k, k->mine[j], 1);
 	for (;;)
 	{
 		/* claim each pending subscription until a claim comes back short */
@@ -416,7 +419,8 @@ consumer(void *arg)
 		{
 			int			i = k->queue[k->qhead];
 			int			got,
-						first = 1;
+						first = 1,
+						notified = k->pending[i] == 2;
 
 			k->qhead = (k->qhead + 1) % nsub;
 			k->qlen--;
@@ -445,25 +449,21 @@ consumer(void *arg)
 		if (now_ns() > deadline)
 			break;
 
-		notified = 0;
 		if (relay)
 		{
 			/* a relay polls */
 			struct timespec ts = {0, 1000000};
 
 			nanosleep(&ts, NULL);
-			make_pending(k, 0);
+			make_pending(k, 0, 1);
 		}
 		else if (wait_notify(k, 1000))
-		{
 			k->wakeups_notify++;
-			notified = 1;
-		}
 		else
 		{
 			k->wakeups_timeout++;
 			for (int j = 0; j < k->nmine; j++)
-				make_pending(k, k->mine[j]);
+				make_pending(k, k->mine[j], 1);
 		}
 	}
 	free(ids);
@@ -730,6 +730,7 @@ main(int argc, char **argv)
 		tot.unknown_notifications += k->unknown_notifications;
 		tot.wakeups_notify += k->wakeups_notify;
 		tot.wakeups_timeout += k->wakeups_timeout;
+		tot.busy_ns += k->busy_ns;
 		if (k->last_claim_ns > tot.last_claim_ns)
 			tot.last_claim_ns = k->last_claim_ns;
 	}
@@ -788,6 +789,9 @@ main(int argc, char **argv)
 		printf("notifications=%" PRId64 "\n", tot.notifications);
 		printf("notifications_unknown=%" PRId64 "\n", tot.unknown_notifications);
 		printf("notified_empty=%" PRId64 "\n", tot.notified_empty);
+		/* the consumers' share of the run spent in claims: near 100, behind */
+		printf("consumer_busy_pct=%.1f\n", 100.0 * (double) tot.busy_ns / nconsumers /
+			   (double) (tot.last_claim_ns - start_ns));
 	}
 	if (worker_pid > 0)
 	{

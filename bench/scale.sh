@@ -20,8 +20,9 @@
 #    outbox worker's CPU time (utime + stime from /proc) over the run as a
 #    percentage of one core, and its ratio to N = 1; commit -> claimed
 #    latency p50/p99/max (from the producer's COMMIT returning to the claim
-#    returning the event); notifications received, claims, and the
-#    notifications whose first claim found nothing.
+#    returning the event); notifications received, claims, the notified
+#    subscriptions whose first claim found nothing, and the share of the
+#    run the consumer connections spent in claims (near 100 %: behind).
 # 2. 1,000 subscriptions s_i on topics t_i, backlogs of 100,000 and then
 #    1,000,000 events in all (STATS_BACKLOGS), spread evenly over the
 #    topics, nothing claimed; the median of STATS_REPS (5) timings
@@ -40,8 +41,8 @@ set -euo pipefail
 secs=${SCALE_SECONDS:-20}
 rate=${SCALE_RATE:-1000}
 consumers=${SCALE_CONSUMERS:-1}
-ns=${SCALE_N:-1 100 1000}
-backlogs=${STATS_BACKLOGS:-100000 1000000}
+ns=${SCALE_N-1 100 1000}
+backlogs=${STATS_BACKLOGS-100000 1000000}
 stats_subs=${STATS_SUBSCRIPTIONS:-1000}
 reps=${STATS_REPS:-5}
 stats_timeout=${STATS_TIMEOUT:-120}
@@ -110,17 +111,17 @@ for n in $ns; do
 	cpu=$(kv worker_cpu_pct "$f")
 	[ -n "$cpu1" ] || cpu1=$cpu
 	ratio=$(awk -v a="$cpu" -v b="$cpu1" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')
-	echo "N=$n: load $l0 -> $l1; $(grep -E '^(produced|consumed|left|p50_ms|p99_ms|max_ms|claims|empty_claims|notifications|notified_empty|wakeups_timeout|worker_cpu_seconds|worker_window_seconds)=' "$f" | tr '\n' ' ')"
-	rows+=("$(printf '| %5d | %6.2f %% | %5s× | %7.2f | %7.2f | %7.2f | %6d / %6d | %6d | %6d | %6d | %s -> %s |' \
+	echo "N=$n: load $l0 -> $l1; $(grep -E '^(produced|consumed|left|p50_ms|p99_ms|max_ms|claims|empty_claims|notifications|notified_empty|consumer_busy_pct|wakeups_timeout|worker_cpu_seconds|worker_window_seconds)=' "$f" | tr '\n' ' ')"
+	rows+=("$(printf '| %5d | %6.2f %% | %5s× | %7.2f | %7.2f | %7.2f | %6d / %6d | %6d | %6d | %6d | %5s %% | %s -> %s |' \
 		"$n" "$cpu" "$ratio" "$(kv p50_ms "$f")" "$(kv p99_ms "$f")" "$(kv max_ms "$f")" \
 		"$(kv consumed "$f")" "$(kv produced "$f")" "$(kv notifications "$f")" "$(kv claims "$f")" \
-		"$(kv notified_empty "$f")" "$(echo "$l0" | cut -d' ' -f1)" "$(echo "$l1" | cut -d' ' -f1)")")
+		"$(kv notified_empty "$f")" "$(kv consumer_busy_pct "$f")" "$(echo "$l0" | cut -d' ' -f1)" "$(echo "$l1" | cut -d' ' -f1)")")
 	# the next N starts from nothing: its own database, this one gone
 	psql -d postgres -c "DROP DATABASE $db WITH (FORCE)"
 done
 echo
-echo "| N subscriptions | worker CPU | ÷ N=1 | p50 ms | p99 ms | max ms | claimed / produced | notifications | claims | notified, claim empty | load 1m start -> end |"
-echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+echo "| N subscriptions | worker CPU | ÷ N=1 | p50 ms | p99 ms | max ms | claimed / produced | notifications | claims | notified, claim empty | consumer busy | load 1m start -> end |"
+echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
 printf '%s\n' "${rows[@]}"
 
 # ---------------------------------------------------------------------------
