@@ -270,10 +270,13 @@ typedef struct AdvanceArgs
 	e ".id > " b ".pos_from AND " e ".id <= " b ".pos_to" \
 	" AND NOT " VISIBLE(e, b ".lo") " AND " VISIBLE(e, b ".hi")
 
+/* SQL: the last id cursor c has passed in its last delta */
+#define DELTA_END(c) \
+	"CASE WHEN " c ".ended THEN " HI_END(c) " ELSE " c ".pos END"
+
 /* SQL: event e is in cursor c's last delta, and c has passed it */
 #define IN_DELTA(e, c) \
-	e ".id >= " LO_START(c) \
-	" AND " e ".id <= CASE WHEN " c ".ended THEN " HI_END(c) " ELSE " c ".pos END" \
+	e ".id >= " LO_START(c) " AND " e ".id <= " DELTA_END(c) \
 	" AND NOT " VISIBLE(e, c ".lo") " AND " VISIBLE(e, c ".hi")
 
 /*
@@ -313,8 +316,11 @@ typedef struct AdvanceArgs
  * subscription again (it covers no event of the subscription's topics);
  * the next fold, or a refresh, takes it.
  *
- * The probe reads only the subscription's own topics (event_topic_id_idx),
- * "ORDER BY id LIMIT 1": index scans that stop at the first match.  (Over
+ * The probes read only the subscription's own topics, through
+ * event_topic_id_idx ("topic = ANY" and the id range are both its
+ * conditions): other topics' events in the range, a backlog of them, are
+ * not read.  (Over all topics, with only the id range, it read the whole
+ * range of each cursor's delta every round.)  (Over
  * all topics, with EXISTS, it read the whole id range of each cursor's
  * delta every round, other topics' backlogs included.)
  * $1: the current generation.
@@ -345,16 +351,12 @@ list_subscriptions_unit(void *arg)
 			"  AND (pg_catalog.cardinality(b.ids) > 0"
 			"   OR (s.topics IS NULL AND EXISTS (SELECT 1 FROM outbox.event e"
 			"    WHERE " IN_SLICE("e", "b") "))"
-			"   OR (s.topics IS NOT NULL AND EXISTS (SELECT 1"
-			"    FROM pg_catalog.unnest(s.topics) t(topic) CROSS JOIN LATERAL"
-			"    (SELECT 1 FROM outbox.event e WHERE e.topic = t.topic"
-			"     AND " IN_SLICE("e", "b") " ORDER BY e.id LIMIT 1) x))))"
+			"   OR (s.topics IS NOT NULL AND EXISTS (SELECT 1 FROM outbox.event e"
+			"    WHERE e.topic = ANY (s.topics) AND " IN_SLICE("e", "b") "))))"
 			" OR (s.topics IS NULL AND COALESCE((SELECT true FROM outbox.event e"
 			"  WHERE " IN_DELTA("e", "c") " ORDER BY e.id LIMIT 1), false))"
-			" OR (s.topics IS NOT NULL AND EXISTS (SELECT 1"
-			"  FROM pg_catalog.unnest(s.topics) t(topic) CROSS JOIN LATERAL"
-			"  (SELECT 1 FROM outbox.event e WHERE e.topic = t.topic"
-			"   AND " IN_DELTA("e", "c") " ORDER BY e.id LIMIT 1) x))"
+			" OR (s.topics IS NOT NULL AND EXISTS (SELECT 1 FROM outbox.event e"
+			"  WHERE e.topic = ANY (s.topics) AND " IN_DELTA("e", "c") "))"
 			" ORDER BY s.id", 1, t1);
 	}
 	gen = Int64GetDatum(outbox_chain_gen());

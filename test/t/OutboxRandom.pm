@@ -661,8 +661,11 @@ sub enqueue
 		{
 			# a dedup hit: the retained event of the same topic and key
 			my $otx = $self->{txs}{ $old->{tx} };
+			# The holder's COMMIT may have been sent and its answer not read
+			# yet: the enqueue waited on the dedup key for that commit.
 			$self->violation("enqueue returned event $id of another, not committed transaction")
-			  if $otx != $tx && !$self->committed_event($old) && $otx->{state} ne 'uncertain';
+			  if $otx != $tx && !$self->committed_event($old)
+			  && $otx->{state} !~ /^(?:uncertain|committing)/;
 			$self->violation("enqueue returned event $id although its dedup key differs")
 			  if ($old->{dedup} // '') ne ($dedup // '') || $old->{topic} ne $topic;
 			$self->count('dedup_hit');
