@@ -108,12 +108,7 @@ hold_sub_exclusive(FunctionCallInfo fcinfo, const char *what)
 	char	   *name;
 
 	PreventCommandIfReadOnly(what);
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("subscription must not be null")));
-	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	outbox_check_name(name);
+	name = outbox_sub_name_arg(fcinfo);
 	/* before any table: DROP EXTENSION waits, holding nothing (subscription.c) */
 	(void) outbox_lock_extension(false);
 	lifetime_tag(&tag, name);

@@ -252,115 +252,27 @@ typedef struct AdvanceArgs
 	MemoryContext cxt;
 } AdvanceArgs;
 
-/* SQL: event e's transaction is visible in snapshot snap */
-#define VISIBLE(e, snap) \
-	"pg_visible_in_snapshot(((" e ".id >> " CppAsString2(OUTBOX_SEQ_BITS) ")::text)::xid8, " snap ")"
-
-/*
- * SQL: the least event id that cursor c's folded part may not hold, and
- * the greatest its last delta may hold.
- */
-#define LO_START(c) \
-	"((pg_snapshot_xmin(" c ".lo)::text::bigint) << " CppAsString2(OUTBOX_SEQ_BITS) ")"
-#define HI_END(c) \
-	"((pg_snapshot_xmax(" c ".hi)::text::bigint) << " CppAsString2(OUTBOX_SEQ_BITS) ")"
-
-/* SQL: event e is one that slice (batch row) b covers */
-#define IN_SLICE(e, b) \
-	e ".id > " b ".pos_from AND " e ".id <= " b ".pos_to" \
-	" AND NOT " VISIBLE(e, b ".lo") " AND " VISIBLE(e, b ".hi")
-
-/* SQL: the last id cursor c has passed in its last delta */
-#define DELTA_END(c) \
-	"CASE WHEN " c ".ended THEN " HI_END(c) " ELSE " c ".pos END"
-
-/* SQL: event e is in cursor c's last delta, and c has passed it */
-#define IN_DELTA(e, c) \
-	e ".id >= " LO_START(c) " AND " e ".id <= " DELTA_END(c) \
-	" AND NOT " VISIBLE(e, c ".lo") " AND " VISIBLE(e, c ".hi")
-
-/*
- * The subscriptions whose chain an advance would change (issue 9): those
- * with slices not folded yet that leased events or covered events of their
- * topics (moved to delivery rows: a delayed event, one acked ahead), or
- * slices passed by their cursor (records to drop), and those whose
- * cursor's last delta holds
- * events it has passed (handed out, to be folded behind "lo", which
- * retention goes by).  Only claims hand out, so this is work for
- * subscriptions whose consumers were active, not for all.
- *
- * Events of other topics do not select a subscription: claims step over
- * them through event_topic_id_idx without reading them, and retention
- * keeps an event only for the subscriptions of its topic, so a cursor
- * need not be moved past them.  (Before, a subscription was advanced for
- * every event of another topic ahead of it: with 1,000 subscriptions, a
- * transaction each per round under any traffic; and finding those events
- * read every subscription's own unclaimed backlog each round: p99 of
- * notifications 263 ms at two backlogs of 300,000.)
- *
- * And once any subscription's chain starts two generations back or more
- * (rotation will soon want its partition), every subscription whose chain
- * is not in the current generation gets a fresh cursor row there: all
- * together, so that afterwards all chains are in one generation, and
- * rotation, which starts a generation only when the current one has rows,
- * stops after one more step.  (Refreshing each subscription on its own
- * once two generations old made groups refreshed in turn keep each other
- * rotating.)
- *
- * The others are left alone: advancing them would write a new empty delta
- * and cursor row, whose transaction moves every snapshot on, so that the
- * next round found the stream "moved" again and wrote again, a round at a
- * time for ever, and kept chain rotation and its TRUNCATEs going as well.
- * The advance itself leaves an empty slice (a delta that held nothing for
- * the subscription) unfolded: harmless, so it does not select the
- * subscription again (it covers no event of the subscription's topics);
- * the next fold, or a refresh, takes it.
- *
- * The probes read only the subscription's own topics, through
- * event_topic_id_idx ("topic = ANY" and the id range are both its
- * conditions): other topics' events in the range, a backlog of them, are
- * not read.  (Over all topics, with only the id range, it read the whole
- * range of each cursor's delta every round.)  (Over
- * all topics, with EXISTS, it read the whole id range of each cursor's
- * delta every round, other topics' backlogs included.)
- * $1: the current generation.
- */
+/* The subscriptions to advance this round: all of them (see below). */
 static void
 list_subscriptions_unit(void *arg)
 {
 	static SPIPlanPtr plan = NULL;
 	AdvanceArgs *a = arg;
 	uint64		i;
-	Datum		gen;
 
+	/*
+	 * Every subscription, every timed round.  The selective list of the
+	 * idle worker (branch idle9-listq) probed each subscription's slices
+	 * and cursor delta for events of its topics; with backlogs of 1.2M
+	 * events (bench/run's latency phase) it took 1.1 s a round, and
+	 * notifications waited for it (p99 800 ms).  Until it costs what its
+	 * subscriptions' own activity costs, the worker advances them all:
+	 * each advance steps over other topics' events through the topic
+	 * index, so it reads only its own.
+	 */
 	if (plan == NULL)
-	{
-		Oid			t1[1] = {INT8OID};
-
-		plan = outbox_prepare(
-			"WITH c AS MATERIALIZED (SELECT * FROM outbox.cursor_now),"
-			" stale AS MATERIALIZED (SELECT EXISTS (SELECT 1 FROM c"
-			"  WHERE c.gen <= $1 - 2 OR c.scan_gen <= $1 - 2) AS found)"
-			" SELECT s.id, s.name FROM outbox.subscription s"
-			" LEFT JOIN c ON c.sub_id = s.id"
-			" WHERE c.sub_id IS NULL"
-			" OR ((c.gen < $1 OR c.scan_gen < $1) AND (SELECT found FROM stale))"
-			" OR pg_catalog.cardinality(c.held) > 0"
-			" OR EXISTS (SELECT 1 FROM outbox.batch b"
-			"  WHERE b.sub_id = s.id AND b.batch_no >= c.scan_from"
-			"  AND (pg_catalog.cardinality(b.ids) > 0"
-			"   OR (s.topics IS NULL AND EXISTS (SELECT 1 FROM outbox.event e"
-			"    WHERE " IN_SLICE("e", "b") "))"
-			"   OR (s.topics IS NOT NULL AND EXISTS (SELECT 1 FROM outbox.event e"
-			"    WHERE e.topic = ANY (s.topics) AND " IN_SLICE("e", "b") "))))"
-			" OR (s.topics IS NULL AND COALESCE((SELECT true FROM outbox.event e"
-			"  WHERE " IN_DELTA("e", "c") " ORDER BY e.id LIMIT 1), false))"
-			" OR (s.topics IS NOT NULL AND EXISTS (SELECT 1 FROM outbox.event e"
-			"  WHERE e.topic = ANY (s.topics) AND " IN_DELTA("e", "c") "))"
-			" ORDER BY s.id", 1, t1);
-	}
-	gen = Int64GetDatum(outbox_chain_gen());
-	if (SPI_execute_plan(plan, &gen, NULL, true, 0) != SPI_OK_SELECT)
+		plan = outbox_prepare("SELECT id, name FROM outbox.subscription ORDER BY id", 0, NULL);
+	if (SPI_execute_plan(plan, NULL, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "subscription list failed");
 	for (i = 0; i < SPI_processed; i++)
 	{
@@ -384,10 +296,9 @@ advance_unit(void *arg)
 }
 
 /*
- * Move the chains of the subscriptions that need it (list_subscriptions_unit)
- * past what is not for them and fold what is settled, each subscription in
- * its own short transaction: one that fails is logged and the others go on.
- * An idle subscription costs no transaction.
+ * Move every subscription's chain past what is not for it and fold what
+ * is settled, each subscription in its own short transaction: one that
+ * fails is logged and the others go on.
  */
 static void
 advance_subscriptions(void)

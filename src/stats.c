@@ -470,15 +470,9 @@ outbox_stats(PG_FUNCTION_ARGS)
 
 	if (PG_NARGS() > 0)
 	{
-		char	   *name;
+		char	   *name = outbox_sub_name_arg(fcinfo);
 		OutboxSub  *sub;
 
-		if (PG_ARGISNULL(0))
-			ereport(ERROR,
-					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-					 errmsg("subscription must not be null")));
-		name = text_to_cstring(PG_GETARG_TEXT_PP(0));
-		outbox_check_name(name);
 		InitMaterializedSRF(fcinfo, 0);
 		SPI_connect();
 		outbox_become_owner(&save_user, &save_sec);

@@ -390,6 +390,24 @@ outbox_check_consume(OutboxSub *sub, Oid caller)
 }
 
 /*
+ * The subscription name of a function's first argument: given (22004) and
+ * well formed (22023).
+ */
+char *
+outbox_sub_name_arg(FunctionCallInfo fcinfo)
+{
+	char	   *name;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("subscription must not be null")));
+	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	outbox_check_name(name);
+	return name;
+}
+
+/*
  * The start of every consumer function: the subscription named by the
  * first argument must be given, well formed, known, and the caller's to
  * consume.  Connects to SPI and switches to the owner; undo with
@@ -402,12 +420,7 @@ outbox_consumer_begin(FunctionCallInfo fcinfo, Oid *save_user, int *save_sec)
 	char	   *name;
 	OutboxSub  *sub;
 
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("subscription must not be null")));
-	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	outbox_check_name(name);
+	name = outbox_sub_name_arg(fcinfo);
 	/* no DROP EXTENSION, then no unsubscribe or change of settings, until this transaction ends */
 	(void) outbox_lock_extension(false);
 	outbox_hold_sub(name);
@@ -471,11 +484,7 @@ outbox_channel(PG_FUNCTION_ARGS)
 Datum
 outbox_check_name_sql(PG_FUNCTION_ARGS)
 {
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("subscription must not be null")));
-	outbox_check_name(text_to_cstring(PG_GETARG_TEXT_PP(0)));
+	(void) outbox_sub_name_arg(fcinfo);
 	PG_RETURN_VOID();
 }
 
