@@ -246,19 +246,6 @@ CREATE VIEW outbox.cursor_floor AS
 	SELECT c.sub_id, h.lo FROM outbox.cursor_now c, pg_catalog.unnest(c.held) h;
 REVOKE ALL ON outbox.cursor_floor FROM PUBLIC;
 
---
--- Events by topic (issue 9).  A claim, and the worker's advance of a
--- subscription, read the stream by id; with only the id index they read
--- every event of every topic in the range and kept their own, so each
--- subscription read everyone's traffic: with 1,000 subscriptions, each
--- event 1,000 times.  A subscription that names its topics reads its own
--- events through this index and steps over the others without reading
--- them (src/claim.c, collect_candidates).  Built in the update's
--- transaction: enqueues wait for it, for as long as indexing the events
--- kept takes.
---
-CREATE INDEX event_topic_id_idx ON outbox.event (topic, id);
-
 -- Whether a delivery that is not done holds an event, by the event's id
 -- (issue 9): retention asks it of every event it keeps or removes, which
 -- without an index read the whole table for each.

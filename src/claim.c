@@ -720,126 +720,6 @@ typedef struct SegmentScan
 	bool		consumed;		/* some event for us was reached */
 } SegmentScan;
 
-/* a row of the event scan, for merging topics in id order */
-typedef struct ScanRow
-{
-	int64		id;
-	HeapTuple	tup;
-} ScanRow;
-
-static int
-cmp_scan_row(const void *a, const void *b)
-{
-	int64		x = ((const ScanRow *) a)->id;
-	int64		y = ((const ScanRow *) b)->id;
-
-	return (x > y) - (x < y);
-}
-
-static int
-cmp_cstring(const void *a, const void *b)
-{
-	return strcmp(*(char *const *) a, *(char *const *) b);
-}
-
-/* The subscription's topics, sorted, each once. */
-static char **
-distinct_topics(ArrayType *topics, int *ntopics)
-{
-	Datum	   *elems;
-	char	  **names;
-	int			n,
-				i,
-				k = 0;
-
-	deconstruct_array(topics, TEXTOID, -1, false, TYPALIGN_INT, &elems, NULL, &n);
-	names = palloc(sizeof(char *) * Max(n, 1));
-	for (i = 0; i < n; i++)
-		names[i] = TextDatumGetCString(elems[i]);
-	qsort(names, n, sizeof(char *), cmp_cstring);
-	for (i = 0; i < n; i++)
-		if (k == 0 || strcmp(names[k - 1], names[i]) != 0)
-			names[k++] = names[i];
-	*ntopics = k;
-	return names;
-}
-
-/*
- * The first "limit" events with ids in (from, to], in id order, as of the
- * chain's snapshot: the subscription's topics' only, if it names them.
- * Sets *desc; the rows are copies, in the caller's memory context.
- *
- * A named topic is read through event_topic_id_idx, each topic by its own
- * execution, and the topics merged here: so other topics' events are
- * stepped over, not read (issue 9).  The range is a pair of row
- * comparisons on (topic, id) and the order is (topic, id), which only that
- * index has: written as "topic = $4 AND id > $1 ...", or with the topic
- * from a join, the generic plan (which guesses a range holds few rows)
- * took the id index and filtered every topic's events.  The first "limit"
- * of each topic hold the first "limit" of all.
- */
-static ScanRow *
-scan_events(ClaimState *st, char **topics, int ntopics, int64 from, int64 to,
-			int64 limit, TupleDesc *desc, uint64 *nrows)
-{
-	static SPIPlanPtr plan = NULL;
-	static SPIPlanPtr topic_plan = NULL;
-	ScanRow    *rows;
-	uint64		n = 0;
-	int			t;
-
-	if (plan == NULL)
-	{
-		Oid			types[4] = {INT8OID, INT8OID, INT8OID, TEXTOID};
-
-		plan = outbox_prepare_generic(
-			"SELECT id, topic, key, payload, headers, deliver_at, enqueued_at"
-			" FROM outbox.event"
-			" WHERE id OPERATOR(pg_catalog.>) $1 AND id OPERATOR(pg_catalog.<=) $2"
-			" ORDER BY id LIMIT $3", 3, types);
-		topic_plan = outbox_prepare_generic(
-			"SELECT id, topic, key, payload, headers, deliver_at, enqueued_at"
-			" FROM outbox.event"
-			" WHERE ROW(topic, id) OPERATOR(pg_catalog.>) ROW($4, $1)"
-			" AND ROW(topic, id) OPERATOR(pg_catalog.<=) ROW($4, $2)"
-			" ORDER BY topic, id LIMIT $3", 4, types);
-	}
-	rows = palloc(sizeof(ScanRow) * (limit * Max(ntopics, 1) + 1));
-	*desc = NULL;
-	for (t = 0; t < (topics ? ntopics : 1); t++)
-	{
-		Datum		args[4];
-		uint64		j;
-
-		args[0] = Int64GetDatum(from);
-		args[1] = Int64GetDatum(to);
-		args[2] = Int64GetDatum(limit);
-		args[3] = topics ? CStringGetTextDatum(topics[t]) : (Datum) 0;
-		if (SPI_execute_snapshot(topics ? topic_plan : plan, args, NULL,
-								 st->chain->snapshot, InvalidSnapshot,
-								 true, false, 0) != SPI_OK_SELECT)
-			elog(ERROR, "event scan failed");
-		if (*desc == NULL)
-			*desc = CreateTupleDescCopy(SPI_tuptable->tupdesc);
-		for (j = 0; j < SPI_processed; j++)
-		{
-			bool		isnull;
-
-			rows[n].tup = heap_copytuple(SPI_tuptable->vals[j]);
-			rows[n].id = DatumGetInt64(SPI_getbinval(rows[n].tup, *desc, EV_ID, &isnull));
-			n++;
-		}
-		SPI_freetuptable(SPI_tuptable);
-	}
-	if (ntopics > 1)
-	{
-		qsort(rows, n, sizeof(ScanRow), cmp_scan_row);
-		n = Min(n, (uint64) limit);
-	}
-	*nrows = n;
-	return rows;
-}
-
 /*
  * Read the segment's events in id order, range by range, and hand each to
  * take_event until room events are to be leased; the slice being built
@@ -849,15 +729,24 @@ scan_events(ClaimState *st, char **topics, int ntopics, int64 from, int64 to,
 static void
 collect_candidates(ClaimState *st, OutboxSegment *seg, int idx, int room, SegmentScan *sc)
 {
+	static SPIPlanPtr plan = NULL;
 	int64	   *starts;
 	int64	   *ends;
 	int			nranges;
 	int			r;
-	char	  **topics = NULL;
-	int			ntopics = 0;
 
-	if (st->sub->topics)
-		topics = distinct_topics(st->sub->topics, &ntopics);
+	if (plan == NULL)
+	{
+		Oid			types[4] = {INT8OID, INT8OID, TEXTARRAYOID, INT8OID};
+
+		plan = outbox_prepare_generic(
+			"SELECT id, topic, key, payload, headers, deliver_at, enqueued_at"
+			" FROM outbox.event"
+			" WHERE id OPERATOR(pg_catalog.>) $1 AND id OPERATOR(pg_catalog.<=) $2"
+			" AND ($3 IS NULL OR topic OPERATOR(pg_catalog.=) ANY ($3))"
+			" ORDER BY id LIMIT $4", 4, types);
+	}
+
 	nranges = segment_ranges(seg, &starts, &ends);
 	sc->cands = palloc(sizeof(Candidate) * (room + 1));
 	sc->ncands = 0;
@@ -872,23 +761,34 @@ collect_candidates(ClaimState *st, OutboxSegment *seg, int idx, int room, Segmen
 
 		while (cur < end && !sc->more)
 		{
+			Datum		args[4];
+			char		nulls[4] = {' ', ' ', ' ', ' '};
 			int64		limit = room - sc->ncands + 16;
 			uint64		n,
 						j;
-			ScanRow    *rows;
-			TupleDesc	desc;
+			SPITupleTable *tab;
 
 			CHECK_FOR_INTERRUPTS();
-			rows = scan_events(st, topics, ntopics, cur, end, limit, &desc, &n);
+			args[0] = Int64GetDatum(cur);
+			args[1] = Int64GetDatum(end);
+			args[2] = st->sub->topics ? PointerGetDatum(st->sub->topics) : (Datum) 0;
+			nulls[2] = st->sub->topics ? ' ' : 'n';
+			args[3] = Int64GetDatum(limit);
+			if (SPI_execute_snapshot(plan, args, nulls, st->chain->snapshot,
+									 InvalidSnapshot, true, false, 0) != SPI_OK_SELECT)
+				elog(ERROR, "event scan failed");
+			tab = SPI_tuptable;
+			n = SPI_processed;
 			for (j = 0; j < n; j++)
 			{
-				HeapTuple	tup = rows[j].tup;
+				HeapTuple	tup = tab->vals[j];
+				TupleDesc	desc = tab->tupdesc;
 				Candidate  *c = &sc->cands[sc->ncands];
 				bool		isnull;
 				bool		da_null;
 				Datum		deliver_at;
 
-				c->id = rows[j].id;
+				c->id = DatumGetInt64(SPI_getbinval(tup, desc, EV_ID, &isnull));
 				if (!outbox_segment_contains(seg, c->id))
 				{
 					cur = sc->pos = c->id;

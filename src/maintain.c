@@ -266,9 +266,7 @@ list_subscriptions_unit(void *arg)
 	 * and cursor delta for events of its topics; with backlogs of 1.2M
 	 * events (bench/run's latency phase) it took 1.1 s a round, and
 	 * notifications waited for it (p99 800 ms).  Until it costs what its
-	 * subscriptions' own activity costs, the worker advances them all:
-	 * each advance steps over other topics' events through the topic
-	 * index, so it reads only its own.
+	 * subscriptions' own activity costs, the worker advances them all.
 	 */
 	if (plan == NULL)
 		plan = outbox_prepare("SELECT id, name FROM outbox.subscription ORDER BY id", 0, NULL);

@@ -71,27 +71,6 @@ note_ready(Counts *c, TimestampTz since)
 		c->oldest = since;
 }
 
-/* Sort the topic names and keep each once; returns how many. */
-static int
-cmp_text_datum(const void *a, const void *b)
-{
-	return strcmp(TextDatumGetCString(*(const Datum *) a),
-				  TextDatumGetCString(*(const Datum *) b));
-}
-
-static int
-count_distinct_topics(Datum *topics, int n)
-{
-	int			i,
-				k = 0;
-
-	qsort(topics, n, sizeof(Datum), cmp_text_datum);
-	for (i = 0; i < n; i++)
-		if (k == 0 || cmp_text_datum(&topics[k - 1], &topics[i]) != 0)
-			topics[k++] = topics[i];
-	return k;
-}
-
 /* Count the events a scan of the stream returns that are in the segment. */
 static void
 count_portal(Portal portal, OutboxSegment *seg, Counts *c, TimestampTz now)
@@ -138,60 +117,24 @@ static void
 count_stream(OutboxSub *sub, OutboxChain *chain, Counts *c, TimestampTz now)
 {
 	static SPIPlanPtr plan = NULL;
-	static SPIPlanPtr topic_plan = NULL;
-	static SPIPlanPtr topic_plan_unordered = NULL;
 	List	   *segs;
 	ListCell   *lc;
-	Datum	   *topics = NULL;
-	int			ntopics = 0;
-	int			t;
 
 	if (plan == NULL)
 	{
 		Oid			types[4] = {INT8OID, INT8OID, TEXTARRAYOID, INT4OID};
-		Oid			types1[4] = {INT8OID, INT8OID, TEXTOID, INT4OID};
 
 		/*
 		 * Events with a delivery row (acked ahead of any claim, or kept by
 		 * a change of topics) are counted from that row, if at all.
 		 */
-		plan = outbox_prepare_generic("SELECT e.id, e.deliver_at, e.enqueued_at, e.key FROM outbox.event e"
-									  " WHERE e.id OPERATOR(pg_catalog.>) $1 AND e.id OPERATOR(pg_catalog.<=) $2"
-									  " AND ($3 IS NULL OR e.topic OPERATOR(pg_catalog.=) ANY ($3))"
-									  " AND NOT EXISTS (SELECT 1 FROM outbox.delivery d"
-									  "  WHERE d.sub_id OPERATOR(pg_catalog.=) $4"
-									  "  AND d.event_id OPERATOR(pg_catalog.=) e.id)"
-									  " ORDER BY e.id", 4, types);
-
-		/*
-		 * One named topic: read through event_topic_id_idx, the range as
-		 * row comparisons on (topic, id), as claims do (scan_events in
-		 * claim.c), so that only the subscription's own backlog is read.
-		 */
-		topic_plan = outbox_prepare_generic("SELECT e.id, e.deliver_at, e.enqueued_at, e.key FROM outbox.event e"
-											" WHERE ROW(e.topic, e.id) OPERATOR(pg_catalog.>) ROW($3, $1)"
-											" AND ROW(e.topic, e.id) OPERATOR(pg_catalog.<=) ROW($3, $2)"
-											" AND NOT EXISTS (SELECT 1 FROM outbox.delivery d"
-											"  WHERE d.sub_id OPERATOR(pg_catalog.=) $4"
-											"  AND d.event_id OPERATOR(pg_catalog.=) e.id)"
-											" ORDER BY e.topic, e.id", 4, types1);
-		/* unordered: no order needed, and none to tempt the id index */
-		topic_plan_unordered = outbox_prepare_generic("SELECT e.id, e.deliver_at, e.enqueued_at, e.key FROM outbox.event e"
-													  " WHERE ROW(e.topic, e.id) OPERATOR(pg_catalog.>) ROW($3, $1)"
-													  " AND ROW(e.topic, e.id) OPERATOR(pg_catalog.<=) ROW($3, $2)"
-													  " AND NOT EXISTS (SELECT 1 FROM outbox.delivery d"
-													  "  WHERE d.sub_id OPERATOR(pg_catalog.=) $4"
-													  "  AND d.event_id OPERATOR(pg_catalog.=) e.id)", 4, types1);
-	}
-
-	/*
-	 * Topic by topic, except for an ordered subscription of several
-	 * topics: its keys are counted across topics in id order.
-	 */
-	if (sub->topics && !(sub->ordered && ArrayGetNItems(ARR_NDIM(sub->topics), ARR_DIMS(sub->topics)) > 1))
-	{
-		deconstruct_array(sub->topics, TEXTOID, -1, false, TYPALIGN_INT, &topics, NULL, &ntopics);
-		ntopics = count_distinct_topics(topics, ntopics);
+		plan = outbox_prepare("SELECT e.id, e.deliver_at, e.enqueued_at, e.key FROM outbox.event e"
+							  " WHERE e.id OPERATOR(pg_catalog.>) $1 AND e.id OPERATOR(pg_catalog.<=) $2"
+							  " AND ($3 IS NULL OR e.topic OPERATOR(pg_catalog.=) ANY ($3))"
+							  " AND NOT EXISTS (SELECT 1 FROM outbox.delivery d"
+							  "  WHERE d.sub_id OPERATOR(pg_catalog.=) $4"
+							  "  AND d.event_id OPERATOR(pg_catalog.=) e.id)"
+							  " ORDER BY e.id", 4, types);
 	}
 	segs = outbox_chain_segments(chain);
 	foreach(lc, segs)
@@ -199,6 +142,7 @@ count_stream(OutboxSub *sub, OutboxChain *chain, Counts *c, TimestampTz now)
 		OutboxSegment *seg = lfirst(lc);
 		Datum		args[4];
 		char		nulls[4] = {' ', ' ', ' ', ' '};
+		Portal		portal;
 		int64		lo_id = Max(seg->from,
 								OUTBOX_XID_FIRST_ID(U64FromFullTransactionId(seg->lo->xmin)) - 1);
 		int64		hi_id = Min(seg->to,
@@ -211,24 +155,12 @@ count_stream(OutboxSub *sub, OutboxChain *chain, Counts *c, TimestampTz now)
 		args[2] = sub->topics ? PointerGetDatum(sub->topics) : (Datum) 0;
 		nulls[2] = sub->topics ? ' ' : 'n';
 		args[3] = Int32GetDatum(sub->id);
-		for (t = 0; t < (topics ? ntopics : 1); t++)
-		{
-			Portal		portal;
-
-			if (topics)
-			{
-				args[2] = topics[t];
-				nulls[2] = ' ';
-			}
-			/* the chain's snapshot, like every count of this subscription */
-			PushActiveSnapshot(chain->snapshot);
-			portal = SPI_cursor_open(NULL,
-									 !topics ? plan : sub->ordered ? topic_plan : topic_plan_unordered,
-									 args, nulls, true);
-			PopActiveSnapshot();
-			count_portal(portal, seg, c, now);
-			SPI_cursor_close(portal);
-		}
+		/* the chain's snapshot, like every count of this subscription */
+		PushActiveSnapshot(chain->snapshot);
+		portal = SPI_cursor_open(NULL, plan, args, nulls, true);
+		PopActiveSnapshot();
+		count_portal(portal, seg, c, now);
+		SPI_cursor_close(portal);
 	}
 }
 
