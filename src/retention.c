@@ -35,9 +35,11 @@
  * removes, such events are kept (in outbox.event_kept), so that neither a
  * quiet subscription nor a delivery due in a month holds the buckets.
  */
+#define DELIVERY_HOLDS(e) \
+	"EXISTS (SELECT 1 FROM outbox.delivery d WHERE d.event_id = " e ".id" \
+	" AND d.state <> 'done')"
 #define EVENT_NEEDED(e, cursors) \
-	"(EXISTS (SELECT 1 FROM outbox.delivery d WHERE d.event_id = " e ".id" \
-	"  AND d.state <> 'done')" \
+	"(" DELIVERY_HOLDS(e) \
 	" OR EXISTS (SELECT 1 FROM " cursors " c" \
 	"  WHERE NOT pg_visible_in_snapshot(((" e ".id >> " CppAsString2(OUTBOX_SEQ_BITS) ")::text)::xid8, c.lo)" \
 	"  AND (c.topics IS NULL OR " e ".topic = ANY (c.topics))))"
@@ -117,8 +119,7 @@ clean_up_unit(void *arg)
 			"  SELECT w.ctid FROM win w LEFT JOIN floor f ON f.topic = w.topic, floor_all a"
 			"  WHERE (w.id >> " CppAsString2(OUTBOX_SEQ_BITS) ") <"
 			"   COALESCE(LEAST(f.xmin, a.xmin), 9223372036854775807)"
-			"  AND NOT EXISTS (SELECT 1 FROM outbox.delivery d"
-			"   WHERE d.event_id = w.id AND d.state <> 'done')) RETURNING k.id),"
+			"  AND NOT " DELIVERY_HOLDS("w") ") RETURNING k.id),"
 			" dedup AS (DELETE FROM outbox.dedup WHERE event_id IN (SELECT id FROM gone)),"
 			" markers AS (DELETE FROM outbox.delivery WHERE state = 'done'"
 			"  AND event_id IN (SELECT id FROM gone))"

@@ -399,26 +399,22 @@ outbox_stats(PG_FUNCTION_ARGS)
 	uint64		n,
 				i;
 	TimestampTz now = GetCurrentTimestamp();
+	/* outbox.stats(subscription): that one only */
+	char	   *one = PG_NARGS() > 0 ? outbox_sub_name_arg(fcinfo) : NULL;
 
-	if (PG_NARGS() > 0)
+	InitMaterializedSRF(fcinfo, 0);
+	SPI_connect();
+	outbox_become_owner(&save_user, &save_sec);
+	if (one != NULL)
 	{
-		char	   *name = outbox_sub_name_arg(fcinfo);
-		OutboxSub  *sub;
+		OutboxSub  *sub = outbox_lookup_sub(one);
 
-		InitMaterializedSRF(fcinfo, 0);
-		SPI_connect();
-		outbox_become_owner(&save_user, &save_sec);
-		sub = outbox_lookup_sub(name);
 		outbox_check_consume(sub, caller);
 		stats_row(rsinfo, sub, now);
 		outbox_restore_user(save_user, save_sec);
 		SPI_finish();
 		return (Datum) 0;
 	}
-
-	InitMaterializedSRF(fcinfo, 0);
-	SPI_connect();
-	outbox_become_owner(&save_user, &save_sec);
 	if (plan == NULL)
 		plan = outbox_prepare("SELECT name FROM outbox.subscription ORDER BY name", 0, NULL);
 	if (SPI_execute_plan(plan, NULL, NULL, true, 0) != SPI_OK_SELECT)

@@ -226,7 +226,7 @@ cmp_ok($held_folds, '>', 0, 'a held claim folded itself');
 
 # Rotation, which stopped at the partition the held claims locked, goes on
 # under traffic that writes chain rows: claims (an idle database starts no
-# generations, and since issue 9 neither do events no subscription reads).
+# generations).
 my $gen = sql("SELECT gen FROM outbox.chain_state");
 my $rotated = 0;
 for my $i (1 .. 180)
