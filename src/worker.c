@@ -202,7 +202,8 @@ extension_present(void)
  * notifications failed (the rest of the round contains its own errors).
  */
 static bool
-round_of_work(uint64 wake_bits, bool timed, TimestampTz *next, bool *quiet)
+round_of_work(uint64 wake_bits, bool timed, const uint32 *activity,
+			  TimestampTz *next, bool *quiet)
 {
 	TimestampTz timer;
 
@@ -213,7 +214,7 @@ round_of_work(uint64 wake_bits, bool timed, TimestampTz *next, bool *quiet)
 		return false;
 	if (!timed)
 		return true;
-	outbox_maintain();
+	outbox_maintain(activity);
 
 	/*
 	 * Idle (issue 9): nothing written, nothing left to retry.  Then nothing
@@ -350,7 +351,8 @@ outbox_worker_main(Datum arg)
 			}
 
 			MemoryContextSwitchTo(round_cxt);
-			if (round_of_work(wake_bits, timed, &next, &round_quiet))
+			if (round_of_work(wake_bits, timed, my_slot != NULL ? &activity : NULL,
+							  &next, &round_quiet))
 			{
 				error_pause = 0;
 				if (timed)
