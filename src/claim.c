@@ -13,6 +13,7 @@
  *-------------------------------------------------------------------------
  */
 #include "chain.h"
+#include "shmem.h"
 
 #include "access/genam.h"
 #include "access/htup_details.h"
@@ -994,6 +995,13 @@ outbox_claim(PG_FUNCTION_ARGS)
 		promote_waiting(&st);
 		claim_deliveries(&st);
 	}
+
+	/*
+	 * A short claim read its chain to its snapshot: once it commits, the
+	 * worker need not advance this subscription for a while.
+	 */
+	if (st.got < st.want)
+		outbox_claimed_at_commit(st.sub->id);
 
 	outbox_unlock_sub(st.sub->id);
 	outbox_chain_release(st.chain);

@@ -20,7 +20,7 @@ typedef void (*OutboxUnitFn) (void *arg);
 #define OUTBOX_UNIT_GONE_OK 0x02	/* undefined_object: dropped meanwhile */
 
 extern bool outbox_unit(const char *what, int flags, OutboxUnitFn fn, void *arg);
-extern void outbox_maintain(const uint32 *activity);
+extern void outbox_maintain(OutboxDbSlot *slot, uint32 activity);
 extern void outbox_round_begin(void);
 extern void outbox_round_busy(void);
 extern void outbox_round_timer(TimestampTz t);

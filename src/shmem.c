@@ -46,6 +46,8 @@ static ProcessUtility_hook_type prev_utility_hook = NULL;
 static uint64 pending_wake = 0;
 static bool pending_subs_change = false;
 static bool pending_activity = false;
+static uint64 pending_claimed[OUTBOX_CLAIMED_BITS / 64];
+static bool pending_claimed_any = false;
 static int	my_slot = -1;
 
 static Size
@@ -86,6 +88,8 @@ outbox_shmem_startup(void)
 			pg_atomic_init_u64(&outbox_shared->slots[i].wake, 0);
 			pg_atomic_init_u32(&outbox_shared->slots[i].subs_changes, 0);
 			pg_atomic_init_u32(&outbox_shared->slots[i].activity, 0);
+			for (int w = 0; w < OUTBOX_CLAIMED_BITS / 64; w++)
+				pg_atomic_init_u64(&outbox_shared->slots[i].claimed[w], 0);
 		}
 	}
 	LWLockRelease(AddinShmemInitLock);
@@ -138,6 +142,8 @@ outbox_slot_get(Oid dboid)
 			slot->dboid = dboid;
 			pg_atomic_write_u64(&slot->wake, 0);
 			pg_atomic_write_u32(&slot->activity, 0);
+			for (int w = 0; w < OUTBOX_CLAIMED_BITS / 64; w++)
+				pg_atomic_write_u64(&slot->claimed[w], 0);
 			return slot;
 		}
 	}
@@ -192,6 +198,46 @@ outbox_activity_at_end(void)
 }
 
 /*
+ * Note that this transaction claimed from the subscription: if it commits,
+ * its chain moved as far as the claim read, and the worker need not
+ * advance it (advance_subscriptions).  Collisions of ids only cost an
+ * advance put off.
+ */
+void
+outbox_claimed_at_commit(int32 sub_id)
+{
+	uint32		bit = (uint32) sub_id % OUTBOX_CLAIMED_BITS;
+
+	pending_claimed[bit / 64] |= UINT64CONST(1) << (bit % 64);
+	pending_claimed_any = true;
+}
+
+/*
+ * For the worker: take the subscriptions claimed since it last looked
+ * (OUTBOX_CLAIMED_BITS bits) and clear them.  Returns whether any was.
+ */
+bool
+outbox_take_claimed(OutboxDbSlot *slot, uint64 *bits)
+{
+	bool		any = false;
+
+	for (int w = 0; w < OUTBOX_CLAIMED_BITS / 64; w++)
+	{
+		bits[w] = pg_atomic_exchange_u64(&slot->claimed[w], 0);
+		any |= bits[w] != 0;
+	}
+	return any;
+}
+
+static void
+forget_claimed(void)
+{
+	if (pending_claimed_any)
+		memset(pending_claimed, 0, sizeof(pending_claimed));
+	pending_claimed_any = false;
+}
+
+/*
  * Wake this database's worker with the bits of this transaction.  Called
  * after commit, when what it made ready is visible; after a rollback only
  * to count activity (nothing to wake it for).
@@ -218,6 +264,10 @@ wake_worker(bool committed)
 	pg_atomic_fetch_add_u32(&slot->activity, 1);
 	if (!committed)
 		return;
+	if (pending_claimed_any)
+		for (int w = 0; w < OUTBOX_CLAIMED_BITS / 64; w++)
+			if (pending_claimed[w] != 0)
+				pg_atomic_fetch_or_u64(&slot->claimed[w], pending_claimed[w]);
 	/* before the bits: the worker reads this after taking them */
 	if (pending_subs_change)
 		pg_atomic_fetch_add_u32(&slot->subs_changes, 1);
@@ -240,6 +290,7 @@ shmem_xact_callback(XactEvent event, void *arg)
 			pending_wake = 0;
 			pending_subs_change = false;
 			pending_activity = false;
+			forget_claimed();
 			break;
 		case XACT_EVENT_ABORT:
 			if (pending_activity)
@@ -247,6 +298,7 @@ shmem_xact_callback(XactEvent event, void *arg)
 			pending_wake = 0;
 			pending_subs_change = false;
 			pending_activity = false;
+			forget_claimed();
 			break;
 		case XACT_EVENT_PARALLEL_ABORT:
 		case XACT_EVENT_PARALLEL_COMMIT:
@@ -254,6 +306,7 @@ shmem_xact_callback(XactEvent event, void *arg)
 			pending_wake = 0;
 			pending_subs_change = false;
 			pending_activity = false;
+			forget_claimed();
 			break;
 		default:
 			break;

@@ -15,6 +15,7 @@
 #include "storage/lwlock.h"
 
 #define OUTBOX_WAKE_ALL			(~UINT64CONST(0))
+#define OUTBOX_CLAIMED_BITS		1024
 
 /* What the launcher knows of one database. */
 typedef struct OutboxDbSlot
@@ -35,6 +36,8 @@ typedef struct OutboxDbSlot
 	pg_atomic_uint64 wake;		/* topic bits committed since last wake */
 	pg_atomic_uint32 subs_changes;	/* commits that changed subscriptions */
 	pg_atomic_uint32 activity;	/* transactions that wrote outbox rows */
+	/* subscriptions (bit: id % OUTBOX_CLAIMED_BITS) claimed since the worker looked */
+	pg_atomic_uint64 claimed[OUTBOX_CLAIMED_BITS / 64];
 } OutboxDbSlot;
 
 typedef struct OutboxShared
@@ -57,6 +60,8 @@ extern void outbox_wake_after_commit(uint64 bits);
 extern void outbox_wake_init(void);
 extern void outbox_subs_changed_after_commit(void);
 extern void outbox_activity_at_end(void);
+extern void outbox_claimed_at_commit(int32 sub_id);
+extern bool outbox_take_claimed(OutboxDbSlot *slot, uint64 *bits);
 
 /* launcher.c */
 extern void outbox_launcher_register(void);

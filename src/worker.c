@@ -202,7 +202,7 @@ extension_present(void)
  * notifications failed (the rest of the round contains its own errors).
  */
 static bool
-round_of_work(uint64 wake_bits, bool timed, const uint32 *activity,
+round_of_work(uint64 wake_bits, bool timed, uint32 activity,
 			  TimestampTz *next, bool *quiet)
 {
 	TimestampTz timer;
@@ -214,7 +214,7 @@ round_of_work(uint64 wake_bits, bool timed, const uint32 *activity,
 		return false;
 	if (!timed)
 		return true;
-	outbox_maintain(activity);
+	outbox_maintain(my_slot, activity);
 
 	/*
 	 * Idle (issue 9): nothing written, nothing left to retry.  Then nothing
@@ -351,8 +351,7 @@ outbox_worker_main(Datum arg)
 			}
 
 			MemoryContextSwitchTo(round_cxt);
-			if (round_of_work(wake_bits, timed, my_slot != NULL ? &activity : NULL,
-							  &next, &round_quiet))
+			if (round_of_work(wake_bits, timed, activity, &next, &round_quiet))
 			{
 				error_pause = 0;
 				if (timed)
