@@ -33,11 +33,29 @@
  * and total size of the outbox tables (or of the relay table) from
  * pg_stat_user_tables, for the held-xmin and soak measurements.
  *
+ * With -n N (the scale benchmark of issue 9, bench/scale.sh) there are N
+ * subscriptions and N topics, -s and -t giving their prefixes: subscription
+ * <s>_i reads topic <t>_i (i = 1 .. N, created beforehand).  The producers
+ * rotate over the topics, event seq going to topic seq % N + 1, so the total
+ * rate is spread evenly.  -c C consumer connections (default 1) share the
+ * subscriptions (i % C); each LISTENs on the channels of its own and, on a
+ * notification, claims the notified subscription until a claim comes back
+ * short; after 1 s without any notification it claims each of its
+ * subscriptions once (the safety net).  A few more key=value lines then
+ * count notifications and claims that found nothing.  Without -n, one
+ * subscription -s reads topic -t, as before.
+ *
+ * Except for a relay, commit -> notification is reported as well
+ * (notify_*): from an event's COMMIT returning to the first notification
+ * of its subscription that the consumer received after that.  It does not
+ * depend on how busy the consumer is claiming, commit -> claimed does.
+ *
  * Connection parameters come from the environment (PGHOST, PGPORT, PGUSER)
  * and -D dbname.  Output: "sample ..." lines while running, then
  * "key=value" lines for bench/run.
  *
  *   latency -D bench -s lat -t lat -r 1000 -d 20 [-p 4] [-b 100] [-S 2]
+ *   latency -D scale -s s -t t -n 1000 [-c 1] -r 1000 -d 20
  *   latency -D bench -m relay -t relay_hx -r 0 -d 8 [-S 2]
  */
 #include <errno.h>
@@ -63,17 +81,51 @@ static double duration = 20.0;
 static int	nproducers = 4;
 static int	batch = 100;
 static double sample_every = 0.0;
+static int	nsubs = 0;					/* -n: 0 = the single subscription -s */
+static int	nconsumers = 1;
+static int	worker_pid = 0;			/* -W: a process whose CPU time to report */
+
+/*
+ * The subscriptions and topics, with -n or not: nsub entries (1 without
+ * -n); chan_sorted maps a channel to its subscription for notifications.
+ */
+static int	nsub;
+static char **sub_names;
+static char **topic_names;
+typedef struct
+{
+	char	   *channel;
+	int			idx;
+} ChannelIdx;
+static ChannelIdx *chan_sorted;
 
 static int64_t capacity;				/* most events we can record */
 static int64_t *commit_ns;				/* per seq: producer's COMMIT returned */
 static int64_t *send_ns;				/* per seq: just before the producer sent it */
 static int64_t *claim_ns;				/* per seq: the consumer's claim returned it */
+
+/*
+ * Per subscription, when its notifications arrived (in order: one consumer
+ * thread takes a subscription's notifications).  Commit -> notification of
+ * an event: from its COMMIT returning to the first notification of its
+ * subscription that arrived after that.  A notification that arrives
+ * before the producer has seen its COMMIT return is not counted for it, so
+ * the figure errs high, never low.
+ */
+typedef struct
+{
+	int64_t    *at;
+	int64_t		n,
+				cap;
+} Arrivals;
+static Arrivals *arrivals;
 static int64_t start_ns;
 static int64_t end_ns;					/* end of the producing window */
 static atomic_int producers_done;
 static atomic_int stop_sampler;
 static atomic_llong next_seq;
 static atomic_llong produced_total;
+static atomic_llong consumed_total;
 
 static int64_t
 now_ns(void)
@@ -192,7 +244,7 @@ producer(void *arg)
 				 "{\"seq\": %" PRId64 ", \"sent_us\": %" PRId64 ", \"note\": \"%s\"}",
 				 seq, wall_us(), pad);
 		snprintf(seqbuf, sizeof(seqbuf), "%" PRId64, seq);
-		params[0] = relay ? "hx" : topic;
+		params[0] = relay ? "hx" : topic_names[seq % nsub];
 		params[1] = payload;
 		params[2] = seqbuf;
 		r = PQexecPrepared(c, "enq", 3, params, NULL, NULL, 0);
@@ -211,15 +263,39 @@ producer(void *arg)
 	return NULL;
 }
 
-static int64_t consumed, claims, empty_claims, wakeups_notify, wakeups_timeout;
-static int64_t last_claim_ns;
-
-/* one claim (+ ack, commit); returns how many events it got */
-static int
-claim_once(PGconn *c, char *ids)
+/* one consumer connection, its subscriptions and its counts */
+typedef struct
 {
+	PGconn	   *conn;
+	int			nmine;
+	int		   *mine;			/* subscription indexes it claims */
+	char	   *pending;		/* per subscription, not yet claimed: 1 to look,
+								 * 2 notified */
+	int		   *queue;			/* ring of pending subscriptions, in order */
+	int			qhead,
+				qlen;
+	int64_t		consumed,
+				claims,
+				empty_claims,
+				notified_empty,	/* a notified subscription's first claim got nothing */
+				notifications,	/* notifications received (before coalescing) */
+				unknown_notifications,
+				wakeups_notify,
+				wakeups_timeout,
+				busy_ns,		/* time spent in claims (claim, ack, commit) */
+				last_claim_ns;
+} Consumer;
+
+static Consumer *consumers;
+
+/* one claim (+ ack, commit) of subscription i; returns how many events it got */
+static int
+claim_once(Consumer *k, int i, char *ids)
+{
+	PGconn	   *c = k->conn;
 	PGresult   *r;
-	int64_t		t;
+	int64_t		t0,
+				t;
 	int			got;
 	size_t		len = 0;
 	char		sql[512];
@@ -232,7 +308,8 @@ claim_once(PGconn *c, char *ids)
 	else
 		snprintf(sql, sizeof(sql),
 				 "BEGIN; SELECT event_id, payload->>'seq' FROM outbox.claim('%s', %d)",
-				 sub, batch);
+				 sub_names[i], batch);
+	t0 = now_ns();
 	r = PQexec(c, sql);
 	t = now_ns();
 	if (PQresultStatus(r) != PGRES_TUPLES_OK)
@@ -241,30 +318,31 @@ claim_once(PGconn *c, char *ids)
 		exit(1);
 	}
 	got = PQntuples(r);
-	claims++;
+	k->claims++;
 	if (got == 0)
-		empty_claims++;
+		k->empty_claims++;
 	ids[len++] = '{';
-	for (int i = 0; i < got; i++)
+	for (int j = 0; j < got; j++)
 	{
-		int64_t		seq = strtoll(PQgetvalue(r, i, 1), NULL, 10);
+		int64_t		seq = strtoll(PQgetvalue(r, j, 1), NULL, 10);
 
 		if (seq >= 0 && seq < capacity && claim_ns[seq] == 0)
 		{
 			claim_ns[seq] = t;
-			consumed++;
-			if (t > last_claim_ns)
-				last_claim_ns = t;
+			k->consumed++;
+			atomic_fetch_add(&consumed_total, 1);
+			if (t > k->last_claim_ns)
+				k->last_claim_ns = t;
 		}
-		len += (size_t) snprintf(ids + len, 24, "%s%s", i ? "," : "",
-								 PQgetvalue(r, i, 0));
+		len += (size_t) snprintf(ids + len, 24, "%s%s", j ? "," : "",
+								 PQgetvalue(r, j, 0));
 	}
 	ids[len++] = '}';
 	ids[len] = '\0';
 	PQclear(r);
 	if (!relay)
 	{
-		const char *params[2] = {sub, ids};
+		const char *params[2] = {sub_names[i], ids};
 		PGresult   *a = PQexecParams(c, "SELECT outbox.ack($1, $2::bigint[])", 2, NULL,
 									 params, NULL, NULL, 0);
 
@@ -276,38 +354,85 @@ claim_once(PGconn *c, char *ids)
 		PQclear(a);
 		PQclear(exec_ok(c, "COMMIT"));
 	}
+	k->busy_ns += now_ns() - t0;
 	return got;
 }
 
-/* wait for a notification on c, at most timeout_ms; returns whether one came */
 static int
-wait_notify(PGconn *c, int timeout_ms)
+cmp_channel(const void *a, const void *b)
+{
+	return strcmp(((const ChannelIdx *) a)->channel, ((const ChannelIdx *) b)->channel);
+}
+
+/* mark subscription i pending (once); how: 1 to look, 2 notified */
+static void
+make_pending(Consumer *k, int i, char how)
+{
+	if (!k->pending[i])
+		k->queue[(k->qhead + k->qlen++) % nsub] = i;
+	if (how > k->pending[i])
+		k->pending[i] = how;
+}
+
+/* take the notifications libpq has read; returns how many */
+static int
+take_notifies(Consumer *k)
 {
 	PGnotify   *n;
 	int			any = 0;
 
-	PQconsumeInput(c);
-	while ((n = PQnotifies(c)) != NULL)
+	while ((n = PQnotifies(k->conn)) != NULL)
 	{
-		any = 1;
+		ChannelIdx	key = {n->relname, 0};
+		ChannelIdx *hit = bsearch(&key, chan_sorted, (size_t) nsub, sizeof(ChannelIdx),
+								  cmp_channel);
+
+		any++;
+		k->notifications++;
+		if (hit)
+		{
+			Arrivals   *a = &arrivals[hit->idx];
+
+			if (a->n == a->cap)
+			{
+				a->cap = a->cap ? a->cap * 2 : 64;
+				a->at = realloc(a->at, (size_t) a->cap * sizeof(int64_t));
+				if (a->at == NULL)
+				{
+					fprintf(stderr, "latency: out of memory\n");
+					exit(1);
+				}
+			}
+			a->at[a->n++] = now_ns();
+			make_pending(k, hit->idx, 2);
+		}
+		else
+			k->unknown_notifications++;
 		PQfreemem(n);
 	}
+	return any;
+}
+
+/* wait for a notification on k, at most timeout_ms; returns whether one came */
+static int
+wait_notify(Consumer *k, int timeout_ms)
+{
+	int			any;
+
+	PQconsumeInput(k->conn);
+	any = take_notifies(k);
 	if (!any)
 	{
 		fd_set		fds;
 		struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
-		int			sock = PQsocket(c);
+		int			sock = PQsocket(k->conn);
 
 		FD_ZERO(&fds);
 		FD_SET(sock, &fds);
 		if (select(sock + 1, &fds, NULL, NULL, &tv) > 0)
 		{
-			PQconsumeInput(c);
-			while ((n = PQnotifies(c)) != NULL)
-			{
-				any = 1;
-				PQfreemem(n);
-			}
+			PQconsumeInput(k->conn);
+			any = take_notifies(k);
 		}
 	}
 	return any;
@@ -316,24 +441,45 @@ wait_notify(PGconn *c, int timeout_ms)
 static void *
 consumer(void *arg)
 {
-	PGconn	   *c = (PGconn *) arg;
+	Consumer   *k = (Consumer *) arg;
 	char	   *ids = malloc((size_t) batch * 24 + 16);
 	int64_t		deadline = start_ns + (int64_t) ((duration + 15.0) * 1e9);
 
+	/* the first round claims everything it has */
+	for (int j = 0; j < k->nmine; j++)
+		make_pending(k, k->mine[j], 1);
 	for (;;)
 	{
-		int			got;
-
-		/* claim until a claim comes back short */
-		do
+		/* claim each pending subscription until a claim comes back short */
+		while (k->qlen > 0)
 		{
-			got = claim_once(c, ids);
-		} while (got == batch);
+			int			i = k->queue[k->qhead];
+			int			got,
+						first = 1,
+						notified = k->pending[i] == 2;
+
+			k->qhead = (k->qhead + 1) % nsub;
+			k->qlen--;
+			k->pending[i] = 0;
+			do
+			{
+				got = claim_once(k, i, ids);
+				if (first && got == 0 && notified)
+					k->notified_empty++;
+				first = 0;
+			} while (got == batch);
+			/*
+			 * Notifications that came in meanwhile join the queue (without -n
+			 * the next wait takes them, as before).
+			 */
+			if (!relay && nsubs > 0)
+				take_notifies(k);
+		}
 
 		if (atomic_load(&producers_done))
 		{
 			/* steady load: until everything is consumed; saturation: stop */
-			if (rate <= 0 || consumed >= atomic_load(&produced_total))
+			if (rate <= 0 || atomic_load(&consumed_total) >= atomic_load(&produced_total))
 				break;
 		}
 		if (now_ns() > deadline)
@@ -345,11 +491,16 @@ consumer(void *arg)
 			struct timespec ts = {0, 1000000};
 
 			nanosleep(&ts, NULL);
+			make_pending(k, 0, 1);
 		}
-		else if (wait_notify(c, 1000))
-			wakeups_notify++;
+		else if (wait_notify(k, 1000))
+			k->wakeups_notify++;
 		else
-			wakeups_timeout++;
+		{
+			k->wakeups_timeout++;
+			for (int j = 0; j < k->nmine; j++)
+				make_pending(k, k->mine[j], 1);
+		}
 	}
 	free(ids);
 	return NULL;
@@ -396,6 +547,32 @@ sampler(void *arg)
 	return NULL;
 }
 
+/* CPU time (utime + stime) of process pid in clock ticks; -1 if unreadable */
+static long long
+proc_ticks(int pid)
+{
+	char		path[64];
+	char		buf[1024];
+	FILE	   *f;
+	size_t		len;
+	char	   *p;
+	unsigned long utime,
+				stime;
+
+	snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+	if ((f = fopen(path, "r")) == NULL)
+		return -1;
+	len = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	buf[len] = '\0';
+	/* the command name may hold spaces: fields are counted after its ')' */
+	if ((p = strrchr(buf, ')')) == NULL ||
+		sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu",
+			   &utime, &stime) != 2)
+		return -1;
+	return (long long) (utime + stime);
+}
+
 static int
 cmp64(const void *a, const void *b)
 {
@@ -425,18 +602,24 @@ main(int argc, char **argv)
 {
 	int			opt;
 	pthread_t  *prod;
-	pthread_t	cons,
+	pthread_t  *cons,
 				samp;
-	PGconn	   *cc,
-			   *sc = NULL;
+	PGconn	   *sc = NULL;
+	Consumer	tot = {0};
 	int64_t    *lat,
 			   *lat_send,
+			   *lat_notify,
 				n = 0,
+				nn = 0,
+				notify_missed = 0,
 				negative = 0,
 				produced;
 	int64_t		end_produce;
+	long long	worker_t0 = -1,
+				worker_t1 = -1;
+	int64_t		worker_end = 0;
 
-	while ((opt = getopt(argc, argv, "D:s:t:m:r:d:p:b:S:")) != -1)
+	while ((opt = getopt(argc, argv, "D:s:t:m:r:d:p:b:S:n:c:W:")) != -1)
 	{
 		switch (opt)
 		{
@@ -449,13 +632,19 @@ main(int argc, char **argv)
 			case 'p': nproducers = atoi(optarg); break;
 			case 'b': batch = atoi(optarg); break;
 			case 'S': sample_every = atof(optarg); break;
+			case 'n': nsubs = atoi(optarg); break;
+			case 'c': nconsumers = atoi(optarg); break;
+			case 'W': worker_pid = atoi(optarg); break;
 			default:
 				fprintf(stderr, "usage: latency -D db [-m outbox|relay] -s sub -t topic|table "
-						"-r rate|0 -d seconds [-p producers] [-b batch] [-S sample_seconds]\n");
+						"-r rate|0 -d seconds [-p producers] [-b batch] [-S sample_seconds] "
+						"[-n subscriptions [-c consumers]] [-W worker_pid]\n");
 				return 2;
 		}
 	}
-	if (rate < 0 || duration <= 0 || nproducers < 1 || batch < 1 || batch > 10000)
+	if (rate < 0 || duration <= 0 || nproducers < 1 || batch < 1 || batch > 10000 ||
+		nsubs < 0 || nconsumers < 1 || (nconsumers > 1 && nsubs < nconsumers) ||
+		(relay && nsubs > 0))
 	{
 		fprintf(stderr, "latency: bad arguments\n");
 		return 2;
@@ -470,26 +659,81 @@ main(int argc, char **argv)
 		return 1;
 	}
 
-	cc = connect_db("bench_latency_consumer");
+	/* the subscriptions and topics */
+	nsub = nsubs > 0 ? nsubs : 1;
+	arrivals = calloc((size_t) nsub, sizeof(Arrivals));
+	sub_names = calloc((size_t) nsub, sizeof(char *));
+	topic_names = calloc((size_t) nsub, sizeof(char *));
+	chan_sorted = calloc((size_t) nsub, sizeof(ChannelIdx));
+	for (int i = 0; i < nsub; i++)
+	{
+		if (nsubs > 0)
+		{
+			size_t		sl = strlen(sub) + 16,
+						tl = strlen(topic) + 16;
+
+			sub_names[i] = malloc(sl);
+			topic_names[i] = malloc(tl);
+			snprintf(sub_names[i], sl, "%s_%d", sub, i + 1);
+			snprintf(topic_names[i], tl, "%s_%d", topic, i + 1);
+		}
+		else
+		{
+			sub_names[i] = (char *) sub;
+			topic_names[i] = (char *) topic;
+		}
+	}
+
+	/* the consumers: subscription i belongs to consumer i % nconsumers */
+	consumers = calloc((size_t) nconsumers, sizeof(Consumer));
+	for (int j = 0; j < nconsumers; j++)
+	{
+		Consumer   *k = &consumers[j];
+
+		k->conn = connect_db("bench_latency_consumer");
+		k->mine = calloc((size_t) nsub, sizeof(int));
+		k->pending = calloc((size_t) nsub, 1);
+		k->queue = calloc((size_t) nsub, sizeof(int));
+	}
+	for (int i = 0; i < nsub; i++)
+	{
+		Consumer   *k = &consumers[i % nconsumers];
+
+		k->mine[k->nmine++] = i;
+	}
+	for (int i = 0; i < nsub; i++)
+	{
+		chan_sorted[i].idx = i;
+		chan_sorted[i].channel = strdup(sub_names[i]);	/* relay: unused */
+	}
 	if (!relay)
 	{
-		PGresult   *r;
-		const char *params[1] = {sub};
-		char	   *quoted;
-		char		sql[256];
-
-		r = PQexecParams(cc, "SELECT outbox.channel($1)", 1, NULL, params, NULL, NULL, 0);
-		if (PQresultStatus(r) != PGRES_TUPLES_OK)
+		for (int i = 0; i < nsub; i++)
 		{
-			fprintf(stderr, "latency: channel failed: %s", PQerrorMessage(cc));
-			return 1;
+			Consumer   *k = &consumers[i % nconsumers];
+			PGresult   *r;
+			const char *params[1] = {sub_names[i]};
+			char	   *quoted;
+			char		sql[256];
+
+			r = PQexecParams(k->conn, "SELECT outbox.channel($1)", 1, NULL, params,
+							 NULL, NULL, 0);
+			if (PQresultStatus(r) != PGRES_TUPLES_OK)
+			{
+				fprintf(stderr, "latency: channel failed: %s", PQerrorMessage(k->conn));
+				return 1;
+			}
+			free(chan_sorted[i].channel);
+			chan_sorted[i].channel = strdup(PQgetvalue(r, 0, 0));
+			quoted = PQescapeIdentifier(k->conn, PQgetvalue(r, 0, 0),
+										strlen(PQgetvalue(r, 0, 0)));
+			snprintf(sql, sizeof(sql), "LISTEN %s", quoted);
+			PQfreemem(quoted);
+			PQclear(r);
+			PQclear(exec_ok(k->conn, sql));
 		}
-		quoted = PQescapeIdentifier(cc, PQgetvalue(r, 0, 0), strlen(PQgetvalue(r, 0, 0)));
-		snprintf(sql, sizeof(sql), "LISTEN %s", quoted);
-		PQfreemem(quoted);
-		PQclear(r);
-		PQclear(exec_ok(cc, sql));
 	}
+	qsort(chan_sorted, (size_t) nsub, sizeof(ChannelIdx), cmp_channel);
 	if (sample_every > 0)
 		sc = connect_db("bench_latency_sampler");
 
@@ -499,14 +743,43 @@ main(int argc, char **argv)
 	end_ns = start_ns + (int64_t) (duration * 1e9);
 	for (int i = 0; i < nproducers; i++)
 		pthread_create(&prod[i], NULL, producer, (void *) (intptr_t) i);
-	pthread_create(&cons, NULL, consumer, cc);
+	cons = calloc((size_t) nconsumers, sizeof(pthread_t));
+	for (int j = 0; j < nconsumers; j++)
+		pthread_create(&cons[j], NULL, consumer, &consumers[j]);
 	if (sc)
 		pthread_create(&samp, NULL, sampler, sc);
+	if (worker_pid > 0)
+	{
+		/* the worker's CPU over the window from the schedule's start ... */
+		sleep_until(start_ns);
+		worker_t0 = proc_ticks(worker_pid);
+	}
 	for (int i = 0; i < nproducers; i++)
 		pthread_join(prod[i], NULL);
 	end_produce = now_ns();
 	atomic_store(&producers_done, 1);
-	pthread_join(cons, NULL);
+	for (int j = 0; j < nconsumers; j++)
+	{
+		Consumer   *k = &consumers[j];
+
+		pthread_join(cons[j], NULL);
+		tot.claims += k->claims;
+		tot.empty_claims += k->empty_claims;
+		tot.notified_empty += k->notified_empty;
+		tot.notifications += k->notifications;
+		tot.unknown_notifications += k->unknown_notifications;
+		tot.wakeups_notify += k->wakeups_notify;
+		tot.wakeups_timeout += k->wakeups_timeout;
+		tot.busy_ns += k->busy_ns;
+		if (k->last_claim_ns > tot.last_claim_ns)
+			tot.last_claim_ns = k->last_claim_ns;
+	}
+	/* ... to the last consumer's end */
+	if (worker_pid > 0)
+	{
+		worker_t1 = proc_ticks(worker_pid);
+		worker_end = now_ns();
+	}
 	atomic_store(&stop_sampler, 1);
 	if (sc)
 	{
@@ -517,6 +790,7 @@ main(int argc, char **argv)
 
 	lat = malloc((size_t) capacity * sizeof(int64_t));
 	lat_send = malloc((size_t) capacity * sizeof(int64_t));
+	lat_notify = malloc((size_t) capacity * sizeof(int64_t));
 	for (int64_t i = 0; i < capacity; i++)
 	{
 		int64_t		d;
@@ -536,6 +810,35 @@ main(int argc, char **argv)
 	}
 	qsort(lat, (size_t) n, sizeof(int64_t), cmp64);
 	qsort(lat_send, (size_t) n, sizeof(int64_t), cmp64);
+
+	/* commit -> notification (not for a relay, which polls) */
+	if (!relay)
+	{
+		for (int64_t i = 0; i < capacity; i++)
+		{
+			Arrivals   *a = &arrivals[i % nsub];
+			int64_t		lo = 0,
+						hi = a->n;
+
+			if (commit_ns[i] == 0)
+				continue;
+			/* the first arrival at or after the commit returned */
+			while (lo < hi)
+			{
+				int64_t		mid = lo + (hi - lo) / 2;
+
+				if (a->at[mid] < commit_ns[i])
+					lo = mid + 1;
+				else
+					hi = mid;
+			}
+			if (lo == a->n)
+				notify_missed++;
+			else
+				lat_notify[nn++] = a->at[lo] - commit_ns[i];
+		}
+		qsort(lat_notify, (size_t) nn, sizeof(int64_t), cmp64);
+	}
 	printf("produced=%" PRId64 "\n", produced);
 	printf("consumed=%" PRId64 "\n", n);
 	printf("left=%" PRId64 "\n", produced - n);
@@ -544,11 +847,32 @@ main(int argc, char **argv)
 	/* saturation: consumed over the producing window; steady: until the last claim */
 	printf("consume_rate=%.1f\n",
 		   n == 0 ? 0.0 : (double) n * 1e9 /
-		   (double) ((rate > 0 ? last_claim_ns : end_produce) - start_ns));
-	printf("claims=%" PRId64 "\n", claims);
-	printf("empty_claims=%" PRId64 "\n", empty_claims);
-	printf("wakeups_notify=%" PRId64 "\n", wakeups_notify);
-	printf("wakeups_timeout=%" PRId64 "\n", wakeups_timeout);
+		   (double) ((rate > 0 ? tot.last_claim_ns : end_produce) - start_ns));
+	printf("claims=%" PRId64 "\n", tot.claims);
+	printf("empty_claims=%" PRId64 "\n", tot.empty_claims);
+	printf("wakeups_notify=%" PRId64 "\n", tot.wakeups_notify);
+	printf("wakeups_timeout=%" PRId64 "\n", tot.wakeups_timeout);
+	if (nsubs > 0)
+	{
+		printf("subscriptions=%d\n", nsubs);
+		printf("consumers=%d\n", nconsumers);
+		printf("notifications=%" PRId64 "\n", tot.notifications);
+		printf("notifications_unknown=%" PRId64 "\n", tot.unknown_notifications);
+		printf("notified_empty=%" PRId64 "\n", tot.notified_empty);
+		/* the consumers' share of the run spent in claims: near 100, behind */
+		printf("consumer_busy_pct=%.1f\n", 100.0 * (double) tot.busy_ns / nconsumers /
+			   (double) (tot.last_claim_ns - start_ns));
+	}
+	if (worker_pid > 0)
+	{
+		double		secs = (double) (worker_end - start_ns) / 1e9;
+		double		cpu = worker_t0 >= 0 && worker_t1 >= 0 ?
+			(double) (worker_t1 - worker_t0) / (double) sysconf(_SC_CLK_TCK) : -1.0;
+
+		printf("worker_window_seconds=%.3f\n", secs);
+		printf("worker_cpu_seconds=%.3f\n", cpu);
+		printf("worker_cpu_pct=%.2f\n", cpu < 0 ? -1.0 : 100.0 * cpu / secs);
+	}
 	printf("claimed_before_commit_returned=%" PRId64 "\n", negative);
 	printf("p50_ms=%.3f\n", pct(lat, n, 0.50));
 	printf("p90_ms=%.3f\n", pct(lat, n, 0.90));
@@ -557,7 +881,15 @@ main(int argc, char **argv)
 	printf("send_p50_ms=%.3f\n", pct(lat_send, n, 0.50));
 	printf("send_p99_ms=%.3f\n", pct(lat_send, n, 0.99));
 	printf("send_max_ms=%.3f\n", n ? (double) lat_send[n - 1] / 1e6 : -1.0);
-	PQfinish(cc);
+	if (!relay)
+	{
+		printf("notify_p50_ms=%.3f\n", pct(lat_notify, nn, 0.50));
+		printf("notify_p99_ms=%.3f\n", pct(lat_notify, nn, 0.99));
+		printf("notify_max_ms=%.3f\n", nn ? (double) lat_notify[nn - 1] / 1e6 : -1.0);
+		printf("notify_missed=%" PRId64 "\n", notify_missed);
+	}
+	for (int j = 0; j < nconsumers; j++)
+		PQfinish(consumers[j].conn);
 	if (sc)
 		PQfinish(sc);
 	return 0;

@@ -490,6 +490,6 @@ outbox_enqueue(PG_FUNCTION_ARGS)
 	values[7] = TimestampTzGetDatum(GetCurrentTimestamp());
 	insert_event(bucket, values, nulls);
 
-	outbox_wake_after_commit(outbox_topic_bit(topic_str));
+	outbox_wake_topic_after_commit(topic_str);
 	PG_RETURN_INT64(id);
 }

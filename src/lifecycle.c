@@ -228,6 +228,6 @@ outbox_resubscribed(PG_FUNCTION_ARGS)
 	outbox_restore_user(save_user, save_sec);
 	SPI_finish();
 	if (wake)
-		outbox_wake_after_commit(OUTBOX_WAKE_ALL);
+		outbox_wake_all_after_commit();
 	PG_RETURN_VOID();
 }

@@ -24,7 +24,7 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
-static void notify_matching(uint64 bits);
+static void notify_matching(const OutboxWake *bits);
 
 /*
  * The worker's slot in shared memory.  NULL without shared memory, or when
@@ -49,12 +49,13 @@ outbox_notify_sub(const char *name)
  */
 
 static void
-notify_ready(uint64 bits)
+notify_ready(const OutboxWake *given)
 {
 	static SPIPlanPtr new_topics_plan = NULL;
 	static SPIPlanPtr ready_plan = NULL;
 	static int64 seen_id = -1;
 	uint64		i;
+	OutboxWake	bits = *given;
 
 	if (ready_plan == NULL)
 	{
@@ -73,7 +74,7 @@ notify_ready(uint64 bits)
 		if (seen_id < 0)
 		{
 			/* first round: anything may be waiting */
-			bits = OUTBOX_WAKE_ALL;
+			outbox_wake_fill(&bits);
 			seen_id = 0;
 		}
 		arg = Int64GetDatum(seen_id);
@@ -83,7 +84,7 @@ notify_ready(uint64 bits)
 		{
 			bool		isnull;
 
-			bits |= outbox_topic_bit(TextDatumGetCString(
+			outbox_wake_add_topic(&bits, TextDatumGetCString(
 				SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull)));
 			seen_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
 												  SPI_tuptable->tupdesc, 2, &isnull));
@@ -91,10 +92,10 @@ notify_ready(uint64 bits)
 		if (SPI_execute_plan(ready_plan, NULL, NULL, true, 0) != SPI_OK_SELECT)
 			elog(ERROR, "ready deliveries lookup failed");
 		if (SPI_processed > 0)
-			bits = OUTBOX_WAKE_ALL;
+			outbox_wake_fill(&bits);
 	}
 
-	notify_matching(bits);
+	notify_matching(&bits);
 }
 
 
@@ -110,17 +111,30 @@ outbox_notify_attach(OutboxDbSlot *slot)
 
 /* Put wake-up bits back, for a later round to notify. */
 void
-outbox_wake_again(uint64 bits)
+outbox_wake_again(const OutboxWake *bits)
 {
-	if (wake_slot != NULL && bits != 0)
-		pg_atomic_fetch_or_u64(&wake_slot->wake, bits);
+	if (wake_slot == NULL)
+		return;
+	for (int w = 0; w < OUTBOX_WAKE_WORDS; w++)
+		if (bits->w[w] != 0)
+			pg_atomic_fetch_or_u64(&wake_slot->wake[w], bits->w[w]);
+}
+
+/* ... every bit: every subscription */
+void
+outbox_wake_again_all(void)
+{
+	OutboxWake	all;
+
+	outbox_wake_fill(&all);
+	outbox_wake_again(&all);
 }
 
 /* subscriptions as notify_matching needs them, cached in the worker */
 typedef struct SubBits
 {
 	char	   *name;
-	uint64		bits;			/* OUTBOX_WAKE_ALL for every topic */
+	OutboxWake	bits;			/* all set for every topic */
 } SubBits;
 
 static List *sub_cache = NIL;
@@ -192,9 +206,9 @@ subscriptions(void)
 
 		sb->name = TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[i],
 													 SPI_tuptable->tupdesc, 1, &isnull));
-		sb->bits = 0;
+		outbox_wake_clear(&sb->bits);
 		if (all_topics)
-			sb->bits = OUTBOX_WAKE_ALL;
+			outbox_wake_fill(&sb->bits);
 		else
 		{
 			Datum	   *elems;
@@ -204,7 +218,7 @@ subscriptions(void)
 			deconstruct_array(DatumGetArrayTypeP(topics), TEXTOID, -1, false,
 							  TYPALIGN_INT, &elems, NULL, &nelems);
 			for (j = 0; j < nelems; j++)
-				sb->bits |= outbox_topic_bit(TextDatumGetCString(elems[j]));
+				outbox_wake_add_topic(&sb->bits, TextDatumGetCString(elems[j]));
 		}
 		sub_cache = lappend(sub_cache, sb);
 	}
@@ -216,17 +230,17 @@ subscriptions(void)
  * Notify every subscription (not paused) with a topic whose bit is set.
  */
 static void
-notify_matching(uint64 bits)
+notify_matching(const OutboxWake *bits)
 {
 	ListCell   *lc;
 
-	if (bits == 0)
+	if (!outbox_wake_any(bits))
 		return;
 	foreach(lc, subscriptions())
 	{
 		SubBits    *sb = lfirst(lc);
 
-		if (bits == OUTBOX_WAKE_ALL || (sb->bits & bits) != 0)
+		if (outbox_wake_meets(&sb->bits, bits))
 			outbox_notify_sub(sb->name);
 	}
 }
@@ -248,7 +262,7 @@ notify_due(TimestampTz last, TimestampTz now)
 	uint64		i;
 	bool		isnull;
 	Datum		d;
-	uint64		bits = 0;
+	OutboxWake	bits;
 
 	if (next_delayed_plan == NULL)
 	{
@@ -270,6 +284,7 @@ notify_due(TimestampTz last, TimestampTz now)
 		next_delayed_plan = outbox_prepare(
 			"SELECT min(deliver_at) FROM outbox.event WHERE deliver_at > $1", 1, t1);
 	}
+	outbox_wake_clear(&bits);
 	args[0] = TimestampTzGetDatum(last);
 	args[1] = TimestampTzGetDatum(now);
 	if (SPI_execute_plan(due_plan, args, NULL, true, 0) != SPI_OK_SELECT)
@@ -280,9 +295,9 @@ notify_due(TimestampTz last, TimestampTz now)
 	if (SPI_execute_plan(delayed_plan, args, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "delayed events lookup failed");
 	for (i = 0; i < SPI_processed; i++)
-		bits |= outbox_topic_bit(TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[i],
-																   SPI_tuptable->tupdesc, 1, &isnull)));
-	notify_matching(bits);
+		outbox_wake_add_topic(&bits, TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[i],
+																	   SPI_tuptable->tupdesc, 1, &isnull)));
+	notify_matching(&bits);
 
 	if (SPI_execute_plan(next_plan, &args[1], NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "next due lookup failed");
@@ -305,7 +320,7 @@ static bool notify_failed = false;
 
 typedef struct RoundArgs
 {
-	uint64		bits;
+	OutboxWake	bits;
 	bool		timed;
 	bool		done;			/* fast path: notified from the cache */
 	TimestampTz now;			/* deliveries due by then are notified */
@@ -324,7 +339,7 @@ notify_cached_unit(void *arg)
 
 	if (sub_cache_valid)
 	{
-		notify_matching(r->bits);
+		notify_matching(&r->bits);
 		r->done = true;
 	}
 }
@@ -334,8 +349,8 @@ notify_round_unit(void *arg)
 {
 	RoundArgs  *r = arg;
 
-	if (r->bits != 0 || (r->timed && wake_slot == NULL))
-		notify_ready(r->bits);
+	if (outbox_wake_any(&r->bits) || (r->timed && wake_slot == NULL))
+		notify_ready(&r->bits);
 	if (r->timed)
 		r->next = notify_due(due_seen, r->now);
 }
@@ -350,15 +365,15 @@ notify_round_unit(void *arg)
  * notifications failed; their bits are then put back for a later round.
  */
 bool
-outbox_notify_round(uint64 bits, bool timed, TimestampTz *next)
+outbox_notify_round(const OutboxWake *bits, bool timed, TimestampTz *next)
 {
 	RoundArgs	r;
 
 	*next = 0;
-	if (bits == 0 && !timed)
+	if (!timed && !outbox_wake_any(bits))
 		return true;
 	memset(&r, 0, sizeof(r));
-	r.bits = bits;
+	r.bits = *bits;
 	r.timed = timed;
 	r.now = GetCurrentTimestamp();
 	if (!timed && wake_slot != NULL)
@@ -395,22 +410,29 @@ outbox_notify_round(uint64 bits, bool timed, TimestampTz *next)
  * Take the topic bits committed since the last call, and drop the cached
  * subscription list if a commit changed subscriptions meanwhile.
  */
-uint64
-outbox_take_wake_bits(void)
+bool
+outbox_take_wake_bits(OutboxWake *bits)
 {
-	uint64		bits;
 	uint32		changes;
+	bool		any = false;
 
+	outbox_wake_clear(bits);
 	if (wake_slot == NULL)
-		return 0;
-	bits = pg_atomic_exchange_u64(&wake_slot->wake, 0);
+		return false;
+	for (int w = 0; w < OUTBOX_WAKE_WORDS; w++)
+	{
+		/* a read first: most words are empty, and an exchange writes */
+		if (pg_atomic_read_u64(&wake_slot->wake[w]) != 0)
+			bits->w[w] = pg_atomic_exchange_u64(&wake_slot->wake[w], 0);
+		any |= bits->w[w] != 0;
+	}
 	changes = pg_atomic_read_u32(&wake_slot->subs_changes);
 	if (changes != subs_changes_seen)
 	{
 		subs_changes_seen = changes;
 		forget_subscriptions();
 	}
-	return bits;
+	return any;
 }
 
 /*
@@ -423,12 +445,11 @@ outbox_take_wake_bits(void)
 void
 outbox_notify_between(void)
 {
-	uint64		bits;
+	OutboxWake	bits;
 	TimestampTz next;
 
 	if (notify_failed)
 		return;
-	bits = outbox_take_wake_bits();
-	if (bits != 0)
-		(void) outbox_notify_round(bits, false, &next);
+	if (outbox_take_wake_bits(&bits))
+		(void) outbox_notify_round(&bits, false, &next);
 }

@@ -43,22 +43,26 @@ exec_latest(SPIPlanPtr plan, Datum *args, const char *nulls, bool read_only,
 								InvalidSnapshot, read_only, false, count);
 }
 
-/* the wake-up bits of a subscription's topics */
-static uint64
-sub_bits(OutboxSub *sub)
+/* After commit, wake the subscriptions of a subscription's topics. */
+static void
+wake_sub_after_commit(OutboxSub *sub)
 {
 	Datum	   *topics;
 	int			n,
 				i;
-	uint64		bits = 0;
+	OutboxWake	bits;
 
 	if (sub->topics == NULL)
-		return OUTBOX_WAKE_ALL;
+	{
+		outbox_wake_all_after_commit();
+		return;
+	}
+	outbox_wake_clear(&bits);
 	deconstruct_array(sub->topics, TEXTOID, -1, false, TYPALIGN_INT,
 					  &topics, NULL, &n);
 	for (i = 0; i < n; i++)
-		bits |= outbox_topic_bit(TextDatumGetCString(topics[i]));
-	return bits;
+		outbox_wake_add_topic(&bits, TextDatumGetCString(topics[i]));
+	outbox_wake_after_commit(&bits);
 }
 
 /*
@@ -258,7 +262,7 @@ ack_ids(OutboxSub *sub, int64 *ids, int n)
 		done += ack_ahead(sub, ids, n, found);
 	/* an ordered key may be free now: tell the consumers after commit */
 	if (done > 0 && sub->ordered)
-		outbox_wake_after_commit(sub_bits(sub));
+		wake_sub_after_commit(sub);
 	return done;
 }
 
@@ -497,7 +501,7 @@ outbox_fail(PG_FUNCTION_ARGS)
 	 * After commit, wake the worker: a retry may be due by then, and a dead
 	 * letter frees its key in an ordered subscription.
 	 */
-	outbox_wake_after_commit(sub_bits(sub));
+	wake_sub_after_commit(sub);
 	outbox_consumer_end(save_user, save_sec);
 	PG_RETURN_TEXT_P(cstring_to_text(state));
 }

@@ -42,8 +42,9 @@ static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 static ProcessUtility_hook_type prev_utility_hook = NULL;
 
-/* topics this transaction made ready, as bits (see outbox_topic_bit) */
-static uint64 pending_wake = 0;
+/* topics this transaction made ready, as bits (see outbox_wake_add_topic) */
+static OutboxWake pending_wake;
+static bool pending_wake_any = false;
 static bool pending_subs_change = false;
 static bool pending_activity = false;
 static uint64 pending_claimed[OUTBOX_CLAIMED_BITS / 64];
@@ -85,7 +86,8 @@ outbox_shmem_startup(void)
 		outbox_shared->nslots = outbox_max_databases;
 		for (i = 0; i < outbox_shared->nslots; i++)
 		{
-			pg_atomic_init_u64(&outbox_shared->slots[i].wake, 0);
+			for (int w = 0; w < OUTBOX_WAKE_WORDS; w++)
+				pg_atomic_init_u64(&outbox_shared->slots[i].wake[w], 0);
 			pg_atomic_init_u32(&outbox_shared->slots[i].subs_changes, 0);
 			pg_atomic_init_u32(&outbox_shared->slots[i].activity, 0);
 			for (int w = 0; w < OUTBOX_CLAIMED_BITS / 64; w++)
@@ -140,7 +142,8 @@ outbox_slot_get(Oid dboid)
 		{
 			memset(slot, 0, offsetof(OutboxDbSlot, wake));
 			slot->dboid = dboid;
-			pg_atomic_write_u64(&slot->wake, 0);
+			for (int w = 0; w < OUTBOX_WAKE_WORDS; w++)
+				pg_atomic_write_u64(&slot->wake[w], 0);
 			pg_atomic_write_u32(&slot->activity, 0);
 			for (int w = 0; w < OUTBOX_CLAIMED_BITS / 64; w++)
 				pg_atomic_write_u64(&slot->claimed[w], 0);
@@ -150,25 +153,48 @@ outbox_slot_get(Oid dboid)
 	return NULL;
 }
 
-/*
- * The bit of a topic in the wake-up bitmap.  Collisions only cost a
- * needless notification.
- */
-uint64
-outbox_topic_bit(const char *topic)
+/* Set the bit of a topic in a wake-up bitmap. */
+void
+outbox_wake_add_topic(OutboxWake *bits, const char *topic)
 {
-	return UINT64CONST(1) << (hash_bytes((const unsigned char *) topic,
-										 strlen(topic)) % 64);
+	uint32		bit = hash_bytes((const unsigned char *) topic, strlen(topic)) %
+		OUTBOX_WAKE_BITS;
+
+	bits->w[bit / 64] |= UINT64CONST(1) << (bit % 64);
+}
+
+static void
+forget_wake(void)
+{
+	if (pending_wake_any)
+		outbox_wake_clear(&pending_wake);
+	pending_wake_any = false;
 }
 
 /*
- * Note that this transaction, if it commits, makes deliveries of these
- * topics ready (OUTBOX_WAKE_ALL: of any subscription).
+ * Note that this transaction, if it commits, makes deliveries of the
+ * topics of these bits ready.
  */
 void
-outbox_wake_after_commit(uint64 bits)
+outbox_wake_after_commit(const OutboxWake *bits)
 {
-	pending_wake |= bits;
+	outbox_wake_or(&pending_wake, bits);
+	pending_wake_any = true;
+}
+
+void
+outbox_wake_topic_after_commit(const char *topic)
+{
+	outbox_wake_add_topic(&pending_wake, topic);
+	pending_wake_any = true;
+}
+
+/* ... of every subscription */
+void
+outbox_wake_all_after_commit(void)
+{
+	outbox_wake_fill(&pending_wake);
+	pending_wake_any = true;
 }
 
 /*
@@ -271,8 +297,11 @@ wake_worker(bool committed)
 	/* before the bits: the worker reads this after taking them */
 	if (pending_subs_change)
 		pg_atomic_fetch_add_u32(&slot->subs_changes, 1);
-	pg_atomic_fetch_or_u64(&slot->wake, pending_wake);
-	if (pending_wake == 0 && !pending_subs_change)
+	if (pending_wake_any)
+		for (int w = 0; w < OUTBOX_WAKE_WORDS; w++)
+			if (pending_wake.w[w] != 0)
+				pg_atomic_fetch_or_u64(&slot->wake[w], pending_wake.w[w]);
+	if (!pending_wake_any && !pending_subs_change)
 		return;
 	latch = slot->latch;
 	if (latch != NULL)
@@ -285,9 +314,9 @@ shmem_xact_callback(XactEvent event, void *arg)
 	switch (event)
 	{
 		case XACT_EVENT_COMMIT:
-			if (pending_wake != 0 || pending_subs_change || pending_activity)
+			if (pending_wake_any || pending_subs_change || pending_activity)
 				wake_worker(true);
-			pending_wake = 0;
+			forget_wake();
 			pending_subs_change = false;
 			pending_activity = false;
 			forget_claimed();
@@ -295,7 +324,7 @@ shmem_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_ABORT:
 			if (pending_activity)
 				wake_worker(false);
-			pending_wake = 0;
+			forget_wake();
 			pending_subs_change = false;
 			pending_activity = false;
 			forget_claimed();
@@ -303,7 +332,7 @@ shmem_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_PARALLEL_ABORT:
 		case XACT_EVENT_PARALLEL_COMMIT:
 		case XACT_EVENT_PREPARE:
-			pending_wake = 0;
+			forget_wake();
 			pending_subs_change = false;
 			pending_activity = false;
 			forget_claimed();
@@ -341,7 +370,7 @@ wake_utility_hook(PlannedStmt *pstmt, const char *queryString,
 	if (IsA(parsetree, TransactionStmt) &&
 		((TransactionStmt *) parsetree)->kind == TRANS_STMT_COMMIT_PREPARED)
 	{
-		outbox_wake_after_commit(OUTBOX_WAKE_ALL);
+		outbox_wake_all_after_commit();
 		outbox_subs_changed_after_commit();
 	}
 
@@ -378,6 +407,6 @@ outbox_wake_init(void)
 Datum
 outbox_wake_sql(PG_FUNCTION_ARGS)
 {
-	outbox_wake_after_commit(OUTBOX_WAKE_ALL);
+	outbox_wake_all_after_commit();
 	PG_RETURN_VOID();
 }

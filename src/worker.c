@@ -202,7 +202,7 @@ extension_present(void)
  * notifications failed (the rest of the round contains its own errors).
  */
 static bool
-round_of_work(uint64 wake_bits, bool timed, uint32 activity,
+round_of_work(const OutboxWake *wake_bits, bool timed, uint32 activity,
 			  TimestampTz *next, bool *quiet)
 {
 	TimestampTz timer;
@@ -284,7 +284,7 @@ outbox_worker_main(Datum arg)
 	round_cxt = AllocSetContextCreate(TopMemoryContext, "outbox worker round",
 									  ALLOCSET_DEFAULT_SIZES);
 	/* wake-ups of commits before a crash or restart were lost: look at all */
-	outbox_wake_again(OUTBOX_WAKE_ALL);
+	outbox_wake_again_all();
 
 	/*
 	 * Every piece of work runs as a unit (outbox_unit), which contains its
@@ -293,7 +293,8 @@ outbox_worker_main(Datum arg)
 	for (;;)
 	{
 		long		timeout;
-		uint64		wake_bits;
+		OutboxWake	wake_bits;
+		bool		woken;
 		bool		timed;
 		bool		round_quiet;
 		TimestampTz now;
@@ -321,7 +322,7 @@ outbox_worker_main(Datum arg)
 				mark_has_extension();
 				ereport(LOG, (errmsg("outbox worker for database \"%s\" now has a slot", dbname)));
 				/* commits while it had none woke nobody */
-				outbox_wake_again(OUTBOX_WAKE_ALL);
+				outbox_wake_again_all();
 			}
 		}
 
@@ -333,10 +334,10 @@ outbox_worker_main(Datum arg)
 			/* before the bits and the round: what commits after, it misses */
 			if (my_slot != NULL)
 				activity = pg_atomic_read_u32(&my_slot->activity);
-			wake_bits = outbox_take_wake_bits();
+			woken = outbox_take_wake_bits(&wake_bits);
 			timed = next_timed == 0 || now >= next_timed ||
-				(idle && (activity != activity_seen || wake_bits != 0));
-			if (!timed && wake_bits == 0)
+				(idle && (activity != activity_seen || woken));
+			if (!timed && !woken)
 			{
 				/* idle: no transaction at all; what the last round counted */
 				pgstat_report_stat(false);
@@ -351,7 +352,7 @@ outbox_worker_main(Datum arg)
 			}
 
 			MemoryContextSwitchTo(round_cxt);
-			if (round_of_work(wake_bits, timed, activity, &next, &round_quiet))
+			if (round_of_work(&wake_bits, timed, activity, &next, &round_quiet))
 			{
 				error_pause = 0;
 				if (timed)
@@ -367,7 +368,7 @@ outbox_worker_main(Datum arg)
 				 * serves them all, and the worker takes little CPU from the
 				 * producers.
 				 */
-				if (wake_bits != 0)
+				if (woken)
 					(void) WaitLatch(MyLatch, WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 									 WAKE_GATHER_MS, PG_WAIT_EXTENSION);
 			}
