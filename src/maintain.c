@@ -330,7 +330,10 @@ static HTAB *advanced_at = NULL;
  *
  * While activity goes on, a subscription whose consumer committed a short
  * claim since the last round (its claimed bit) had its chain moved by that
- * claim: it is advanced only once every half outbox.chain_rotation, which
+ * claim, and one the worker notified since then will have it moved by the
+ * claim the notification calls for (an advance would stop at the first
+ * event of its own anyway): it is advanced only once every half
+ * outbox.chain_rotation, which
  * keeps its cursor rows in recent generations (rotation empties a
  * generation only when no chain needs it) and bounds what a claim rereads
  * of other topics' events.  The worker's work then follows the
@@ -382,7 +385,18 @@ advance_subscriptions(OutboxDbSlot *slot, uint32 activity)
 	 * than a round.
 	 */
 	if (slot != NULL)
-		any_claimed = outbox_take_claimed(slot, claimed) && advances == 1;
+	{
+		uint64		notified[OUTBOX_CLAIMED_BITS / 64];
+
+		any_claimed = outbox_take_claimed(slot, claimed);
+		outbox_take_notified(notified);
+		for (int w = 0; w < OUTBOX_CLAIMED_BITS / 64; w++)
+		{
+			claimed[w] |= notified[w];
+			any_claimed |= notified[w] != 0;
+		}
+		any_claimed &= advances == 1;
+	}
 	round++;
 
 	foreach(lc, a.subs)

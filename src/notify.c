@@ -134,8 +134,23 @@ outbox_wake_again_all(void)
 typedef struct SubBits
 {
 	char	   *name;
+	int32		id;
 	OutboxWake	bits;			/* all set for every topic */
 } SubBits;
+
+/*
+ * Subscriptions (bit: id % OUTBOX_CLAIMED_BITS) notified since the
+ * maintenance round last took them: their consumers have a reason to
+ * claim, and a claim moves the chain (advance_subscriptions).
+ */
+static uint64 notified[OUTBOX_CLAIMED_BITS / 64];
+
+void
+outbox_take_notified(uint64 *bits)
+{
+	memcpy(bits, notified, sizeof(notified));
+	memset(notified, 0, sizeof(notified));
+}
 
 static List *sub_cache = NIL;
 static bool sub_cache_valid = false;
@@ -179,7 +194,7 @@ subscriptions(void)
 	sub_cache_relid = outbox_relid("subscription");
 	sub_cache_valid = true;
 	if (plan == NULL)
-		plan = outbox_prepare("SELECT name, topics FROM outbox.subscription"
+		plan = outbox_prepare("SELECT name, topics, id FROM outbox.subscription"
 							  " WHERE NOT paused", 0, NULL);
 	/*
 	 * A fresh snapshot, not the unit's: an invalidation accepted earlier in
@@ -206,6 +221,8 @@ subscriptions(void)
 
 		sb->name = TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[i],
 													 SPI_tuptable->tupdesc, 1, &isnull));
+		sb->id = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i],
+											 SPI_tuptable->tupdesc, 3, &isnull));
 		outbox_wake_clear(&sb->bits);
 		if (all_topics)
 			outbox_wake_fill(&sb->bits);
@@ -241,7 +258,12 @@ notify_matching(const OutboxWake *bits)
 		SubBits    *sb = lfirst(lc);
 
 		if (outbox_wake_meets(&sb->bits, bits))
+		{
+			uint32		bit = (uint32) sb->id % OUTBOX_CLAIMED_BITS;
+
 			outbox_notify_sub(sb->name);
+			notified[bit / 64] |= UINT64CONST(1) << (bit % 64);
+		}
 	}
 }
 
