@@ -60,7 +60,19 @@ for n in 1 100 1000; do
 	sleep "$secs"
 	t1=$(ticks "$pid"); x1=$(xacts)
 	wal=$(psql -At -c "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '$l0')")
+	# what the window's WAL was, by record type (only the long window)
+	if [ "$n" = 1 ] && [ "$wal" != 0 ]; then
+		as_owner "$PG_BINDIR/pg_waldump" -p "$CLUSTER_DIR/data/pg_wal" -s "$l0" -e "$(lsn)" 2>/dev/null |
+			sed -E 's/.*rmgr: ([A-Za-z0-9]+) .*len \(rec\/tot\): *[0-9]+\/ *([0-9]+).*desc: ([A-Z_0-9]+).*/\1 \3 \2/' |
+			awk '{ n[$1 " " $2]++; b[$1 " " $2] += $3 } END { for (k in n) printf "  %-32s %5d records %8d bytes\n", k, n[k], b[k] }' |
+			sort -k5 -rn >"$CLUSTER_DIR/idle_wal_records.txt" || true
+	fi
 	# the two measuring queries (xacts) and the lsn/wal ones
 	awk -v n="$n" -v s="$secs" -v w="$wal" -v t="$((t1 - t0))" -v hz="$tck" -v x="$((x1 - x0 - 3))" 'BEGIN {
 		printf "%-14d %9d %12d %14.1f %11.2f%% %14.2f\n", n, s, w, w / s * 3600 / 1024, 100 * t / hz / s, x / s }'
 done
+if [ -s "$CLUSTER_DIR/idle_wal_records.txt" ]; then
+	echo
+	echo "WAL of the 1-subscription window, by record type:"
+	cat "$CLUSTER_DIR/idle_wal_records.txt"
+fi

@@ -542,7 +542,6 @@ launcher_pass_unit(void *arg)
 	/* workers that stopped */
 	for (i = 0; i < outbox_shared->nslots; i++)
 	{
-		OutboxDbSlot *slot = &outbox_shared->slots[i];
 		pid_t		pid;
 
 		if (handles[i] == NULL)
@@ -551,7 +550,6 @@ launcher_pass_unit(void *arg)
 			continue;
 		pfree(handles[i]);
 		handles[i] = NULL;
-		slot->starting = false;
 	}
 
 	/*
@@ -562,8 +560,7 @@ launcher_pass_unit(void *arg)
 	{
 		OutboxDbSlot *slot = &outbox_shared->slots[i];
 
-		if (slot->dboid == InvalidOid || slot->pid != 0 || slot->starting ||
-			handles[i] != NULL)
+		if (slot->dboid == InvalidOid || slot->pid != 0 || handles[i] != NULL)
 			continue;
 		if (bsearch(&slot->dboid, dbs, ndbs, sizeof(Oid), oid_cmp) == NULL)
 			slot->dboid = InvalidOid;
@@ -577,7 +574,8 @@ launcher_pass_unit(void *arg)
 
 	for (i = 0; i < outbox_shared->nslots; i++)
 	{
-		if (outbox_shared->slots[i].starting)
+		/* asked for, not started yet */
+		if (handles[i] != NULL && outbox_shared->slots[i].pid == 0)
 			nstarting++;
 		if (outbox_shared->slots[i].pid != 0)
 		{
@@ -613,7 +611,7 @@ launcher_pass_unit(void *arg)
 				(void) hash_search(no_extension_dbs, &dbs[i], HASH_REMOVE, NULL);
 		}
 		n = slot - outbox_shared->slots;
-		if (slot->pid != 0 || slot->starting || handles[n] != NULL)
+		if (slot->pid != 0 || handles[n] != NULL)
 			continue;
 		if (slot->dropping_until > now || slot->retry_at > now)
 			continue;
@@ -622,10 +620,7 @@ launcher_pass_unit(void *arg)
 		registered = register_worker(slot->dboid, true, &handles[n]);
 		MemoryContextSwitchTo(old);
 		if (registered)
-		{
-			slot->starting = true;
 			nstarting++;
-		}
 		else
 		{
 			/*
@@ -703,7 +698,6 @@ void
 outbox_launcher_main(Datum arg)
 {
 	HASHCTL		ctl;
-	int			i;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
@@ -722,18 +716,18 @@ outbox_launcher_main(Datum arg)
 	told_no_slot = hash_create("outbox databases without a slot", 64, &ctl,
 							   HASH_ELEM | HASH_BLOBS);
 
+	/*
+	 * What this launcher has asked for is known by its handles alone, which
+	 * live and die with it: a launcher that died between asking for a
+	 * worker and seeing it start leaves nothing behind that would keep its
+	 * successor from asking again (1.0 kept a "starting" mark in shared
+	 * memory, which only the launcher that set it could clear).  A worker
+	 * it did start claims its slot itself, and a second one in the same
+	 * database leaves at once.
+	 */
 	LWLockAcquire(outbox_shared->lock, LW_EXCLUSIVE);
 	outbox_shared->launcher_pid = MyProcPid;
 	outbox_shared->launcher_latch = MyLatch;
-
-	/*
-	 * A launcher before this one may have died between asking for a worker
-	 * and seeing it start: its handles died with it, and "starting" would
-	 * never be cleared.  A worker that does start claims its slot itself
-	 * (and a second one in the same database leaves at once).
-	 */
-	for (i = 0; i < outbox_shared->nslots; i++)
-		outbox_shared->slots[i].starting = false;
 	LWLockRelease(outbox_shared->lock);
 	on_shmem_exit(launcher_detach, 0);
 

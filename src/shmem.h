@@ -74,7 +74,6 @@ typedef struct OutboxDbSlot
 	Oid			dboid;			/* InvalidOid: free */
 	pid_t		pid;			/* its worker, 0 if none */
 	Latch	   *latch;			/* the worker's latch, NULL if none */
-	bool		starting;		/* the launcher has asked for a worker */
 	bool		no_extension;	/* its worker found no outbox there */
 	bool		has_extension;	/* a worker, CREATE EXTENSION or start_worker()
 								 * found outbox there */

@@ -96,7 +96,6 @@ take_slot(void)
 	{
 		slot->pid = MyProcPid;
 		slot->latch = MyLatch;
-		slot->starting = false;
 		slot->no_extension = false;
 	}
 	my_slot = slot;
