@@ -349,8 +349,8 @@ advance_subscriptions(OutboxDbSlot *slot, uint32 activity)
 	static uint32 advanced_activity = 0;
 	static uint32 round = 0;
 	int			advanced = 0;
-	uint64		claimed[OUTBOX_CLAIMED_BITS / 64];
-	bool		any_claimed = false;
+	OutboxBits	served;			/* claimed from, or notified */
+	bool		skip_served = false;
 	TimestampTz now = GetCurrentTimestamp();
 	AdvanceArgs a;
 	ListCell   *lc;
@@ -386,23 +386,18 @@ advance_subscriptions(OutboxDbSlot *slot, uint32 activity)
 	 */
 	if (slot != NULL)
 	{
-		uint64		notified[OUTBOX_CLAIMED_BITS / 64];
+		OutboxBits	notified;
 
-		any_claimed = outbox_take_claimed(slot, claimed);
-		outbox_take_notified(notified);
-		for (int w = 0; w < OUTBOX_CLAIMED_BITS / 64; w++)
-		{
-			claimed[w] |= notified[w];
-			any_claimed |= notified[w] != 0;
-		}
-		any_claimed &= advances == 1;
+		(void) outbox_take_claimed(slot, &served);
+		outbox_take_notified(&notified);
+		outbox_bits_or(&served, &notified);
+		skip_served = advances == 1;
 	}
 	round++;
 
 	foreach(lc, a.subs)
 	{
 		SubName    *sn = lfirst(lc);
-		uint32		bit = (uint32) sn->id % OUTBOX_CLAIMED_BITS;
 		bool		found;
 		char	   *what;
 
@@ -411,7 +406,7 @@ advance_subscriptions(OutboxDbSlot *slot, uint32 activity)
 		if (!found)
 			e->at = 0;
 		e->round = round;
-		if (any_claimed && (claimed[bit / 64] & (UINT64CONST(1) << (bit % 64))) != 0 &&
+		if (skip_served && outbox_bits_has(&served, (uint32) sn->id) &&
 			!TimestampDifferenceExceeds(e->at, now, outbox_chain_rotation / 2))
 			continue;
 		e->at = now;

@@ -42,12 +42,12 @@ extern bool outbox_sub_unit(const char *what, int kind, int32 sub_id, int flags,
 
 /* notify.c */
 extern void outbox_notify_attach(OutboxDbSlot *slot);
-extern bool outbox_take_wake_bits(OutboxWake *bits);
-extern void outbox_wake_again(const OutboxWake *bits);
+extern bool outbox_take_wake_bits(OutboxBits *bits);
+extern void outbox_wake_again(const OutboxBits *bits);
 extern void outbox_wake_again_all(void);
-extern void outbox_take_notified(uint64 *bits);
+extern void outbox_take_notified(OutboxBits *bits);
 extern void outbox_notify_sub(const char *name);
-extern bool outbox_notify_round(const OutboxWake *bits, bool timed, TimestampTz *next);
+extern bool outbox_notify_round(const OutboxBits *bits, bool timed, TimestampTz *next);
 extern void outbox_notify_between(void);
 
 /* lease.c */

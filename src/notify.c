@@ -24,7 +24,7 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
-static void notify_matching(const OutboxWake *bits);
+static void notify_matching(const OutboxBits *bits);
 
 /*
  * The worker's slot in shared memory.  NULL without shared memory, or when
@@ -49,13 +49,13 @@ outbox_notify_sub(const char *name)
  */
 
 static void
-notify_ready(const OutboxWake *given)
+notify_ready(const OutboxBits *given)
 {
 	static SPIPlanPtr new_topics_plan = NULL;
 	static SPIPlanPtr ready_plan = NULL;
 	static int64 seen_id = -1;
 	uint64		i;
-	OutboxWake	bits = *given;
+	OutboxBits	bits = *given;
 
 	if (ready_plan == NULL)
 	{
@@ -74,7 +74,7 @@ notify_ready(const OutboxWake *given)
 		if (seen_id < 0)
 		{
 			/* first round: anything may be waiting */
-			outbox_wake_fill(&bits);
+			outbox_bits_fill(&bits);
 			seen_id = 0;
 		}
 		arg = Int64GetDatum(seen_id);
@@ -92,7 +92,7 @@ notify_ready(const OutboxWake *given)
 		if (SPI_execute_plan(ready_plan, NULL, NULL, true, 0) != SPI_OK_SELECT)
 			elog(ERROR, "ready deliveries lookup failed");
 		if (SPI_processed > 0)
-			outbox_wake_fill(&bits);
+			outbox_bits_fill(&bits);
 	}
 
 	notify_matching(&bits);
@@ -111,22 +111,19 @@ outbox_notify_attach(OutboxDbSlot *slot)
 
 /* Put wake-up bits back, for a later round to notify. */
 void
-outbox_wake_again(const OutboxWake *bits)
+outbox_wake_again(const OutboxBits *bits)
 {
-	if (wake_slot == NULL)
-		return;
-	for (int w = 0; w < OUTBOX_WAKE_WORDS; w++)
-		if (bits->w[w] != 0)
-			pg_atomic_fetch_or_u64(&wake_slot->wake[w], bits->w[w]);
+	if (wake_slot != NULL)
+		outbox_bits_publish(wake_slot->wake, bits);
 }
 
 /* ... every bit: every subscription */
 void
 outbox_wake_again_all(void)
 {
-	OutboxWake	all;
+	OutboxBits	all;
 
-	outbox_wake_fill(&all);
+	outbox_bits_fill(&all);
 	outbox_wake_again(&all);
 }
 
@@ -135,21 +132,21 @@ typedef struct SubBits
 {
 	char	   *name;
 	int32		id;
-	OutboxWake	bits;			/* all set for every topic */
+	OutboxBits	bits;			/* all set for every topic */
 } SubBits;
 
 /*
- * Subscriptions (bit: id % OUTBOX_CLAIMED_BITS) notified since the
- * maintenance round last took them: their consumers have a reason to
- * claim, and a claim moves the chain (advance_subscriptions).
+ * Subscriptions (by id) notified since the maintenance round last took
+ * them: their consumers have a reason to claim, and a claim moves the
+ * chain (advance_subscriptions).
  */
-static uint64 notified[OUTBOX_CLAIMED_BITS / 64];
+static OutboxBits notified;
 
 void
-outbox_take_notified(uint64 *bits)
+outbox_take_notified(OutboxBits *bits)
 {
-	memcpy(bits, notified, sizeof(notified));
-	memset(notified, 0, sizeof(notified));
+	*bits = notified;
+	outbox_bits_clear(&notified);
 }
 
 static List *sub_cache = NIL;
@@ -223,9 +220,9 @@ subscriptions(void)
 													 SPI_tuptable->tupdesc, 1, &isnull));
 		sb->id = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i],
 											 SPI_tuptable->tupdesc, 3, &isnull));
-		outbox_wake_clear(&sb->bits);
+		outbox_bits_clear(&sb->bits);
 		if (all_topics)
-			outbox_wake_fill(&sb->bits);
+			outbox_bits_fill(&sb->bits);
 		else
 		{
 			Datum	   *elems;
@@ -247,22 +244,20 @@ subscriptions(void)
  * Notify every subscription (not paused) with a topic whose bit is set.
  */
 static void
-notify_matching(const OutboxWake *bits)
+notify_matching(const OutboxBits *bits)
 {
 	ListCell   *lc;
 
-	if (!outbox_wake_any(bits))
+	if (!outbox_bits_any(bits))
 		return;
 	foreach(lc, subscriptions())
 	{
 		SubBits    *sb = lfirst(lc);
 
-		if (outbox_wake_meets(&sb->bits, bits))
+		if (outbox_bits_meet(&sb->bits, bits))
 		{
-			uint32		bit = (uint32) sb->id % OUTBOX_CLAIMED_BITS;
-
 			outbox_notify_sub(sb->name);
-			notified[bit / 64] |= UINT64CONST(1) << (bit % 64);
+			outbox_bits_add(&notified, (uint32) sb->id);
 		}
 	}
 }
@@ -284,7 +279,7 @@ notify_due(TimestampTz last, TimestampTz now)
 	uint64		i;
 	bool		isnull;
 	Datum		d;
-	OutboxWake	bits;
+	OutboxBits	bits;
 
 	if (next_delayed_plan == NULL)
 	{
@@ -306,7 +301,7 @@ notify_due(TimestampTz last, TimestampTz now)
 		next_delayed_plan = outbox_prepare(
 			"SELECT min(deliver_at) FROM outbox.event WHERE deliver_at > $1", 1, t1);
 	}
-	outbox_wake_clear(&bits);
+	outbox_bits_clear(&bits);
 	args[0] = TimestampTzGetDatum(last);
 	args[1] = TimestampTzGetDatum(now);
 	if (SPI_execute_plan(due_plan, args, NULL, true, 0) != SPI_OK_SELECT)
@@ -342,7 +337,7 @@ static bool notify_failed = false;
 
 typedef struct RoundArgs
 {
-	OutboxWake	bits;
+	OutboxBits	bits;
 	bool		timed;
 	bool		done;			/* fast path: notified from the cache */
 	TimestampTz now;			/* deliveries due by then are notified */
@@ -371,7 +366,7 @@ notify_round_unit(void *arg)
 {
 	RoundArgs  *r = arg;
 
-	if (outbox_wake_any(&r->bits) || (r->timed && wake_slot == NULL))
+	if (outbox_bits_any(&r->bits) || (r->timed && wake_slot == NULL))
 		notify_ready(&r->bits);
 	if (r->timed)
 		r->next = notify_due(due_seen, r->now);
@@ -387,12 +382,12 @@ notify_round_unit(void *arg)
  * notifications failed; their bits are then put back for a later round.
  */
 bool
-outbox_notify_round(const OutboxWake *bits, bool timed, TimestampTz *next)
+outbox_notify_round(const OutboxBits *bits, bool timed, TimestampTz *next)
 {
 	RoundArgs	r;
 
 	*next = 0;
-	if (!timed && !outbox_wake_any(bits))
+	if (!timed && !outbox_bits_any(bits))
 		return true;
 	memset(&r, 0, sizeof(r));
 	r.bits = *bits;
@@ -433,21 +428,17 @@ outbox_notify_round(const OutboxWake *bits, bool timed, TimestampTz *next)
  * subscription list if a commit changed subscriptions meanwhile.
  */
 bool
-outbox_take_wake_bits(OutboxWake *bits)
+outbox_take_wake_bits(OutboxBits *bits)
 {
 	uint32		changes;
-	bool		any = false;
+	bool		any;
 
-	outbox_wake_clear(bits);
 	if (wake_slot == NULL)
-		return false;
-	for (int w = 0; w < OUTBOX_WAKE_WORDS; w++)
 	{
-		/* a read first: most words are empty, and an exchange writes */
-		if (pg_atomic_read_u64(&wake_slot->wake[w]) != 0)
-			bits->w[w] = pg_atomic_exchange_u64(&wake_slot->wake[w], 0);
-		any |= bits->w[w] != 0;
+		outbox_bits_clear(bits);
+		return false;
 	}
+	any = outbox_bits_take(wake_slot->wake, bits);
 	changes = pg_atomic_read_u32(&wake_slot->subs_changes);
 	if (changes != subs_changes_seen)
 	{
@@ -467,7 +458,7 @@ outbox_take_wake_bits(OutboxWake *bits)
 void
 outbox_notify_between(void)
 {
-	OutboxWake	bits;
+	OutboxBits	bits;
 	TimestampTz next;
 
 	if (notify_failed)

@@ -50,14 +50,14 @@ wake_sub_after_commit(OutboxSub *sub)
 	Datum	   *topics;
 	int			n,
 				i;
-	OutboxWake	bits;
+	OutboxBits	bits;
 
 	if (sub->topics == NULL)
 	{
 		outbox_wake_all_after_commit();
 		return;
 	}
-	outbox_wake_clear(&bits);
+	outbox_bits_clear(&bits);
 	deconstruct_array(sub->topics, TEXTOID, -1, false, TYPALIGN_INT,
 					  &topics, NULL, &n);
 	for (i = 0; i < n; i++)

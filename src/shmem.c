@@ -43,11 +43,11 @@ static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 static ProcessUtility_hook_type prev_utility_hook = NULL;
 
 /* topics this transaction made ready, as bits (see outbox_wake_add_topic) */
-static OutboxWake pending_wake;
+static OutboxBits pending_wake;
 static bool pending_wake_any = false;
 static bool pending_subs_change = false;
 static bool pending_activity = false;
-static uint64 pending_claimed[OUTBOX_CLAIMED_BITS / 64];
+static OutboxBits pending_claimed;
 static bool pending_claimed_any = false;
 static int	my_slot = -1;
 
@@ -86,12 +86,13 @@ outbox_shmem_startup(void)
 		outbox_shared->nslots = outbox_max_databases;
 		for (i = 0; i < outbox_shared->nslots; i++)
 		{
-			for (int w = 0; w < OUTBOX_WAKE_WORDS; w++)
+			for (int w = 0; w < OUTBOX_BITS_WORDS; w++)
+			{
 				pg_atomic_init_u64(&outbox_shared->slots[i].wake[w], 0);
+				pg_atomic_init_u64(&outbox_shared->slots[i].claimed[w], 0);
+			}
 			pg_atomic_init_u32(&outbox_shared->slots[i].subs_changes, 0);
 			pg_atomic_init_u32(&outbox_shared->slots[i].activity, 0);
-			for (int w = 0; w < OUTBOX_CLAIMED_BITS / 64; w++)
-				pg_atomic_init_u64(&outbox_shared->slots[i].claimed[w], 0);
 		}
 	}
 	LWLockRelease(AddinShmemInitLock);
@@ -142,11 +143,12 @@ outbox_slot_get(Oid dboid)
 		{
 			memset(slot, 0, offsetof(OutboxDbSlot, wake));
 			slot->dboid = dboid;
-			for (int w = 0; w < OUTBOX_WAKE_WORDS; w++)
+			for (int w = 0; w < OUTBOX_BITS_WORDS; w++)
+			{
 				pg_atomic_write_u64(&slot->wake[w], 0);
-			pg_atomic_write_u32(&slot->activity, 0);
-			for (int w = 0; w < OUTBOX_CLAIMED_BITS / 64; w++)
 				pg_atomic_write_u64(&slot->claimed[w], 0);
+			}
+			pg_atomic_write_u32(&slot->activity, 0);
 			return slot;
 		}
 	}
@@ -155,19 +157,39 @@ outbox_slot_get(Oid dboid)
 
 /* Set the bit of a topic in a wake-up bitmap. */
 void
-outbox_wake_add_topic(OutboxWake *bits, const char *topic)
+outbox_wake_add_topic(OutboxBits *bits, const char *topic)
 {
-	uint32		bit = hash_bytes((const unsigned char *) topic, strlen(topic)) %
-		OUTBOX_WAKE_BITS;
+	outbox_bits_add(bits, hash_bytes((const unsigned char *) topic, strlen(topic)));
+}
 
-	bits->w[bit / 64] |= UINT64CONST(1) << (bit % 64);
+/* OR a set of bits into shared ones; only the words that have any. */
+void
+outbox_bits_publish(pg_atomic_uint64 *shared, const OutboxBits *b)
+{
+	for (int w = 0; w < OUTBOX_BITS_WORDS; w++)
+		if (b->w[w] != 0)
+			pg_atomic_fetch_or_u64(&shared[w], b->w[w]);
+}
+
+/*
+ * Take shared bits and clear them.  A word is read before it is swapped:
+ * most are empty, and an exchange writes.  Returns whether any was set.
+ */
+bool
+outbox_bits_take(pg_atomic_uint64 *shared, OutboxBits *b)
+{
+	outbox_bits_clear(b);
+	for (int w = 0; w < OUTBOX_BITS_WORDS; w++)
+		if (pg_atomic_read_u64(&shared[w]) != 0)
+			b->w[w] = pg_atomic_exchange_u64(&shared[w], 0);
+	return outbox_bits_any(b);
 }
 
 static void
 forget_wake(void)
 {
 	if (pending_wake_any)
-		outbox_wake_clear(&pending_wake);
+		outbox_bits_clear(&pending_wake);
 	pending_wake_any = false;
 }
 
@@ -176,9 +198,9 @@ forget_wake(void)
  * topics of these bits ready.
  */
 void
-outbox_wake_after_commit(const OutboxWake *bits)
+outbox_wake_after_commit(const OutboxBits *bits)
 {
-	outbox_wake_or(&pending_wake, bits);
+	outbox_bits_or(&pending_wake, bits);
 	pending_wake_any = true;
 }
 
@@ -193,7 +215,7 @@ outbox_wake_topic_after_commit(const char *topic)
 void
 outbox_wake_all_after_commit(void)
 {
-	outbox_wake_fill(&pending_wake);
+	outbox_bits_fill(&pending_wake);
 	pending_wake_any = true;
 }
 
@@ -232,34 +254,25 @@ outbox_activity_at_end(void)
 void
 outbox_claimed_at_commit(int32 sub_id)
 {
-	uint32		bit = (uint32) sub_id % OUTBOX_CLAIMED_BITS;
-
-	pending_claimed[bit / 64] |= UINT64CONST(1) << (bit % 64);
+	outbox_bits_add(&pending_claimed, (uint32) sub_id);
 	pending_claimed_any = true;
 }
 
 /*
- * For the worker: take the subscriptions claimed since it last looked
- * (OUTBOX_CLAIMED_BITS bits) and clear them.  Returns whether any was.
+ * For the worker: take the subscriptions claimed since it last looked, and
+ * clear them.  Returns whether any was.
  */
 bool
-outbox_take_claimed(OutboxDbSlot *slot, uint64 *bits)
+outbox_take_claimed(OutboxDbSlot *slot, OutboxBits *bits)
 {
-	bool		any = false;
-
-	for (int w = 0; w < OUTBOX_CLAIMED_BITS / 64; w++)
-	{
-		bits[w] = pg_atomic_exchange_u64(&slot->claimed[w], 0);
-		any |= bits[w] != 0;
-	}
-	return any;
+	return outbox_bits_take(slot->claimed, bits);
 }
 
 static void
 forget_claimed(void)
 {
 	if (pending_claimed_any)
-		memset(pending_claimed, 0, sizeof(pending_claimed));
+		outbox_bits_clear(&pending_claimed);
 	pending_claimed_any = false;
 }
 
@@ -291,16 +304,12 @@ wake_worker(bool committed)
 	if (!committed)
 		return;
 	if (pending_claimed_any)
-		for (int w = 0; w < OUTBOX_CLAIMED_BITS / 64; w++)
-			if (pending_claimed[w] != 0)
-				pg_atomic_fetch_or_u64(&slot->claimed[w], pending_claimed[w]);
+		outbox_bits_publish(slot->claimed, &pending_claimed);
 	/* before the bits: the worker reads this after taking them */
 	if (pending_subs_change)
 		pg_atomic_fetch_add_u32(&slot->subs_changes, 1);
 	if (pending_wake_any)
-		for (int w = 0; w < OUTBOX_WAKE_WORDS; w++)
-			if (pending_wake.w[w] != 0)
-				pg_atomic_fetch_or_u64(&slot->wake[w], pending_wake.w[w]);
+		outbox_bits_publish(slot->wake, &pending_wake);
 	if (!pending_wake_any && !pending_subs_change)
 		return;
 	latch = slot->latch;

@@ -14,55 +14,68 @@
 #include "storage/latch.h"
 #include "storage/lwlock.h"
 
-#define OUTBOX_CLAIMED_BITS		1024
-
 /*
- * Wake-up bits: one per topic hash, OUTBOX_WAKE_BITS of them.  A commit
- * wakes the subscriptions of its topics' bits; collisions only cost a
- * needless notification (with 64 bits and 1,000 topics a commit notified
- * the subscriptions of about 16 topics).  Every bit set: every
- * subscription.
+ * A set of OUTBOX_BITS bits, each standing for a hash or an id modulo
+ * OUTBOX_BITS: the wake-up bits of topics, and the subscriptions a claim or
+ * a notification has just served.  Collisions only cost work done for
+ * nothing or put off: with 1,000 topics, 64 wake-up bits made a commit
+ * notify the subscriptions of about 16 topics.  Every bit set: every topic.
  */
-#define OUTBOX_WAKE_BITS		1024
-#define OUTBOX_WAKE_WORDS		(OUTBOX_WAKE_BITS / 64)
+#define OUTBOX_BITS				1024
+#define OUTBOX_BITS_WORDS		(OUTBOX_BITS / 64)
 
-typedef struct OutboxWake
+typedef struct OutboxBits
 {
-	uint64		w[OUTBOX_WAKE_WORDS];
-} OutboxWake;
+	uint64		w[OUTBOX_BITS_WORDS];
+} OutboxBits;
 
 static inline void
-outbox_wake_clear(OutboxWake *b)
+outbox_bits_clear(OutboxBits *b)
 {
 	memset(b, 0, sizeof(*b));
 }
 
 static inline void
-outbox_wake_fill(OutboxWake *b)
+outbox_bits_fill(OutboxBits *b)
 {
 	memset(b, 0xff, sizeof(*b));
 }
 
+/* the bit of n (a hash or an id) */
 static inline void
-outbox_wake_or(OutboxWake *b, const OutboxWake *o)
+outbox_bits_add(OutboxBits *b, uint32 n)
 {
-	for (int i = 0; i < OUTBOX_WAKE_WORDS; i++)
+	n %= OUTBOX_BITS;
+	b->w[n / 64] |= UINT64CONST(1) << (n % 64);
+}
+
+static inline bool
+outbox_bits_has(const OutboxBits *b, uint32 n)
+{
+	n %= OUTBOX_BITS;
+	return (b->w[n / 64] & (UINT64CONST(1) << (n % 64))) != 0;
+}
+
+static inline void
+outbox_bits_or(OutboxBits *b, const OutboxBits *o)
+{
+	for (int i = 0; i < OUTBOX_BITS_WORDS; i++)
 		b->w[i] |= o->w[i];
 }
 
 static inline bool
-outbox_wake_any(const OutboxWake *b)
+outbox_bits_any(const OutboxBits *b)
 {
-	for (int i = 0; i < OUTBOX_WAKE_WORDS; i++)
+	for (int i = 0; i < OUTBOX_BITS_WORDS; i++)
 		if (b->w[i] != 0)
 			return true;
 	return false;
 }
 
 static inline bool
-outbox_wake_meets(const OutboxWake *a, const OutboxWake *b)
+outbox_bits_meet(const OutboxBits *a, const OutboxBits *b)
 {
-	for (int i = 0; i < OUTBOX_WAKE_WORDS; i++)
+	for (int i = 0; i < OUTBOX_BITS_WORDS; i++)
 		if ((a->w[i] & b->w[i]) != 0)
 			return true;
 	return false;
@@ -83,12 +96,13 @@ typedef struct OutboxDbSlot
 	TimestampTz dropping_until; /* DROP DATABASE under way: do not start */
 	int			failures;		/* consecutive worker failures */
 	TimestampTz retry_at;		/* no restart before this */
-	pg_atomic_uint64 wake[OUTBOX_WAKE_WORDS];	/* topic bits committed since
+	pg_atomic_uint64 wake[OUTBOX_BITS_WORDS];	/* topic bits committed since
 												 * the worker took them */
 	pg_atomic_uint32 subs_changes;	/* commits that changed subscriptions */
 	pg_atomic_uint32 activity;	/* transactions that wrote outbox rows */
-	/* subscriptions (bit: id % OUTBOX_CLAIMED_BITS) claimed since the worker looked */
-	pg_atomic_uint64 claimed[OUTBOX_CLAIMED_BITS / 64];
+	pg_atomic_uint64 claimed[OUTBOX_BITS_WORDS];	/* subscriptions (by id)
+													 * claimed since the
+													 * worker took them */
 } OutboxDbSlot;
 
 typedef struct OutboxShared
@@ -106,15 +120,17 @@ extern OutboxShared *outbox_shared;
 extern void outbox_shmem_init(void);
 extern OutboxDbSlot *outbox_slot_find(Oid dboid);
 extern OutboxDbSlot *outbox_slot_get(Oid dboid);
-extern void outbox_wake_add_topic(OutboxWake *bits, const char *topic);
-extern void outbox_wake_after_commit(const OutboxWake *bits);
+extern void outbox_wake_add_topic(OutboxBits *bits, const char *topic);
+extern void outbox_wake_after_commit(const OutboxBits *bits);
 extern void outbox_wake_topic_after_commit(const char *topic);
 extern void outbox_wake_all_after_commit(void);
 extern void outbox_wake_init(void);
 extern void outbox_subs_changed_after_commit(void);
 extern void outbox_activity_at_end(void);
 extern void outbox_claimed_at_commit(int32 sub_id);
-extern bool outbox_take_claimed(OutboxDbSlot *slot, uint64 *bits);
+extern bool outbox_take_claimed(OutboxDbSlot *slot, OutboxBits *bits);
+extern void outbox_bits_publish(pg_atomic_uint64 *shared, const OutboxBits *b);
+extern bool outbox_bits_take(pg_atomic_uint64 *shared, OutboxBits *b);
 
 /* launcher.c */
 extern void outbox_launcher_register(void);

@@ -201,7 +201,7 @@ extension_present(void)
  * notifications failed (the rest of the round contains its own errors).
  */
 static bool
-round_of_work(const OutboxWake *wake_bits, bool timed, uint32 activity,
+round_of_work(const OutboxBits *wake_bits, bool timed, uint32 activity,
 			  TimestampTz *next, bool *quiet)
 {
 	TimestampTz timer;
@@ -292,7 +292,7 @@ outbox_worker_main(Datum arg)
 	for (;;)
 	{
 		long		timeout;
-		OutboxWake	wake_bits;
+		OutboxBits	wake_bits;
 		bool		woken;
 		bool		timed;
 		bool		round_quiet;
