@@ -380,6 +380,17 @@ make_pending(Consumer *k, int i, char how)
 		k->pending[i] = how;
 }
 
+/* the subscription a notification's channel belongs to, or -1 */
+static int
+sub_of_channel(const char *channel)
+{
+	ChannelIdx	key = {(char *) channel, 0};
+	ChannelIdx *hit = bsearch(&key, chan_sorted, (size_t) nsub, sizeof(ChannelIdx),
+							  cmp_channel);
+
+	return hit ? hit->idx : -1;
+}
+
 /* take the notifications libpq has read; returns how many */
 static int
 take_notifies(Consumer *k)
@@ -389,14 +400,12 @@ take_notifies(Consumer *k)
 
 	while ((n = PQnotifies(k->conn)) != NULL)
 	{
-		ChannelIdx	key = {n->relname, 0};
-		ChannelIdx *hit = bsearch(&key, chan_sorted, (size_t) nsub, sizeof(ChannelIdx),
-								  cmp_channel);
+		int			i = sub_of_channel(n->relname);
 
 		any++;
 		k->notifications++;
-		if (hit)
-			make_pending(k, hit->idx, 2);
+		if (i >= 0)
+			make_pending(k, i, 2);
 		else
 			k->unknown_notifications++;
 		PQfreemem(n);
@@ -456,13 +465,11 @@ listener(void *arg)
 		while ((n = PQnotifies(c)) != NULL)
 		{
 			int64_t		t = now_ns();
-			ChannelIdx	key = {n->relname, 0};
-			ChannelIdx *hit = bsearch(&key, chan_sorted, (size_t) nsub, sizeof(ChannelIdx),
-									  cmp_channel);
+			int			i = sub_of_channel(n->relname);
 
-			if (hit)
+			if (i >= 0)
 			{
-				Arrivals   *a = &arrivals[hit->idx];
+				Arrivals   *a = &arrivals[i];
 
 				if (a->n == a->cap)
 				{
