@@ -26,7 +26,11 @@ my $node = PostgreSQL::Test::Cluster->new('consumed');
 $node->init;
 $node->append_conf('postgresql.conf', join("\n",
 		"shared_preload_libraries = 'outbox'",
-		"outbox.naptime = '200ms'",
+		# a round a second (the default): traffic must not pause for a
+		# round, or the worker takes it for the end of activity and
+		# advances everything, as it should (a loaded CI machine made
+		# 200 ms rounds outlast the loop's iterations)
+		"outbox.naptime = '1s'",
 		"outbox.chain_rotation = '1min'",
 		"log_min_messages = debug1") . "\n");
 $node->start;
@@ -47,7 +51,7 @@ sub advanced_since
 }
 
 # Traffic on every topic, the consumer claiming (and acking) every busy
-# subscription about every 100 ms, for 4 s: about 20 rounds of the worker.
+# subscription about every 100 ms, for 8 s: about 8 rounds of the worker.
 my $consume = qq{
 	SELECT outbox.ack('s' || i, (SELECT array_agg(event_id) FROM outbox.claim('s' || i, 100)))
 	  FROM generate_series(1, $nsubs) i};
@@ -58,7 +62,7 @@ $node->safe_psql('postgres', $produce);
 $node->safe_psql('postgres', $consume);
 sleep(1);
 my $offset = -s $node->logfile;
-my $until = time() + 4;
+my $until = time() + 8;
 while (time() < $until)
 {
 	$node->safe_psql('postgres', $produce);
