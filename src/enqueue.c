@@ -439,6 +439,8 @@ outbox_enqueue(PG_FUNCTION_ARGS)
 	topic_str = text_to_cstring(topic);
 
 	id = next_event_id();
+	/* with the xid assigned, before anything can commit */
+	outbox_topic_enqueued(topic_str);
 
 	/* SPI only for dedup keys and for what is not cached yet */
 	use_spi = !PG_ARGISNULL(5) || current_bucket < 0 ||

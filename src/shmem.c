@@ -19,6 +19,7 @@
  */
 #include "shmem.h"
 
+#include "access/transam.h"
 #include "access/xact.h"
 #include "common/hashfn.h"
 #include "fmgr.h"
@@ -29,6 +30,7 @@
 #include "storage/proc.h"
 #include "storage/shmem.h"
 #include "tcop/utility.h"
+#include "catalog/pg_type.h"
 #include "utils/memutils.h"
 
 PG_FUNCTION_INFO_V1(outbox_wake_sql);
@@ -93,6 +95,8 @@ outbox_shmem_startup(void)
 			}
 			pg_atomic_init_u32(&outbox_shared->slots[i].subs_changes, 0);
 			pg_atomic_init_u32(&outbox_shared->slots[i].activity, 0);
+			for (int t = 0; t < OUTBOX_TOPIC_XIDS; t++)
+				pg_atomic_init_u64(&outbox_shared->slots[i].topic_xid[t], 0);
 		}
 	}
 	LWLockRelease(AddinShmemInitLock);
@@ -149,6 +153,15 @@ outbox_slot_get(Oid dboid)
 				pg_atomic_write_u64(&slot->claimed[w], 0);
 			}
 			pg_atomic_write_u32(&slot->activity, 0);
+			for (int t = 0; t < OUTBOX_TOPIC_XIDS; t++)
+				pg_atomic_write_u64(&slot->topic_xid[t], 0);
+
+			/*
+			 * After the slot can be found: a transaction that looked for it
+			 * before has its xid already (outbox_topic_enqueued), so it is
+			 * below this.
+			 */
+			slot->topics_tracked_from = ReadNextFullTransactionId();
 			return slot;
 		}
 	}
@@ -204,11 +217,114 @@ outbox_wake_after_commit(const OutboxBits *bits)
 	pending_wake_any = true;
 }
 
+/*
+ * This backend's database's slot, or NULL; found once and remembered, and
+ * looked up again when it no longer belongs to this database.
+ */
+static OutboxDbSlot *
+my_db_slot(void)
+{
+	OutboxDbSlot *slot;
+
+	if (outbox_shared == NULL || !OidIsValid(MyDatabaseId))
+		return NULL;
+	if (my_slot < 0 || outbox_shared->slots[my_slot].dboid != MyDatabaseId)
+	{
+		LWLockAcquire(outbox_shared->lock, LW_SHARED);
+		slot = outbox_slot_find(MyDatabaseId);
+		my_slot = slot ? (int) (slot - outbox_shared->slots) : -1;
+		LWLockRelease(outbox_shared->lock);
+		if (my_slot < 0)
+			return NULL;
+	}
+	return &outbox_shared->slots[my_slot];
+}
+
+/* the entries of topic_xid this transaction has published */
+static uint64 published[OUTBOX_TOPIC_XIDS / 64];
+static FullTransactionId published_xid;
+
 void
 outbox_wake_topic_after_commit(const char *topic)
 {
 	outbox_wake_add_topic(&pending_wake, topic);
 	pending_wake_any = true;
+}
+
+/*
+ * An event of this topic is being enqueued: publish now, before the
+ * transaction can commit, that its xid enqueued the topic
+ * (OUTBOX_TOPIC_XIDS).  The xid is assigned before the
+ * slot is looked up, so a transaction that finds no slot has an xid below
+ * the slot's topics_tracked_from when one is made.  Publishing costs an
+ * atomic operation per topic per transaction; a transaction that then
+ * rolls back (or a savepoint) only makes a reader look for nothing.
+ */
+void
+outbox_topic_enqueued(const char *topic)
+{
+	uint32		h = hash_bytes((const unsigned char *) topic, strlen(topic));
+	FullTransactionId fxid = GetTopFullTransactionId();
+	OutboxDbSlot *slot;
+	uint32		e = h % OUTBOX_TOPIC_XIDS;
+
+	if (!FullTransactionIdEquals(fxid, published_xid))
+	{
+		memset(published, 0, sizeof(published));
+		published_xid = fxid;
+	}
+	if ((published[e / 64] & (UINT64CONST(1) << (e % 64))) != 0)
+		return;
+	slot = my_db_slot();
+	if (slot != NULL)
+	{
+		pg_atomic_uint64 *p = &slot->topic_xid[e];
+		uint64		cur = pg_atomic_read_u64(p);
+
+		while (cur < U64FromFullTransactionId(fxid))
+			if (pg_atomic_compare_exchange_u64(p, &cur, U64FromFullTransactionId(fxid)))
+				break;
+	}
+	published[e / 64] |= UINT64CONST(1) << (e % 64);
+}
+
+/*
+ * Can a transaction that a snapshot with this xmin does not see have
+ * events of these topics?  False means certainly not: every transaction
+ * that a snapshot taken before this call sees and one with this xmin does
+ * not has an xid of at least xmin, and published its topics before it
+ * committed.  Unknown (no slot, or one made after xmin: transactions that
+ * began before it did not publish) is "maybe".  topics NULL (every topic):
+ * maybe.  Under the lock, since a slot may be freed and made again.
+ */
+bool
+outbox_topics_quiet_since(ArrayType *topics, FullTransactionId xmin)
+{
+	OutboxDbSlot *slot;
+	Datum	   *elems;
+	int			n;
+	bool		quiet;
+
+	if (outbox_shared == NULL || topics == NULL || !OidIsValid(MyDatabaseId))
+		return false;
+	deconstruct_array(topics, TEXTOID, -1, false, TYPALIGN_INT, &elems, NULL, &n);
+	LWLockAcquire(outbox_shared->lock, LW_SHARED);
+	slot = outbox_slot_find(MyDatabaseId);
+	quiet = slot != NULL &&
+		FullTransactionIdPrecedesOrEquals(slot->topics_tracked_from, xmin);
+	for (int i = 0; quiet && i < n; i++)
+	{
+		text	   *t = DatumGetTextPP(elems[i]);
+		uint32		h = hash_bytes((const unsigned char *) VARDATA_ANY(t),
+								   VARSIZE_ANY_EXHDR(t));
+
+		if (pg_atomic_read_u64(&slot->topic_xid[h % OUTBOX_TOPIC_XIDS]) >=
+			U64FromFullTransactionId(xmin))
+			quiet = false;
+	}
+	LWLockRelease(outbox_shared->lock);
+	pfree(elems);
+	return quiet;
 }
 
 /* ... of every subscription */
@@ -287,18 +403,9 @@ wake_worker(bool committed)
 	OutboxDbSlot *slot;
 	Latch	   *latch;
 
-	if (outbox_shared == NULL || !OidIsValid(MyDatabaseId))
+	slot = my_db_slot();
+	if (slot == NULL)
 		return;
-	if (my_slot < 0 || outbox_shared->slots[my_slot].dboid != MyDatabaseId)
-	{
-		LWLockAcquire(outbox_shared->lock, LW_SHARED);
-		slot = outbox_slot_find(MyDatabaseId);
-		my_slot = slot ? (int) (slot - outbox_shared->slots) : -1;
-		LWLockRelease(outbox_shared->lock);
-		if (my_slot < 0)
-			return;
-	}
-	slot = &outbox_shared->slots[my_slot];
 	/* a round that starts after this sees the count moved */
 	pg_atomic_fetch_add_u32(&slot->activity, 1);
 	if (!committed)

@@ -15,6 +15,7 @@
  *-------------------------------------------------------------------------
  */
 #include "chain.h"
+#include "shmem.h"
 
 #include "catalog/pg_type.h"
 #include "funcapi.h"
@@ -149,6 +150,9 @@ count_stream(OutboxSub *sub, OutboxChain *chain, Counts *c, TimestampTz now)
 								OUTBOX_XID_FIRST_ID(U64FromFullTransactionId(seg->hi->xmax)) - 1);
 
 		if (lo_id >= hi_id)
+			continue;
+		/* nothing of its topics committed since (claim.c, scan_segment) */
+		if (outbox_topics_quiet_since(sub->topics, seg->lo->xmin))
 			continue;
 		args[0] = Int64GetDatum(lo_id);
 		args[1] = Int64GetDatum(hi_id);
