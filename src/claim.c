@@ -764,7 +764,12 @@ collect_candidates(ClaimState *st, OutboxSegment *seg, int idx, int room, Segmen
 		{
 			Datum		args[4];
 			char		nulls[4] = {' ', ' ', ' ', ' '};
-			int64		limit = room - sc->ncands + 16;
+			/*
+			 * An advance (room 0) stops at the first event of its own: a
+			 * larger limit would read the rest of the range, every other
+			 * topic's events, for rows it will not use.
+			 */
+			int64		limit = room == 0 ? 1 : room - sc->ncands + 16;
 			uint64		n,
 						j;
 			SPITupleTable *tab;
@@ -1008,13 +1013,6 @@ outbox_claim(PG_FUNCTION_ARGS)
 		promote_waiting(&st);
 		claim_deliveries(&st);
 	}
-
-	/*
-	 * A short claim read its chain to its snapshot: once it commits, the
-	 * worker need not advance this subscription for a while.
-	 */
-	if (st.got < st.want)
-		outbox_claimed_at_commit(st.sub->id);
 
 	outbox_unlock_sub(st.sub->id);
 	outbox_chain_release(st.chain);

@@ -45,7 +45,6 @@ extern void outbox_notify_attach(OutboxDbSlot *slot);
 extern bool outbox_take_wake_bits(OutboxBits *bits);
 extern void outbox_wake_again(const OutboxBits *bits);
 extern void outbox_wake_again_all(void);
-extern void outbox_take_notified(OutboxBits *bits);
 extern void outbox_notify_sub(const char *name);
 extern bool outbox_notify_round(const OutboxBits *bits, bool timed, TimestampTz *next);
 extern void outbox_notify_between(void);

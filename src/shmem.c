@@ -49,8 +49,6 @@ static OutboxBits pending_wake;
 static bool pending_wake_any = false;
 static bool pending_subs_change = false;
 static bool pending_activity = false;
-static OutboxBits pending_claimed;
-static bool pending_claimed_any = false;
 static int	my_slot = -1;
 
 static Size
@@ -91,7 +89,6 @@ outbox_shmem_startup(void)
 			for (int w = 0; w < OUTBOX_BITS_WORDS; w++)
 			{
 				pg_atomic_init_u64(&outbox_shared->slots[i].wake[w], 0);
-				pg_atomic_init_u64(&outbox_shared->slots[i].claimed[w], 0);
 			}
 			pg_atomic_init_u32(&outbox_shared->slots[i].subs_changes, 0);
 			pg_atomic_init_u32(&outbox_shared->slots[i].activity, 0);
@@ -150,7 +147,6 @@ outbox_slot_get(Oid dboid)
 			for (int w = 0; w < OUTBOX_BITS_WORDS; w++)
 			{
 				pg_atomic_write_u64(&slot->wake[w], 0);
-				pg_atomic_write_u64(&slot->claimed[w], 0);
 			}
 			pg_atomic_write_u32(&slot->activity, 0);
 			for (int t = 0; t < OUTBOX_TOPIC_XIDS; t++)
@@ -362,37 +358,6 @@ outbox_activity_at_end(void)
 }
 
 /*
- * Note that this transaction claimed from the subscription: if it commits,
- * its chain moved as far as the claim read, and the worker need not
- * advance it (advance_subscriptions).  Collisions of ids only cost an
- * advance put off.
- */
-void
-outbox_claimed_at_commit(int32 sub_id)
-{
-	outbox_bits_add(&pending_claimed, (uint32) sub_id);
-	pending_claimed_any = true;
-}
-
-/*
- * For the worker: take the subscriptions claimed since it last looked, and
- * clear them.  Returns whether any was.
- */
-bool
-outbox_take_claimed(OutboxDbSlot *slot, OutboxBits *bits)
-{
-	return outbox_bits_take(slot->claimed, bits);
-}
-
-static void
-forget_claimed(void)
-{
-	if (pending_claimed_any)
-		outbox_bits_clear(&pending_claimed);
-	pending_claimed_any = false;
-}
-
-/*
  * Wake this database's worker with the bits of this transaction.  Called
  * after commit, when what it made ready is visible; after a rollback only
  * to count activity (nothing to wake it for).
@@ -410,8 +375,6 @@ wake_worker(bool committed)
 	pg_atomic_fetch_add_u32(&slot->activity, 1);
 	if (!committed)
 		return;
-	if (pending_claimed_any)
-		outbox_bits_publish(slot->claimed, &pending_claimed);
 	/* before the bits: the worker reads this after taking them */
 	if (pending_subs_change)
 		pg_atomic_fetch_add_u32(&slot->subs_changes, 1);
@@ -435,7 +398,6 @@ shmem_xact_callback(XactEvent event, void *arg)
 			forget_wake();
 			pending_subs_change = false;
 			pending_activity = false;
-			forget_claimed();
 			break;
 		case XACT_EVENT_ABORT:
 			if (pending_activity)
@@ -443,7 +405,6 @@ shmem_xact_callback(XactEvent event, void *arg)
 			forget_wake();
 			pending_subs_change = false;
 			pending_activity = false;
-			forget_claimed();
 			break;
 		case XACT_EVENT_PARALLEL_ABORT:
 		case XACT_EVENT_PARALLEL_COMMIT:
@@ -451,7 +412,6 @@ shmem_xact_callback(XactEvent event, void *arg)
 			forget_wake();
 			pending_subs_change = false;
 			pending_activity = false;
-			forget_claimed();
 			break;
 		default:
 			break;

@@ -112,9 +112,6 @@ typedef struct OutboxDbSlot
 												 * the worker took them */
 	pg_atomic_uint32 subs_changes;	/* commits that changed subscriptions */
 	pg_atomic_uint32 activity;	/* transactions that wrote outbox rows */
-	pg_atomic_uint64 claimed[OUTBOX_BITS_WORDS];	/* subscriptions (by id)
-													 * claimed since the
-													 * worker took them */
 	FullTransactionId topics_tracked_from;	/* the next xid when the slot
 											 * was made: older ones may
 											 * have enqueued unseen */
@@ -145,8 +142,6 @@ extern void outbox_wake_all_after_commit(void);
 extern void outbox_wake_init(void);
 extern void outbox_subs_changed_after_commit(void);
 extern void outbox_activity_at_end(void);
-extern void outbox_claimed_at_commit(int32 sub_id);
-extern bool outbox_take_claimed(OutboxDbSlot *slot, OutboxBits *bits);
 extern void outbox_bits_publish(pg_atomic_uint64 *shared, const OutboxBits *b);
 extern bool outbox_bits_take(pg_atomic_uint64 *shared, OutboxBits *b);
 
