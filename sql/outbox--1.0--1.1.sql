@@ -290,3 +290,154 @@ BEGIN
 	END LOOP;
 END
 $$;
+
+--
+-- Issue 9: DROP EXTENSION whatever else runs.  Every transaction that uses
+-- outbox's tables takes a share lock on the extension before any of them
+-- (outbox_lock_extension), so that DROP EXTENSION, which takes it
+-- exclusively first, waits holding nothing, or is waited for.  The C
+-- functions did; the administration functions in PL/pgSQL did not: one
+-- that held a table and then wanted another that DROP EXTENSION had locked
+-- deadlocked with it.  Now their first statement takes the lock.
+--
+CREATE FUNCTION outbox._lock_extension()
+RETURNS void
+LANGUAGE c VOLATILE
+AS 'MODULE_PATHNAME', 'outbox_lock_extension_sql';
+REVOKE ALL ON FUNCTION outbox._lock_extension() FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION outbox.pause(subscription text)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	PERFORM outbox._lock_extension();
+	UPDATE outbox.subscription s SET paused = true
+	 WHERE s.id OPERATOR(pg_catalog.=) outbox._sub_id(subscription);
+	PERFORM outbox._subscriptions_changed();
+END
+$$;
+
+CREATE OR REPLACE FUNCTION outbox.resume(subscription text)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	PERFORM outbox._lock_extension();
+	UPDATE outbox.subscription s SET paused = false
+	 WHERE s.id OPERATOR(pg_catalog.=) outbox._sub_id(subscription);
+	PERFORM outbox._subscriptions_changed();
+	PERFORM outbox._wake();
+END
+$$;
+
+CREATE OR REPLACE FUNCTION outbox.replay(subscription text, event_id bigint DEFAULT NULL)
+RETURNS int
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	sid integer;
+	n integer;
+BEGIN
+	PERFORM outbox._lock_extension();
+	sid := outbox._sub_id(subscription);
+	-- In an ordered subscription a replayed event queues behind whatever
+	-- of its key is in flight: claim releases it when the key is free.
+	UPDATE outbox.delivery d
+	   SET state = CASE WHEN s.ordered AND d.key IS NOT NULL THEN 'waiting' ELSE 'ready' END,
+		   attempts = 0, visible_at = CASE WHEN s.ordered AND d.key IS NOT NULL THEN NULL ELSE pg_catalog.now() END,
+		   lease_until = NULL, last_error = NULL, dead_at = NULL
+	  FROM outbox.subscription s
+	 WHERE s.id OPERATOR(pg_catalog.=) sid
+	   AND d.sub_id OPERATOR(pg_catalog.=) sid AND d.state OPERATOR(pg_catalog.=) 'dead'
+	   AND (replay.event_id IS NULL OR d.event_id OPERATOR(pg_catalog.=) replay.event_id);
+	GET DIAGNOSTICS n = ROW_COUNT;
+	IF n OPERATOR(pg_catalog.>) 0 THEN
+		PERFORM outbox._wake();
+	END IF;
+	RETURN n;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION outbox.grant_produce(role name)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r oid;
+BEGIN
+	PERFORM outbox._lock_extension();
+	r := outbox._check_role(role);
+	INSERT INTO outbox.producer VALUES (r) ON CONFLICT DO NOTHING;
+	EXECUTE pg_catalog.format('GRANT USAGE ON SCHEMA outbox TO %I', role);
+	EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION outbox.enqueue(text, jsonb, text, jsonb, timestamptz, text) TO %I', role);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION outbox.revoke_produce(role name)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r oid;
+BEGIN
+	PERFORM outbox._lock_extension();
+	r := outbox._check_role(role);
+	DELETE FROM outbox.producer p WHERE p.role OPERATOR(pg_catalog.=) r;
+	EXECUTE pg_catalog.format('REVOKE EXECUTE ON FUNCTION outbox.enqueue(text, jsonb, text, jsonb, timestamptz, text) FROM %I', role);
+	PERFORM outbox._sync_schema_usage(role, r);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION outbox.grant_consume(role name, subscription text)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r oid;
+	sid integer;
+	obj text;
+	priv text;
+BEGIN
+	PERFORM outbox._lock_extension();
+	r := outbox._check_role(role);
+	sid := outbox._sub_id(subscription);
+	INSERT INTO outbox.consumer VALUES (sid, r) ON CONFLICT DO NOTHING;
+	EXECUTE pg_catalog.format('GRANT USAGE ON SCHEMA outbox TO %I', role);
+	FOREACH obj IN ARRAY outbox._consumer_objects() LOOP
+		priv := CASE WHEN obj LIKE 'TABLE %' THEN 'SELECT' ELSE 'EXECUTE' END;
+		EXECUTE pg_catalog.format('GRANT %s ON %s TO %I', priv, obj, role);
+	END LOOP;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION outbox.revoke_consume(role name, subscription text)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r oid;
+	sid integer;
+	obj text;
+	priv text;
+BEGIN
+	PERFORM outbox._lock_extension();
+	r := outbox._check_role(role);
+	sid := outbox._sub_id(subscription);
+	DELETE FROM outbox.consumer c WHERE c.sub_id OPERATOR(pg_catalog.=) sid AND c.role OPERATOR(pg_catalog.=) r;
+	IF NOT EXISTS (SELECT 1 FROM outbox.consumer c WHERE c.role OPERATOR(pg_catalog.=) r) THEN
+		FOREACH obj IN ARRAY outbox._consumer_objects() LOOP
+			priv := CASE WHEN obj LIKE 'TABLE %' THEN 'SELECT' ELSE 'EXECUTE' END;
+			EXECUTE pg_catalog.format('REVOKE %s ON %s FROM %I', priv, obj, role);
+		END LOOP;
+	END IF;
+	PERFORM outbox._sync_schema_usage(role, r);
+END
+$$;

@@ -407,6 +407,8 @@ outbox_stats(PG_FUNCTION_ARGS)
 	char	   *one = PG_NARGS() > 0 ? outbox_sub_name_arg(fcinfo) : NULL;
 
 	InitMaterializedSRF(fcinfo, 0);
+	/* before any table, as every user of outbox (DROP EXTENSION) */
+	(void) outbox_lock_extension(false);
 	SPI_connect();
 	outbox_become_owner(&save_user, &save_sec);
 	if (one != NULL)

@@ -35,6 +35,7 @@
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
 
+PG_FUNCTION_INFO_V1(outbox_lock_extension_sql);
 PG_FUNCTION_INFO_V1(outbox_channel);
 PG_FUNCTION_INFO_V1(outbox_may_consume);
 PG_FUNCTION_INFO_V1(outbox_check_name_sql);
@@ -431,6 +432,18 @@ outbox_consumer_begin(FunctionCallInfo fcinfo, Oid *save_user, int *save_sec)
 	sub = outbox_lookup_sub(name);
 	outbox_check_consume(sub, caller);
 	return sub;
+}
+
+/*
+ * outbox._lock_extension(): the first statement of the administration
+ * functions written in PL/pgSQL, so that they take the extension's lock
+ * before any table, as every other user of outbox does.
+ */
+Datum
+outbox_lock_extension_sql(PG_FUNCTION_ARGS)
+{
+	(void) outbox_lock_extension(false);
+	PG_RETURN_VOID();
 }
 
 void

@@ -95,6 +95,42 @@ for my $round (1 .. 3)
 	wait_for_no_worker($node, 'postgres', "round $round: the worker has stopped");
 }
 
+# Administration functions (PL/pgSQL) in an open transaction: they take
+# the extension's lock before any table, as the C functions do, so DROP
+# EXTENSION waits for them holding nothing.  Before, grant_produce() held
+# outbox.producer without it; DROP took the extension's lock and locked
+# tables, in the order they were created, until it waited for that one,
+# and the pause() that followed wanted outbox.subscription, which DROP
+# held: a deadlock.
+{
+	$node->safe_psql('postgres', q{
+		CREATE ROLE r1;
+		CREATE EXTENSION outbox;
+		SELECT outbox.subscribe('s', ARRAY['t']);
+	});
+	my $offset = -s $node->logfile;
+	my $admin = $node->background_psql('postgres', on_error_stop => 0);
+	$admin->query_safe('BEGIN');
+	$admin->query_safe(q{SELECT outbox.grant_produce('r1')});
+	my ($dout, $derr) = ('', '');
+	my $drop = IPC::Run::start(
+		[ "$bindir/psql", '-X', '-v', 'ON_ERROR_STOP=1', '-h', $node->host, '-p', $node->port,
+		  '-d', 'postgres', '-c', 'DROP EXTENSION outbox' ],
+		'>', \$dout, '2>', \$derr);
+	ok( $node->poll_query_until('postgres', q{
+			SELECT count(*) > 0 FROM pg_stat_activity
+			 WHERE query = 'DROP EXTENSION outbox' AND wait_event_type = 'Lock'}),
+		'DROP EXTENSION waits for the administration function');
+	sleep 1;
+	$admin->query(q{SELECT outbox.pause('s')});
+	is($admin->{stderr}, '', 'pause() in the same transaction goes on');
+	$admin->query('COMMIT');
+	$admin->quit;
+	$drop->finish;
+	is($derr, '', 'then DROP EXTENSION succeeds');
+	unlike(log_since($node, $offset), qr/deadlock detected/, 'no deadlock');
+}
+
 # and it comes back, and serves
 $node->safe_psql('postgres', q{
 	CREATE EXTENSION outbox;
