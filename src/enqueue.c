@@ -379,7 +379,7 @@ insert_event(int bucket, Datum *values, bool *nulls)
 	ExecStoreHeapTuple(heap_form_tuple(RelationGetDescr(rel), values, nulls),
 					   slot, true);
 	table_tuple_insert(rel, slot, GetCurrentCommandId(true), 0, NULL);
-	(void) ExecInsertIndexTuples(rri, slot, estate, false, false, NULL, NIL);
+	(void) outbox_insert_index_tuples(rri, slot, estate);
 	ExecDropSingleTupleTableSlot(slot);
 	ExecCloseIndices(rri);
 	FreeExecutorState(estate);

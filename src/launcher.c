@@ -394,6 +394,14 @@ outbox_utility_hook(PlannedStmt *pstmt, const char *queryString,
 	volatile Oid paused = InvalidOid;
 	Node	   *stmt = pstmt->utilityStmt;
 
+	/*
+	 * Only a DROP that removes the extension leaves its schema behind: a
+	 * DROP EXTENSION IF EXISTS without one (pg_upgrade's restore runs it
+	 * right after creating the schema) must leave the schema alone.
+	 */
+	bool		drops = drops_outbox(stmt) &&
+		OidIsValid(get_extension_oid("outbox", true));
+
 	if (IsA(stmt, DropdbStmt))
 		paused = pause_worker(((DropdbStmt *) stmt)->dbname, false);
 	else if (IsA(stmt, CreatedbStmt) && createdb_template((CreatedbStmt *) stmt))
@@ -422,7 +430,7 @@ outbox_utility_hook(PlannedStmt *pstmt, const char *queryString,
 	 */
 	if (IsA(stmt, CreatedbStmt))
 		resume_worker(paused);
-	if (drops_outbox(stmt))
+	if (drops)
 		drop_empty_schema();
 }
 

@@ -17,6 +17,8 @@
 
 #include "postgres.h"
 
+#include "compat.h"
+
 #include "access/transam.h"
 #include "datatype/timestamp.h"
 #include "executor/spi.h"

@@ -131,6 +131,14 @@ for my $round (1 .. 3)
 	unlike(log_since($node, $offset), qr/deadlock detected/, 'no deadlock');
 }
 
+# pg_upgrade's restore creates the schema, then runs DROP EXTENSION IF
+# EXISTS outbox before it creates the (empty) extension in the schema: a
+# DROP that removes no extension must leave the schema alone.
+$node->safe_psql('postgres', q{CREATE SCHEMA outbox; DROP EXTENSION IF EXISTS outbox;});
+is($node->safe_psql('postgres', q{SELECT count(*) FROM pg_namespace WHERE nspname = 'outbox'}),
+	'1', 'DROP EXTENSION IF EXISTS without the extension keeps the schema');
+$node->safe_psql('postgres', 'DROP SCHEMA outbox');
+
 # and it comes back, and serves
 $node->safe_psql('postgres', q{
 	CREATE EXTENSION outbox;

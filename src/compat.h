@@ -1,0 +1,51 @@
+/*-------------------------------------------------------------------------
+ *
+ * compat.h
+ *		Every difference between the PostgreSQL majors outbox supports.
+ *
+ * One source tree builds on PostgreSQL 15 to 18 (README, "Supported
+ * PostgreSQL versions").  The code is written against the newest API where
+ * that costs nothing, and each older or newer spelling is mapped here, in
+ * #if PG_VERSION_NUM blocks, so that no other file tests the version.  The
+ * macros expand at their use sites: those files include the headers the
+ * names come from.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef OUTBOX_COMPAT_H
+#define OUTBOX_COMPAT_H
+
+#if PG_VERSION_NUM < 150000
+#error "outbox needs PostgreSQL 15 or later"
+#endif
+
+/*
+ * PostgreSQL 16 folded the per-catalog ownership checks into
+ * object_ownercheck() (utils/acl.h).
+ */
+#if PG_VERSION_NUM >= 160000
+#define pg_database_ownercheck(db, role) \
+	object_ownercheck(DatabaseRelationId, (db), (role))
+#define pg_namespace_ownercheck(nsp, role) \
+	object_ownercheck(NamespaceRelationId, (nsp), (role))
+#endif
+
+/*
+ * Index entries for a freshly inserted heap tuple, neither an update nor
+ * ON CONFLICT.  PostgreSQL 16 added "onlySummarizing" (true only for a HOT
+ * update that must still maintain BRIN-like indexes).
+ */
+#if PG_VERSION_NUM >= 160000
+#define outbox_insert_index_tuples(rri, slot, estate) \
+	ExecInsertIndexTuples((rri), (slot), (estate), false, false, NULL, NIL, false)
+#else
+#define outbox_insert_index_tuples(rri, slot, estate) \
+	ExecInsertIndexTuples((rri), (slot), (estate), false, false, NULL, NIL)
+#endif
+
+/* c.h has no Abs() from PostgreSQL 17 on. */
+#ifndef Abs
+#define Abs(x)	((x) >= 0 ? (x) : -(x))
+#endif
+
+#endif							/* OUTBOX_COMPAT_H */
