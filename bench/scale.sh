@@ -155,7 +155,8 @@ median() { sort -n | awk '{ v[NR] = $1 } END { printf "%.1f", NR % 2 ? v[(NR + 1
 timings() {
 	local t
 	t=$(session "$1" 1)
-	if [ "$t" = timeout ]; then echo "> $((stats_timeout * 1000))"; return; fi
+	# a cancelled query prints its error and then its time
+	case $t in *timeout*) echo "> $((stats_timeout * 1000))"; return ;; esac
 	if awk -v t="$t" 'BEGIN { exit !(t > 5000) }'; then printf '%.1f (1 run)' "$t"; return; fi
 	session "$1" "$reps" | median
 }

@@ -293,6 +293,27 @@ load_busy_keys(ClaimState *st)
 }
 
 /*
+ * The oldest xmin of the snapshots the chain may still read the stream
+ * from: its folded cursor's, and those of the slices the cursor passed,
+ * whose events come back as holes behind the cursor if their claim rolls
+ * back.  Transactions below it are done for the subscription (retention
+ * keeps their commit-order records as long: cursor_floor).
+ */
+static FullTransactionId
+chain_floor_xmin(OutboxChain *chain)
+{
+	FullTransactionId floor = chain->lo->xmin;
+
+	for (int i = 0; i < chain->nheld; i++)
+		if (FullTransactionIdPrecedes(chain->held[i].lo->xmin, floor))
+			floor = chain->held[i].lo->xmin;
+	for (int i = 0; i < chain->nholes; i++)
+		if (FullTransactionIdPrecedes(chain->holes[i].lo->xmin, floor))
+			floor = chain->holes[i].lo->xmin;
+	return floor;
+}
+
+/*
  * The commit sequence, for key hash h, of the transaction of event id (0
  * when it was not recorded), and whether an earlier event of the key may
  * still be ahead in the stream: one of a transaction of the key that
@@ -301,8 +322,12 @@ load_busy_keys(ClaimState *st)
  * commit in the opposite order of their xids, and also when a smaller
  * xid's events were taken by a claim that rolled back: they are a hole in
  * the chain again while later events of the key were held back meanwhile.
- * So every transaction of the key past the folded cursor is looked at,
- * whatever its xid; those below the cursor's xmin are done.
+ * So every transaction of the key the chain may still read is looked at,
+ * whatever its xid; those below its floor (chain_floor_xmin) are done.
+ * (The folded cursor's xmin is not that floor: the events of a passed
+ * slice whose claim rolled back come back behind it, and their
+ * transactions' records were then not found; the first of them in id
+ * order went out, though another of its key had committed first.)
  */
 static bool
 earlier_commit_pending(ClaimState *st, int64 h, int64 id, int64 *seq)
@@ -325,7 +350,7 @@ earlier_commit_pending(ClaimState *st, int64 h, int64 id, int64 *seq)
 							  " AND xid OPERATOR(pg_catalog.>=) $2", 2, types);
 	}
 	args[0] = Int64GetDatum(h);
-	args[1] = FullTransactionIdGetDatum(st->chain->lo->xmin);
+	args[1] = FullTransactionIdGetDatum(chain_floor_xmin(st->chain));
 	if (SPI_execute_snapshot(plan, args, NULL, st->chain->snapshot,
 							 InvalidSnapshot, true, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "key commit lookup failed");
