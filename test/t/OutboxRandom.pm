@@ -1813,6 +1813,15 @@ sub drain
 			# drain that too, until nothing is ready or leased
 			my $out = $self->oq("SELECT ready + leased FROM outbox.stats WHERE subscription = '$name'");
 			$left++ if @$out && $out->[0][0] > 0;
+			# and deliveries that come due in the next seconds (a short
+			# delay or retry of an event the model only allowed for): the
+			# final check would find them ready
+			my $soon = $self->oq("SELECT (SELECT count(*) FROM outbox.delivery d"
+				  . " WHERE d.sub_id = (SELECT id FROM outbox.subscription WHERE name = '$name')"
+				  . " AND d.state = 'scheduled' AND d.visible_at < now() + interval '3 s')"
+				  . " + (SELECT count(*) FROM outbox.event e"
+				  . " WHERE e.deliver_at > now() AND e.deliver_at < now() + interval '3 s')");
+			$left++ if @$soon && $soon->[0][0] > 0;
 			my (undef, undef, undef, undef, $missing) = $self->outstanding($S);
 			next unless @$missing;
 			my %dead = map { $_->[0] => 1 } @{ $self->oq("SELECT event_id FROM outbox.dead_letters"
