@@ -425,7 +425,6 @@ slice_from_tuple(OutboxSlice *sp, Relation rel, HeapTuple tup,
 	}
 	s.committed = !inserting && !deleting;
 	s.visible = !TransactionIdIsValid(dirty->xmin);
-	s.inserting = dirty->xmin;
 
 	/* take out what settle rows of this batch took */
 	gone = palloc0(sizeof(bool) * Max(nall, 1));
@@ -1336,28 +1335,6 @@ outbox_chain_pending(OutboxChain *chain, uint64 xid, int64 first, int64 last)
 			cur = Max(cur, ranges[i].to);
 	pfree(ranges);
 	return cur < last;
-}
-
-/*
- * The transaction of a slice in progress (another transaction's claim, not
- * committed yet) that covers event id of transaction xid, or
- * InvalidTransactionId.  Such a claim may have leased the event, or made
- * it a delivery row of its own (delayed, waiting): until it ends, whether
- * the event is leased, a delivery, or back in the stream is not known.
- */
-TransactionId
-outbox_chain_covered_in_progress(OutboxChain *chain, uint64 xid, int64 id)
-{
-	for (int i = 0; i < chain->nslices; i++)
-	{
-		OutboxSlice *s = &chain->slices[i];
-
-		if (!s->visible && TransactionIdIsValid(s->inserting) &&
-			outbox_snap_visible(s->hi, xid) && !outbox_snap_visible(s->lo, xid) &&
-			s->pos_from < id && s->pos_to >= id)
-			return s->inserting;
-	}
-	return InvalidTransactionId;
 }
 
 /*

@@ -26,7 +26,6 @@ typedef struct OutboxSlice
 	bool		ended;
 	TimestampTz lease_until;
 	bool		visible;		/* inserted by a committed transaction or ours */
-	TransactionId inserting;	/* not visible: the transaction inserting it */
 	bool		committed;		/* committed, and no settlement in progress */
 	bool		settled;		/* committed, and no ids left */
 	int			nids;			/* ids not settled yet */
@@ -125,8 +124,6 @@ extern int	outbox_cmp_int64(const void *a, const void *b);
 extern OutboxChain *outbox_chain_read(int32 sub_id);
 extern void outbox_chain_release(OutboxChain *chain);
 extern List *outbox_chain_segments(OutboxChain *chain);
-extern TransactionId outbox_chain_covered_in_progress(OutboxChain *chain, uint64 xid,
-														int64 id);
 extern bool outbox_chain_pending(OutboxChain *chain, uint64 xid, int64 first,
 								 int64 last);
 extern void outbox_chain_add(OutboxChain *chain, OutboxSlice *slice);

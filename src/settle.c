@@ -18,7 +18,6 @@
 
 #include "common/pg_prng.h"
 #include "miscadmin.h"
-#include "storage/lmgr.h"
 #include "tcop/utility.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -173,7 +172,7 @@ ack_deliveries(int32 sub_id, int64 *ids, int n, bool *found)
  * Takes the claim lock, so the check and the claims that follow agree.
  */
 static int
-ack_ahead(OutboxSub *sub, int64 *ids, int n, bool *found, TransactionId *wait, int *nwait)
+ack_ahead(OutboxSub *sub, int64 *ids, int n, bool *found)
 {
 	static SPIPlanPtr sel = NULL;
 	static SPIPlanPtr ins = NULL;
@@ -229,17 +228,8 @@ ack_ahead(OutboxSub *sub, int64 *ids, int n, bool *found, TransactionId *wait, i
 
 		for (i = 0; !match && i < ntopics; i++)
 			match = strcmp(TextDatumGetCString(topics[i]), topic) == 0;
-		if (!match)
+		if (!match || !outbox_chain_pending(chain, OUTBOX_ID_XID(id), id, id))
 			continue;
-		if (!outbox_chain_pending(chain, OUTBOX_ID_XID(id), id, id))
-		{
-			/* another transaction's claim in progress reached it: wait */
-			TransactionId w = outbox_chain_covered_in_progress(chain, OUTBOX_ID_XID(id), id);
-
-			if (TransactionIdIsValid(w))
-				wait[(*nwait)++] = w;
-			continue;
-		}
 		args[0] = Int32GetDatum(sub->id);
 		args[1] = Int64GetDatum(id);
 		if (exec_latest(ins, args, NULL, false, 0) != SPI_OK_INSERT)
@@ -268,30 +258,8 @@ ack_ids(OutboxSub *sub, int64 *ids, int n)
 	done = settle_from_batches(sub->id, ids, n, found, NULL, NULL);
 	if (done < n)
 		done += ack_deliveries(sub->id, ids, n, found);
-	while (done < n)
-	{
-		TransactionId *wait = palloc(sizeof(TransactionId) * n);
-		int			nwait = 0;
-
-		done += ack_ahead(sub, ids, n, found, wait, &nwait);
-		if (nwait == 0)
-			break;
-
-		/*
-		 * Ids that another transaction's claim reached and has not
-		 * committed: it leased them, or made them delivery rows (delayed,
-		 * waiting), or will roll back and leave them in the stream.  Wait
-		 * for it (the claim lock is not held here, so its next claim does
-		 * not wait for us), then ack them as they are (before, they were
-		 * taken for settled and the ack returned false and did nothing).
-		 */
-		for (int i = 0; i < nwait; i++)
-			XactLockTableWait(wait[i], NULL, NULL, XLTW_None);
-		pfree(wait);
-		done += settle_from_batches(sub->id, ids, n, found, NULL, NULL);
-		if (done < n)
-			done += ack_deliveries(sub->id, ids, n, found);
-	}
+	if (done < n)
+		done += ack_ahead(sub, ids, n, found);
 	/* an ordered key may be free now: tell the consumers after commit */
 	if (done > 0 && sub->ordered)
 		wake_sub_after_commit(sub);

@@ -815,6 +815,10 @@ sub claim
 			}
 			$self->count('claim');
 			$self->count('claimed_events') for @$rows;
+			# a claim that returned nothing may still have made deliveries
+			# of its own (delayed, waiting): an ack of them in another
+			# transaction returns false until this one commits
+			$tx->{claimed_from}{ $tx->{inc} } = 1;
 			$self->note_op("  -> " . join(' ', map { "$_->[0]\@$_->[2]" } @$rows)) if @$rows;
 			my $S = $self->tx_sub($tx);
 			if (!$S)
@@ -1017,12 +1021,14 @@ sub ack
 				my $others = grep { $_ != $tx->{tag} } keys %{ $d->{touched} };
 				# Another transaction still open that claimed from the
 				# subscription may hold the event in its uncommitted claim
-				# (leased, or held behind its key as a waiting row the model
-				# does not see): the ack then finds nothing it can settle
-				# and returns false (documented in the README).
+				# (leased, or made a delivery row of its own that the model
+				# does not see: waiting behind its key, or scheduled when
+				# delayed, by a claim that returned nothing): the ack then
+				# finds nothing it can settle and returns false (documented
+				# in the README).
 				my $open_claims = grep {
 					$_->{tag} != $tx->{tag} && ($_->{state} // '') eq 'open'
-					  && grep { $_->[0] eq 'claim' && $_->[1] == $inc } @{ $_->{ops} }
+					  && $_->{claimed_from} && $_->{claimed_from}{$inc}
 				} values %{ $self->{txs} };
 				my $etx = $self->{txs}{ $e->{tx} };
 				if ($cls eq 'must' && !$d->{done} && !$acked_here && !$others && !$open_claims
