@@ -395,6 +395,7 @@ outbox_enqueue(PG_FUNCTION_ARGS)
 	text	   *topic;
 	int			topic_len;
 	char	   *topic_str;
+	uint32		topic_hash;
 	int64		id;
 	int			bucket;
 	Datum		values[8];
@@ -440,7 +441,7 @@ outbox_enqueue(PG_FUNCTION_ARGS)
 
 	id = next_event_id();
 	/* with the xid assigned, before anything can commit */
-	outbox_topic_enqueued(topic_str);
+	topic_hash = outbox_topic_enqueued(topic_str);
 
 	/* SPI only for dedup keys and for what is not cached yet */
 	use_spi = !PG_ARGISNULL(5) || current_bucket < 0 ||
@@ -492,6 +493,6 @@ outbox_enqueue(PG_FUNCTION_ARGS)
 	values[7] = TimestampTzGetDatum(GetCurrentTimestamp());
 	insert_event(bucket, values, nulls);
 
-	outbox_wake_topic_after_commit(topic_str);
+	outbox_wake_hash_after_commit(topic_hash);
 	PG_RETURN_INT64(id);
 }

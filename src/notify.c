@@ -186,7 +186,7 @@ subscriptions(void)
 	sub_cache_relid = outbox_relid("subscription");
 	sub_cache_valid = true;
 	if (plan == NULL)
-		plan = outbox_prepare("SELECT name, topics, id FROM outbox.subscription"
+		plan = outbox_prepare("SELECT name, topics FROM outbox.subscription"
 							  " WHERE NOT paused", 0, NULL);
 	/*
 	 * A fresh snapshot, not the unit's: an invalidation accepted earlier in
@@ -228,16 +228,21 @@ subscriptions(void)
 			Datum	   *elems;
 			int			nelems,
 						j;
-			OutboxBits	bits;
+			OutboxBits	bits;	/* its bits listed so far: each once */
 
 			outbox_bits_clear(&bits);
 			deconstruct_array(DatumGetArrayTypeP(topics), TEXTOID, -1, false,
 							  TYPALIGN_INT, &elems, NULL, &nelems);
 			for (j = 0; j < nelems; j++)
-				outbox_wake_add_topic(&bits, TextDatumGetCString(elems[j]));
-			for (j = 0; j < OUTBOX_BITS; j++)
-				if (outbox_bits_has(&bits, j))
-					bit_subs[j] = lappend(bit_subs[j], sb);
+			{
+				text	   *t = DatumGetTextPP(elems[j]);
+				uint32		h = outbox_topic_hash(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t));
+
+				if (outbox_bits_has(&bits, h))
+					continue;
+				outbox_bits_add(&bits, h);
+				bit_subs[h % OUTBOX_BITS] = lappend(bit_subs[h % OUTBOX_BITS], sb);
+			}
 		}
 		sub_cache = lappend(sub_cache, sb);
 	}

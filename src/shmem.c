@@ -21,6 +21,7 @@
 
 #include "access/transam.h"
 #include "access/xact.h"
+#include "catalog/pg_type.h"
 #include "common/hashfn.h"
 #include "fmgr.h"
 #include "miscadmin.h"
@@ -30,7 +31,6 @@
 #include "storage/proc.h"
 #include "storage/shmem.h"
 #include "tcop/utility.h"
-#include "catalog/pg_type.h"
 #include "utils/memutils.h"
 
 PG_FUNCTION_INFO_V1(outbox_wake_sql);
@@ -87,9 +87,7 @@ outbox_shmem_startup(void)
 		for (i = 0; i < outbox_shared->nslots; i++)
 		{
 			for (int w = 0; w < OUTBOX_BITS_WORDS; w++)
-			{
 				pg_atomic_init_u64(&outbox_shared->slots[i].wake[w], 0);
-			}
 			pg_atomic_init_u32(&outbox_shared->slots[i].subs_changes, 0);
 			pg_atomic_init_u32(&outbox_shared->slots[i].activity, 0);
 			for (int t = 0; t < OUTBOX_TOPIC_XIDS; t++)
@@ -145,9 +143,7 @@ outbox_slot_get(Oid dboid)
 			memset(slot, 0, offsetof(OutboxDbSlot, wake));
 			slot->dboid = dboid;
 			for (int w = 0; w < OUTBOX_BITS_WORDS; w++)
-			{
 				pg_atomic_write_u64(&slot->wake[w], 0);
-			}
 			pg_atomic_write_u32(&slot->activity, 0);
 			for (int t = 0; t < OUTBOX_TOPIC_XIDS; t++)
 				pg_atomic_write_u64(&slot->topic_xid[t], 0);
@@ -164,11 +160,21 @@ outbox_slot_get(Oid dboid)
 	return NULL;
 }
 
+/*
+ * The hash of a topic's bytes: its wake-up bit and its entry of topic_xid
+ * are taken from it.
+ */
+uint32
+outbox_topic_hash(const char *topic, size_t len)
+{
+	return hash_bytes((const unsigned char *) topic, len);
+}
+
 /* Set the bit of a topic in a wake-up bitmap. */
 void
 outbox_wake_add_topic(OutboxBits *bits, const char *topic)
 {
-	outbox_bits_add(bits, hash_bytes((const unsigned char *) topic, strlen(topic)));
+	outbox_bits_add(bits, outbox_topic_hash(topic, strlen(topic)));
 }
 
 /* OR a set of bits into shared ones; only the words that have any. */
@@ -240,26 +246,27 @@ my_db_slot(void)
 static uint64 published[OUTBOX_TOPIC_XIDS / 64];
 static FullTransactionId published_xid;
 
+/* ... of the topic of this hash (outbox_topic_hash) */
 void
-outbox_wake_topic_after_commit(const char *topic)
+outbox_wake_hash_after_commit(uint32 hash)
 {
-	outbox_wake_add_topic(&pending_wake, topic);
+	outbox_bits_add(&pending_wake, hash);
 	pending_wake_any = true;
 }
 
 /*
  * An event of this topic is being enqueued: publish now, before the
  * transaction can commit, that its xid enqueued the topic
- * (OUTBOX_TOPIC_XIDS).  The xid is assigned before the
+ * (OUTBOX_TOPIC_XIDS).  Returns the topic's hash, for its wake-up bit.  The xid is assigned before the
  * slot is looked up, so a transaction that finds no slot has an xid below
  * the slot's topics_tracked_from when one is made.  Publishing costs an
  * atomic operation per topic per transaction; a transaction that then
  * rolls back (or a savepoint) only makes a reader look for nothing.
  */
-void
+uint32
 outbox_topic_enqueued(const char *topic)
 {
-	uint32		h = hash_bytes((const unsigned char *) topic, strlen(topic));
+	uint32		h = outbox_topic_hash(topic, strlen(topic));
 	FullTransactionId fxid = GetTopFullTransactionId();
 	OutboxDbSlot *slot;
 	uint32		e = h % OUTBOX_TOPIC_XIDS;
@@ -270,7 +277,7 @@ outbox_topic_enqueued(const char *topic)
 		published_xid = fxid;
 	}
 	if ((published[e / 64] & (UINT64CONST(1) << (e % 64))) != 0)
-		return;
+		return h;
 	slot = my_db_slot();
 	if (slot != NULL)
 	{
@@ -282,6 +289,7 @@ outbox_topic_enqueued(const char *topic)
 				break;
 	}
 	published[e / 64] |= UINT64CONST(1) << (e % 64);
+	return h;
 }
 
 /*
@@ -311,8 +319,7 @@ outbox_topics_quiet_since(ArrayType *topics, FullTransactionId xmin)
 	for (int i = 0; quiet && i < n; i++)
 	{
 		text	   *t = DatumGetTextPP(elems[i]);
-		uint32		h = hash_bytes((const unsigned char *) VARDATA_ANY(t),
-								   VARSIZE_ANY_EXHDR(t));
+		uint32		h = outbox_topic_hash(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t));
 
 		if (pg_atomic_read_u64(&slot->topic_xid[h % OUTBOX_TOPIC_XIDS]) >=
 			U64FromFullTransactionId(xmin))

@@ -15,11 +15,10 @@
 #include "storage/lwlock.h"
 
 /*
- * A set of OUTBOX_BITS bits, each standing for a hash or an id modulo
- * OUTBOX_BITS: the wake-up bits of topics, and the subscriptions a claim or
- * a notification has just served.  Collisions only cost work done for
- * nothing or put off: with 1,000 topics, 64 wake-up bits made a commit
- * notify the subscriptions of about 16 topics.  Every bit set: every topic.
+ * A set of OUTBOX_BITS bits, each standing for a hash modulo OUTBOX_BITS:
+ * the wake-up bits of topics.  Collisions only cost a needless
+ * notification: with 1,000 topics, 64 bits made a commit notify the
+ * subscriptions of about 16 topics.  Every bit set: every topic.
  */
 #define OUTBOX_BITS				1024
 #define OUTBOX_BITS_WORDS		(OUTBOX_BITS / 64)
@@ -41,7 +40,7 @@ outbox_bits_fill(OutboxBits *b)
 	memset(b, 0xff, sizeof(*b));
 }
 
-/* the bit of n (a hash or an id) */
+/* the bit of hash n */
 static inline void
 outbox_bits_add(OutboxBits *b, uint32 n)
 {
@@ -68,15 +67,6 @@ outbox_bits_any(const OutboxBits *b)
 {
 	for (int i = 0; i < OUTBOX_BITS_WORDS; i++)
 		if (b->w[i] != 0)
-			return true;
-	return false;
-}
-
-static inline bool
-outbox_bits_meet(const OutboxBits *a, const OutboxBits *b)
-{
-	for (int i = 0; i < OUTBOX_BITS_WORDS; i++)
-		if ((a->w[i] & b->w[i]) != 0)
 			return true;
 	return false;
 }
@@ -135,8 +125,9 @@ extern OutboxDbSlot *outbox_slot_find(Oid dboid);
 extern OutboxDbSlot *outbox_slot_get(Oid dboid);
 extern void outbox_wake_add_topic(OutboxBits *bits, const char *topic);
 extern void outbox_wake_after_commit(const OutboxBits *bits);
-extern void outbox_wake_topic_after_commit(const char *topic);
-extern void outbox_topic_enqueued(const char *topic);
+extern uint32 outbox_topic_hash(const char *topic, size_t len);
+extern void outbox_wake_hash_after_commit(uint32 hash);
+extern uint32 outbox_topic_enqueued(const char *topic);
 extern bool outbox_topics_quiet_since(ArrayType *topics, FullTransactionId xmin);
 extern void outbox_wake_all_after_commit(void);
 extern void outbox_wake_init(void);
