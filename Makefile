@@ -31,7 +31,7 @@ REGRESS = setup subscribe enqueue claim settle ordering dedup privileges errors 
 # PG15's pg_regress reads expected output from <outputdir>/expected, so the
 # output goes to the top directory (results/, ignored by git).
 REGRESS_OPTS = --inputdir=test
-ISOLATION = claim_concurrency claim_rollback dedup_race ordering_race unsubscribe_race isolation_levels held_claim ordered_rollback truncate_race ordered_waiting
+ISOLATION = claim_concurrency claim_rollback dedup_race ordering_race unsubscribe_race isolation_levels held_claim ordered_rollback truncate_race ordered_waiting ordered_cache
 ISOLATION_OPTS = --inputdir=test --outputdir=.
 
 # no JIT bitcode: nothing here is worth inlining, and it needs clang

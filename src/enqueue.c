@@ -60,6 +60,7 @@ static Oid	state_relid = InvalidOid;
 
 /* which topics ordered subscriptions read; rebuilt after invalidation */
 static bool ordered_valid = false;
+static uint64 ordered_invals = 0;	/* invalidations taken so far */
 static bool ordered_all = false;
 static List *ordered_topics = NIL;	/* of char *, in TopMemoryContext */
 static Oid	ordered_relid = InvalidOid;
@@ -68,7 +69,10 @@ static void
 enqueue_invalidate(Datum arg, Oid relid)
 {
 	if (!OidIsValid(relid) || relid == ordered_relid)
+	{
 		ordered_valid = false;
+		ordered_invals++;
+	}
 	if (!OidIsValid(relid) || relid == state_relid)
 		current_bucket = -1;
 }
@@ -104,17 +108,26 @@ bucket_for_enqueue(void)
  * Does some ordered subscription read this topic?  Cached per backend;
  * subscribe() and unsubscribe() send a relcache invalidation on
  * outbox.subscription, which transactions starting after their commit see.
+ *
+ * The cache is read with the latest snapshot, not the statement's: a
+ * transaction (or statement) whose snapshot is older than a subscribe that
+ * it has already seen the invalidation of would otherwise cache a list
+ * without the new subscription for every later transaction of the backend,
+ * which then wrote no commit order for its keys.  And an invalidation
+ * taken while the read locks the table (a subscribe that committed after
+ * the snapshot) makes it read again.
  */
 static bool
 topic_is_ordered(const char *topic)
 {
 	ListCell   *lc;
 
-	if (!ordered_valid)
+	while (!ordered_valid)
 	{
 		static SPIPlanPtr plan = NULL;
 		MemoryContext oldcxt;
 		uint64		i;
+		uint64		invals;
 
 		list_free_deep(ordered_topics);
 		ordered_topics = NIL;
@@ -123,7 +136,9 @@ topic_is_ordered(const char *topic)
 		if (plan == NULL)
 			plan = outbox_prepare("SELECT topics FROM outbox.subscription WHERE ordered",
 								  0, NULL);
-		if (SPI_execute_plan(plan, NULL, NULL, true, 0) != SPI_OK_SELECT)
+		invals = ordered_invals;
+		if (SPI_execute_snapshot(plan, NULL, NULL, GetLatestSnapshot(),
+								 InvalidSnapshot, true, false, 0) != SPI_OK_SELECT)
 			elog(ERROR, "ordered subscription lookup failed");
 		oldcxt = MemoryContextSwitchTo(TopMemoryContext);
 		for (i = 0; i < SPI_processed; i++)
@@ -147,7 +162,8 @@ topic_is_ordered(const char *topic)
 										 TextDatumGetCString(elems[j]));
 		}
 		MemoryContextSwitchTo(oldcxt);
-		ordered_valid = true;
+		SPI_freetuptable(SPI_tuptable);
+		ordered_valid = invals == ordered_invals;
 	}
 	if (ordered_all)
 		return true;
