@@ -1174,7 +1174,10 @@ hole_segments(OutboxChain *chain)
 
 			/* merge the holes that overlap this one */
 			while (j + 1 < nh && holes[j + 1].from <= to)
-				to = Max(to, holes[++j].to);
+			{
+				j++;
+				to = Max(to, holes[j].to);
+			}
 			cur = from;
 			for (k = 0; k < nc && cur < to; k++)
 			{
