@@ -78,9 +78,10 @@ note_ready(Counts *c, TimestampTz since)
 		c->oldest = since;
 }
 
-/* Count the events a scan of the stream returns that are in the segment. */
+/* Call fn for each row of the portal, 10,000 rows at a time. */
 static void
-count_portal(Portal portal, OutboxSegment *seg, Counts *c, TimestampTz now)
+each_row(Portal portal, void (*fn) (HeapTuple tup, TupleDesc desc, void *arg),
+		 void *arg)
 {
 	for (;;)
 	{
@@ -91,30 +92,42 @@ count_portal(Portal portal, OutboxSegment *seg, Counts *c, TimestampTz now)
 		if (SPI_processed == 0)
 			break;
 		for (i = 0; i < SPI_processed; i++)
-		{
-			HeapTuple	tup = SPI_tuptable->vals[i];
-			TupleDesc	desc = SPI_tuptable->tupdesc;
-			bool		isnull,
-						da_null;
-			int64		id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
-			Datum		da = SPI_getbinval(tup, desc, 2, &da_null);
-			bool		key_null;
-			Datum		key;
-
-			if (!outbox_segment_contains(seg, id))
-				continue;
-			key = SPI_getbinval(tup, desc, 4, &key_null);
-			if (!key_takes(c, key_null ? NULL : TextDatumGetCString(key)))
-				c->scheduled++;		/* held behind an earlier event of its key */
-			else if (!da_null && DatumGetTimestampTz(da) > now)
-				c->scheduled++;
-			else
-				note_ready(c, da_null ?
-						   DatumGetTimestampTz(SPI_getbinval(tup, desc, 3, &isnull)) :
-						   DatumGetTimestampTz(da));
-		}
+			fn(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, arg);
 		SPI_freetuptable(SPI_tuptable);
 	}
+}
+
+/* An ordered subscription's segment being counted. */
+typedef struct SegmentCount
+{
+	OutboxSegment *seg;
+	Counts	   *c;
+	TimestampTz now;
+} SegmentCount;
+
+/* Count an event of the segment's scan, if the segment contains it. */
+static void
+count_segment_row(HeapTuple tup, TupleDesc desc, void *arg)
+{
+	SegmentCount *sc = arg;
+	bool		isnull,
+				da_null,
+				key_null;
+	int64		id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+	Datum		da = SPI_getbinval(tup, desc, 2, &da_null);
+	Datum		key;
+
+	if (!outbox_segment_contains(sc->seg, id))
+		return;
+	key = SPI_getbinval(tup, desc, 4, &key_null);
+	if (!key_takes(sc->c, key_null ? NULL : TextDatumGetCString(key)))
+		sc->c->scheduled++;		/* held behind an earlier event of its key */
+	else if (!da_null && DatumGetTimestampTz(da) > sc->now)
+		sc->c->scheduled++;
+	else
+		note_ready(sc->c, da_null ?
+				   DatumGetTimestampTz(SPI_getbinval(tup, desc, 3, &isnull)) :
+				   DatumGetTimestampTz(da));
 }
 
 /*
@@ -169,7 +182,11 @@ count_stream(OutboxSub *sub, OutboxChain *chain, Counts *c, TimestampTz now)
 		PushActiveSnapshot(chain->snapshot);
 		portal = SPI_cursor_open(NULL, plan, args, nulls, true);
 		PopActiveSnapshot();
-		count_portal(portal, seg, c, now);
+		{
+			SegmentCount sc = {seg, c, now};
+
+			each_row(portal, count_segment_row, &sc);
+		}
 		SPI_cursor_close(portal);
 	}
 }
@@ -314,6 +331,43 @@ stream_sub_count(StreamSub *ss, int64 id, Datum deliver_at, bool da_null,
 				   DatumGetTimestampTz(deliver_at));
 }
 
+/* The shared scan's subscriptions: by topic, and those of every topic. */
+typedef struct SharedScan
+{
+	HTAB	   *by_topic;
+	List	   *every;
+	TimestampTz now;
+} SharedScan;
+
+/* Hand an event of the shared scan to the subscriptions of its topic. */
+static void
+shared_scan_row(HeapTuple tup, TupleDesc desc, void *arg)
+{
+	SharedScan *sh = arg;
+	bool		isnull,
+				da_null;
+	int64		id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+	char	   *topic = TextDatumGetCString(SPI_getbinval(tup, desc, 2, &isnull));
+	Datum		da = SPI_getbinval(tup, desc, 3, &da_null);
+	Datum		ea = SPI_getbinval(tup, desc, 4, &isnull);
+	char		key[OUTBOX_MAX_TOPIC_LEN + 1];
+	TopicSubs  *ts;
+	ListCell   *lc;
+
+	foreach(lc, sh->every)
+		stream_sub_count(lfirst(lc), id, da, da_null, ea, sh->now);
+	/* topics are at most OUTBOX_MAX_TOPIC_LEN bytes: the key is whole */
+	memset(key, 0, sizeof(key));
+	strlcpy(key, topic, sizeof(key));
+	ts = hash_search(sh->by_topic, key, HASH_FIND, NULL);
+	if (ts != NULL)
+	{
+		foreach(lc, ts->subs)
+			stream_sub_count(lfirst(lc), id, da, da_null, ea, sh->now);
+	}
+	pfree(topic);
+}
+
 /*
  * Count the stream for the unordered subscriptions in one pass: the union
  * of their segments' spans is read once, in id order, and each event goes
@@ -326,8 +380,7 @@ shared_scan(StreamSub *subs, int nsubs, TimestampTz now)
 {
 	static SPIPlanPtr plan = NULL;
 	HASHCTL		ctl;
-	HTAB	   *by_topic;
-	List	   *every = NIL;
+	SharedScan	sh;
 	Range	   *ranges;
 	int			nranges = 0;
 	int			i,
@@ -338,8 +391,10 @@ shared_scan(StreamSub *subs, int nsubs, TimestampTz now)
 	ctl.keysize = sizeof(((TopicSubs *) 0)->topic);
 	ctl.entrysize = sizeof(TopicSubs);
 	ctl.hcxt = CurrentMemoryContext;
-	by_topic = hash_create("outbox stats topics", 256, &ctl,
-						   HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+	sh.by_topic = hash_create("outbox stats topics", 256, &ctl,
+							  HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+	sh.every = NIL;
+	sh.now = now;
 	for (i = 0; i < nsubs; i++)
 		nranges += subs[i].nsegs;
 	ranges = palloc(sizeof(Range) * Max(nranges, 1));
@@ -360,7 +415,7 @@ shared_scan(StreamSub *subs, int nsubs, TimestampTz now)
 		}
 		if (ss->sub->topics == NULL)
 		{
-			every = lappend(every, ss);
+			sh.every = lappend(sh.every, ss);
 			continue;
 		}
 		deconstruct_array(ss->sub->topics, TEXTOID, -1, false, TYPALIGN_INT,
@@ -373,7 +428,7 @@ shared_scan(StreamSub *subs, int nsubs, TimestampTz now)
 
 			memset(key, 0, sizeof(key));
 			strlcpy(key, TextDatumGetCString(elems[j]), sizeof(key));
-			ts = hash_search(by_topic, key, HASH_ENTER, &found);
+			ts = hash_search(sh.by_topic, key, HASH_ENTER, &found);
 			if (!found)
 				ts->subs = NIL;
 			ts->subs = lappend(ts->subs, ss);
@@ -410,43 +465,7 @@ shared_scan(StreamSub *subs, int nsubs, TimestampTz now)
 		PushActiveSnapshot(snap);
 		portal = SPI_cursor_open(NULL, plan, args, NULL, true);
 		PopActiveSnapshot();
-		for (;;)
-		{
-			uint64		k;
-
-			CHECK_FOR_INTERRUPTS();
-			SPI_cursor_fetch(portal, true, 10000);
-			if (SPI_processed == 0)
-				break;
-			for (k = 0; k < SPI_processed; k++)
-			{
-				HeapTuple	tup = SPI_tuptable->vals[k];
-				TupleDesc	desc = SPI_tuptable->tupdesc;
-				bool		isnull,
-							da_null;
-				int64		id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
-				char	   *topic = TextDatumGetCString(SPI_getbinval(tup, desc, 2, &isnull));
-				Datum		da = SPI_getbinval(tup, desc, 3, &da_null);
-				Datum		ea = SPI_getbinval(tup, desc, 4, &isnull);
-				char		key[OUTBOX_MAX_TOPIC_LEN + 1];
-				TopicSubs  *ts;
-				ListCell   *lc;
-
-				foreach(lc, every)
-					stream_sub_count(lfirst(lc), id, da, da_null, ea, now);
-				/* topics are at most OUTBOX_MAX_TOPIC_LEN bytes: the key is whole */
-				memset(key, 0, sizeof(key));
-				strlcpy(key, topic, sizeof(key));
-				ts = hash_search(by_topic, key, HASH_FIND, NULL);
-				if (ts != NULL)
-				{
-					foreach(lc, ts->subs)
-						stream_sub_count(lfirst(lc), id, da, da_null, ea, now);
-				}
-				pfree(topic);
-			}
-			SPI_freetuptable(SPI_tuptable);
-		}
+		each_row(portal, shared_scan_row, &sh);
 		SPI_cursor_close(portal);
 	}
 	UnregisterSnapshot(snap);
