@@ -129,6 +129,7 @@ topic_is_ordered(const char *topic)
 		uint64		i;
 		uint64		invals;
 
+		CHECK_FOR_INTERRUPTS();
 		list_free_deep(ordered_topics);
 		ordered_topics = NIL;
 		ordered_all = false;
