@@ -1098,17 +1098,12 @@ make_segment(int64 delta, OutboxSnap *lo, OutboxSnap *hi, int64 from,
 	return seg;
 }
 
-typedef struct Range
+/* qsort order of ranges: by their start */
+int
+outbox_cmp_range(const void *a, const void *b)
 {
-	int64		from;
-	int64		to;
-} Range;
-
-static int
-cmp_range(const void *a, const void *b)
-{
-	const Range *x = a;
-	const Range *y = b;
+	const OutboxRange *x = a;
+	const OutboxRange *y = b;
 
 	return (x->from > y->from) - (x->from < y->from);
 }
@@ -1124,16 +1119,16 @@ hole_segments(OutboxChain *chain)
 {
 	List	   *segs = NIL;
 	bool	   *done;
-	Range	   *holes;
-	Range	   *cover;
+	OutboxRange *holes;
+	OutboxRange *cover;
 	int			i,
 				j;
 
 	if (chain->nholes == 0)
 		return NIL;
 	done = palloc0(sizeof(bool) * chain->nholes);
-	holes = palloc(sizeof(Range) * chain->nholes);
-	cover = palloc(sizeof(Range) * Max(chain->nslices, 1));
+	holes = palloc(sizeof(OutboxRange) * chain->nholes);
+	cover = palloc(sizeof(OutboxRange) * Max(chain->nslices, 1));
 	for (i = 0; i < chain->nholes; i++)
 	{
 		OutboxHeld *h = &chain->holes[i];
@@ -1164,8 +1159,8 @@ hole_segments(OutboxChain *chain)
 			cover[nc].from = s->pos_from;
 			cover[nc++].to = s->pos_to;
 		}
-		qsort(holes, nh, sizeof(Range), cmp_range);
-		qsort(cover, nc, sizeof(Range), cmp_range);
+		qsort(holes, nh, sizeof(OutboxRange), outbox_cmp_range);
+		qsort(cover, nc, sizeof(OutboxRange), outbox_cmp_range);
 		for (j = 0; j < nh; j++)
 		{
 			int64		from = holes[j].from;
@@ -1286,7 +1281,7 @@ bool
 outbox_chain_pending(OutboxChain *chain, uint64 xid, int64 first, int64 last)
 {
 	int64		delta = -1;
-	Range	   *ranges;
+	OutboxRange *ranges;
 	int			nranges = 0;
 	int64		cur;
 	int			i;
@@ -1319,7 +1314,7 @@ outbox_chain_pending(OutboxChain *chain, uint64 xid, int64 first, int64 last)
 	if (delta < 0)
 		return true;
 
-	ranges = palloc(sizeof(Range) * (chain->nslices + 1));
+	ranges = palloc(sizeof(OutboxRange) * (chain->nslices + 1));
 	if (chain->delta == delta)
 	{
 		ranges[nranges].from = 0;
@@ -1331,7 +1326,7 @@ outbox_chain_pending(OutboxChain *chain, uint64 xid, int64 first, int64 last)
 			ranges[nranges].from = chain->slices[i].pos_from;
 			ranges[nranges++].to = chain->slices[i].pos_to;
 		}
-	qsort(ranges, nranges, sizeof(Range), cmp_range);
+	qsort(ranges, nranges, sizeof(OutboxRange), outbox_cmp_range);
 	cur = first - 1;
 	for (i = 0; i < nranges && cur < last; i++)
 		if (ranges[i].from <= cur)
@@ -1412,7 +1407,7 @@ same_delta(const OutboxHeld *h, const OutboxSlice *s)
 static bool
 hole_covered(OutboxChain *chain, const OutboxHeld *h)
 {
-	Range	   *cover = palloc(sizeof(Range) * Max(chain->nslices, 1));
+	OutboxRange *cover = palloc(sizeof(OutboxRange) * Max(chain->nslices, 1));
 	int			nc = 0,
 				k;
 	int64		cur = h->pos_from;
@@ -1426,7 +1421,7 @@ hole_covered(OutboxChain *chain, const OutboxHeld *h)
 		cover[nc].from = s->pos_from;
 		cover[nc++].to = s->pos_to;
 	}
-	qsort(cover, nc, sizeof(Range), cmp_range);
+	qsort(cover, nc, sizeof(OutboxRange), outbox_cmp_range);
 	for (k = 0; k < nc && cur < h->pos_to; k++)
 		if (cover[k].from <= cur)
 			cur = Max(cur, cover[k].to);

@@ -58,6 +58,13 @@ typedef struct OutboxHeld
 	bool		ended;
 } OutboxHeld;
 
+/* ids > from and <= to */
+typedef struct OutboxRange
+{
+	int64		from;
+	int64		to;
+} OutboxRange;
+
 /* a part of a delta not yet handed out */
 typedef struct OutboxSegment
 {
@@ -121,6 +128,7 @@ extern int	outbox_batch_take(int32 sub_id, int64 gen, int64 batch_no,
 extern void outbox_taken_arrays(int64 *taken, Datum *keys, bool *key_nulls,
 								int n, Datum *ids_array, Datum *keys_array);
 extern int	outbox_cmp_int64(const void *a, const void *b);
+extern int	outbox_cmp_range(const void *a, const void *b);
 extern OutboxChain *outbox_chain_read(int32 sub_id);
 extern void outbox_chain_release(OutboxChain *chain);
 extern List *outbox_chain_segments(OutboxChain *chain);

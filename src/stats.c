@@ -216,21 +216,6 @@ typedef struct TopicSubs
 	List	   *subs;			/* of StreamSub * */
 } TopicSubs;
 
-typedef struct Range
-{
-	int64		lo;
-	int64		hi;
-} Range;
-
-static int
-cmp_range(const void *a, const void *b)
-{
-	const Range *x = a;
-	const Range *y = b;
-
-	return (x->lo > y->lo) - (x->lo < y->lo);
-}
-
 /*
  * The segments of a subscription's chain that may hold events of its
  * topics, and the ids of delivery rows in their span.
@@ -381,7 +366,7 @@ shared_scan(StreamSub *subs, int nsubs, TimestampTz now)
 	static SPIPlanPtr plan = NULL;
 	HASHCTL		ctl;
 	SharedScan	sh;
-	Range	   *ranges;
+	OutboxRange *ranges;
 	int			nranges = 0;
 	int			i,
 				r;
@@ -397,7 +382,7 @@ shared_scan(StreamSub *subs, int nsubs, TimestampTz now)
 	sh.now = now;
 	for (i = 0; i < nsubs; i++)
 		nranges += subs[i].nsegs;
-	ranges = palloc(sizeof(Range) * Max(nranges, 1));
+	ranges = palloc(sizeof(OutboxRange) * Max(nranges, 1));
 	nranges = 0;
 	for (i = 0; i < nsubs; i++)
 	{
@@ -410,8 +395,8 @@ shared_scan(StreamSub *subs, int nsubs, TimestampTz now)
 			continue;
 		for (j = 0; j < ss->nsegs; j++)
 		{
-			ranges[nranges].lo = ss->seg_lo[j];
-			ranges[nranges++].hi = ss->seg_hi[j];
+			ranges[nranges].from = ss->seg_lo[j];
+			ranges[nranges++].to = ss->seg_hi[j];
 		}
 		if (ss->sub->topics == NULL)
 		{
@@ -436,7 +421,7 @@ shared_scan(StreamSub *subs, int nsubs, TimestampTz now)
 	}
 	if (nranges == 0)
 		return;
-	qsort(ranges, nranges, sizeof(Range), cmp_range);
+	qsort(ranges, nranges, sizeof(OutboxRange), outbox_cmp_range);
 
 	if (plan == NULL)
 	{
@@ -449,16 +434,16 @@ shared_scan(StreamSub *subs, int nsubs, TimestampTz now)
 	snap = RegisterSnapshot(GetLatestSnapshot());
 	for (r = 0; r < nranges; r++)
 	{
-		int64		lo = ranges[r].lo;
-		int64		hi = ranges[r].hi;
+		int64		lo = ranges[r].from;
+		int64		hi = ranges[r].to;
 		Datum		args[2];
 		Portal		portal;
 
 		/* merge the spans that overlap or touch this one */
-		while (r + 1 < nranges && ranges[r + 1].lo <= hi)
+		while (r + 1 < nranges && ranges[r + 1].from <= hi)
 		{
 			r++;
-			hi = Max(hi, ranges[r].hi);
+			hi = Max(hi, ranges[r].to);
 		}
 		args[0] = Int64GetDatum(lo);
 		args[1] = Int64GetDatum(hi);
