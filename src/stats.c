@@ -131,6 +131,22 @@ count_segment_row(HeapTuple tup, TupleDesc desc, void *arg)
 }
 
 /*
+ * The ids of a segment a stream count must read (> *lo_id and <= *hi_id):
+ * its range, within the ids its delta's transactions can have.  False if
+ * that is empty, or no transaction of the delta enqueued the
+ * subscription's topics (claim.c, scan_segment).
+ */
+static bool
+segment_span(OutboxSub *sub, OutboxSegment *seg, int64 *lo_id, int64 *hi_id)
+{
+	*lo_id = Max(seg->from,
+				 OUTBOX_XID_FIRST_ID(U64FromFullTransactionId(seg->lo->xmin)) - 1);
+	*hi_id = Min(seg->to,
+				 OUTBOX_XID_FIRST_ID(U64FromFullTransactionId(seg->hi->xmax)) - 1);
+	return *lo_id < *hi_id && !outbox_topics_quiet_since(sub->topics, seg->lo->xmin);
+}
+
+/*
  * Count the events of the stream that no claim has reached.
  */
 static void
@@ -163,15 +179,10 @@ count_stream(OutboxSub *sub, OutboxChain *chain, Counts *c, TimestampTz now)
 		Datum		args[4];
 		char		nulls[4] = {' ', ' ', ' ', ' '};
 		Portal		portal;
-		int64		lo_id = Max(seg->from,
-								OUTBOX_XID_FIRST_ID(U64FromFullTransactionId(seg->lo->xmin)) - 1);
-		int64		hi_id = Min(seg->to,
-								OUTBOX_XID_FIRST_ID(U64FromFullTransactionId(seg->hi->xmax)) - 1);
+		int64		lo_id,
+					hi_id;
 
-		if (lo_id >= hi_id)
-			continue;
-		/* nothing of its topics committed since (claim.c, scan_segment) */
-		if (outbox_topics_quiet_since(sub->topics, seg->lo->xmin))
+		if (!segment_span(sub, seg, &lo_id, &hi_id))
 			continue;
 		args[0] = Int64GetDatum(lo_id);
 		args[1] = Int64GetDatum(hi_id);
@@ -209,7 +220,11 @@ typedef struct StreamSub
 	HTAB	   *rows;			/* int64 ids with a delivery row, or NULL */
 } StreamSub;
 
-/* subscriptions reading a topic, for the shared scan */
+/*
+ * Subscriptions reading a topic, for the shared scan.  A topic is at most
+ * OUTBOX_MAX_TOPIC_LEN bytes, so the key holds it whole and a topic's text
+ * is looked up as it is.
+ */
 typedef struct TopicSubs
 {
 	char		topic[OUTBOX_MAX_TOPIC_LEN + 1];	/* the hash key */
@@ -235,15 +250,10 @@ stream_sub_prepare(StreamSub *ss)
 	foreach(lc, segs)
 	{
 		OutboxSegment *seg = lfirst(lc);
-		int64		lo_id = Max(seg->from,
-								OUTBOX_XID_FIRST_ID(U64FromFullTransactionId(seg->lo->xmin)) - 1);
-		int64		hi_id = Min(seg->to,
-								OUTBOX_XID_FIRST_ID(U64FromFullTransactionId(seg->hi->xmax)) - 1);
+		int64		lo_id,
+					hi_id;
 
-		if (lo_id >= hi_id)
-			continue;
-		/* nothing of its topics committed since (claim.c, scan_segment) */
-		if (outbox_topics_quiet_since(ss->sub->topics, seg->lo->xmin))
+		if (!segment_span(ss->sub, seg, &lo_id, &hi_id))
 			continue;
 		ss->segs[ss->nsegs] = seg;
 		ss->seg_lo[ss->nsegs] = lo_id;
@@ -335,16 +345,12 @@ shared_scan_row(HeapTuple tup, TupleDesc desc, void *arg)
 	char	   *topic = TextDatumGetCString(SPI_getbinval(tup, desc, 2, &isnull));
 	Datum		da = SPI_getbinval(tup, desc, 3, &da_null);
 	Datum		ea = SPI_getbinval(tup, desc, 4, &isnull);
-	char		key[OUTBOX_MAX_TOPIC_LEN + 1];
 	TopicSubs  *ts;
 	ListCell   *lc;
 
 	foreach(lc, sh->every)
 		stream_sub_count(lfirst(lc), id, da, da_null, ea, sh->now);
-	/* topics are at most OUTBOX_MAX_TOPIC_LEN bytes: the key is whole */
-	memset(key, 0, sizeof(key));
-	strlcpy(key, topic, sizeof(key));
-	ts = hash_search(sh->by_topic, key, HASH_FIND, NULL);
+	ts = hash_search(sh->by_topic, topic, HASH_FIND, NULL);
 	if (ts != NULL)
 	{
 		foreach(lc, ts->subs)
@@ -407,13 +413,11 @@ shared_scan(StreamSub *subs, int nsubs, TimestampTz now)
 						  &elems, NULL, &n);
 		for (j = 0; j < n; j++)
 		{
-			char		key[OUTBOX_MAX_TOPIC_LEN + 1];
 			TopicSubs  *ts;
 			bool		found;
 
-			memset(key, 0, sizeof(key));
-			strlcpy(key, TextDatumGetCString(elems[j]), sizeof(key));
-			ts = hash_search(sh.by_topic, key, HASH_ENTER, &found);
+			ts = hash_search(sh.by_topic, TextDatumGetCString(elems[j]),
+							 HASH_ENTER, &found);
 			if (!found)
 				ts->subs = NIL;
 			ts->subs = lappend(ts->subs, ss);
