@@ -16,7 +16,8 @@ OBJS = \
 	src/notify.o \
 	src/lease.o \
 	src/retention.o \
-	src/lifecycle.o
+	src/lifecycle.o \
+	src/restore.o
 
 EXTENSION = outbox
 # 1.0 is released and never changes; every later change goes into an

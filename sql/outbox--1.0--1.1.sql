@@ -441,3 +441,142 @@ BEGIN
 	PERFORM outbox._sync_schema_usage(role, r);
 END
 $$;
+
+--
+-- Dump and restore (issue 10): src/restore.c, README "Backups, replicas and
+-- upgrades".
+--
+-- Everything a subscription's position needs is dumped: the events, the
+-- chain (cursor, batch and settle rows), deliveries, dedup keys, the commit
+-- order of keys and the sequences.  outbox.state and outbox.chain_state are
+-- not: CREATE EXTENSION makes their rows, and finish_restore() derives them
+-- from what was restored.
+--
+SELECT pg_catalog.pg_extension_config_dump('outbox.event_0', '');
+SELECT pg_catalog.pg_extension_config_dump('outbox.event_1', '');
+SELECT pg_catalog.pg_extension_config_dump('outbox.event_2', '');
+SELECT pg_catalog.pg_extension_config_dump('outbox.event_3', '');
+SELECT pg_catalog.pg_extension_config_dump('outbox.event_kept', '');
+SELECT pg_catalog.pg_extension_config_dump('outbox.cursor_0', '');
+SELECT pg_catalog.pg_extension_config_dump('outbox.cursor_1', '');
+SELECT pg_catalog.pg_extension_config_dump('outbox.cursor_2', '');
+SELECT pg_catalog.pg_extension_config_dump('outbox.cursor_3', '');
+SELECT pg_catalog.pg_extension_config_dump('outbox.batch_0', '');
+SELECT pg_catalog.pg_extension_config_dump('outbox.batch_1', '');
+SELECT pg_catalog.pg_extension_config_dump('outbox.batch_2', '');
+SELECT pg_catalog.pg_extension_config_dump('outbox.batch_3', '');
+SELECT pg_catalog.pg_extension_config_dump('outbox.settle_0', '');
+SELECT pg_catalog.pg_extension_config_dump('outbox.settle_1', '');
+SELECT pg_catalog.pg_extension_config_dump('outbox.settle_2', '');
+SELECT pg_catalog.pg_extension_config_dump('outbox.settle_3', '');
+SELECT pg_catalog.pg_extension_config_dump('outbox.delivery', '');
+SELECT pg_catalog.pg_extension_config_dump('outbox.dedup', '');
+SELECT pg_catalog.pg_extension_config_dump('outbox.key_commit', '');
+SELECT pg_catalog.pg_extension_config_dump('outbox.subscription_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('outbox.batch_no_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('outbox.key_commit_seq', '');
+
+-- Grants name their role: a dump writes a regrole as the role's name, and
+-- a restore looks the name up, where an oid would have come back attached
+-- to whichever role has that number in the new cluster.  Grants of roles
+-- dropped since are left out of dumps (a dropped role's regrole prints as
+-- its number).
+ALTER TABLE outbox.consumer ALTER COLUMN role TYPE regrole;
+ALTER TABLE outbox.producer ALTER COLUMN role TYPE regrole;
+SELECT pg_catalog.pg_extension_config_dump('outbox.consumer',
+	'WHERE EXISTS (SELECT FROM pg_catalog.pg_roles r WHERE r.oid OPERATOR(pg_catalog.=) role)');
+SELECT pg_catalog.pg_extension_config_dump('outbox.producer',
+	'WHERE EXISTS (SELECT FROM pg_catalog.pg_roles r WHERE r.oid OPERATOR(pg_catalog.=) role)');
+
+-- Xids as outbox stores them are the server's plus xid_shift; stored xids
+-- below xid_floor came from the cluster a dump was taken from.  Both are 0
+-- until a restore.  While "restoring", every call refuses and the worker
+-- does nothing.
+ALTER TABLE outbox.state
+	ADD COLUMN xid_shift bigint NOT NULL DEFAULT 0 CHECK (xid_shift >= 0),
+	ADD COLUMN xid_floor bigint NOT NULL DEFAULT 0 CHECK (xid_floor >= 0),
+	ADD COLUMN restoring boolean NOT NULL DEFAULT false;
+
+-- A restore script of pg_dump, pg_dumpall or pg_restore creates the
+-- extension with check_function_bodies and row_security off, and then loads
+-- the tables; nothing may act on them before it is done.
+UPDATE outbox.state SET restoring = true
+ WHERE NOT pg_catalog.current_setting('check_function_bodies')::boolean
+   AND NOT pg_catalog.current_setting('row_security')::boolean
+   AND NOT EXISTS (SELECT FROM outbox.subscription)
+   AND NOT EXISTS (SELECT FROM outbox.event);
+
+CREATE FUNCTION outbox._state_changed()
+RETURNS void
+AS 'MODULE_PATHNAME', 'outbox_state_changed'
+LANGUAGE C VOLATILE;
+REVOKE ALL ON FUNCTION outbox._state_changed() FROM PUBLIC;
+
+-- Ends restore mode: every xid the server hands out from now on, shifted,
+-- sorts after every xid restored (event ids, snapshots, key commits), so
+-- restored chains carry on and new events follow restored ones.
+CREATE FUNCTION outbox.finish_restore()
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	oldest bigint;
+	bound bigint;
+	st record;
+	gen bigint;
+BEGIN
+	IF pg_is_in_recovery() THEN
+		RAISE EXCEPTION 'cannot execute finish_restore() during recovery'
+			USING ERRCODE = 'read_only_sql_transaction';
+	ELSIF current_setting('transaction_read_only')::boolean THEN
+		RAISE EXCEPTION 'cannot execute finish_restore() in a read-only transaction'
+			USING ERRCODE = 'read_only_sql_transaction';
+	END IF;
+	-- at most every xid running or yet to come, taken before this
+	-- transaction has one of its own
+	oldest := pg_snapshot_xmin(pg_current_snapshot())::text::bigint;
+	LOCK TABLE outbox.state IN EXCLUSIVE MODE;
+	SELECT s.xid_shift, s.xid_floor, s.restoring INTO st FROM outbox.state s;
+	IF NOT st.restoring THEN
+		RAISE NOTICE 'outbox is not waiting for a restore in this database';
+		RETURN;
+	END IF;
+	bound := GREATEST(
+		(SELECT max(e.id >> 20) + 1 FROM outbox.event e),
+		(SELECT max(d.event_id >> 20) + 1 FROM outbox.delivery d),
+		(SELECT max(x.event_id >> 20) + 1 FROM outbox.dedup x),
+		(SELECT max(k.xid::text::bigint) + 1 FROM outbox.key_commit k),
+		(SELECT max(pg_snapshot_xmax(s.origin)::text::bigint) FROM outbox.subscription s),
+		(SELECT max(pg_snapshot_xmax(c.hi)::text::bigint) FROM outbox.cursor c),
+		(SELECT max(pg_snapshot_xmax(h.hi)::text::bigint)
+		   FROM outbox.cursor c, unnest(c.held) h),
+		(SELECT max(pg_snapshot_xmax(b.hi)::text::bigint) FROM outbox.batch b),
+		st.xid_floor);
+	UPDATE outbox.chain_state c
+	   SET gen = GREATEST(c.gen, (SELECT max(g) FROM (
+			SELECT max(x.gen) FROM outbox.cursor x
+			UNION ALL SELECT max(x.gen) FROM outbox.batch x
+			UNION ALL SELECT max(x.gen) FROM outbox.settle x) m(g)));
+	UPDATE outbox.state s
+	   SET xid_shift = GREATEST(st.xid_shift, COALESCE(bound, 0) - oldest),
+		   xid_floor = COALESCE(bound, st.xid_floor),
+		   bucket = COALESCE((SELECT e.bucket FROM outbox.event e WHERE e.bucket < 4
+							  ORDER BY e.id DESC LIMIT 1), s.bucket),
+		   bucket_since = now(),
+		   restoring = false;
+	-- a dump of version 1.0 has subscriptions but no chain: they start at
+	-- their origin (the events of a 1.0 dump were not in it)
+	IF EXISTS (SELECT FROM outbox.subscription s
+				WHERE NOT EXISTS (SELECT FROM outbox.cursor c WHERE c.sub_id = s.id)) THEN
+		gen := outbox._chain_gen_for_insert();
+		INSERT INTO outbox.cursor (gen, sub_id, fold_no, delta, lo, hi, pos, ended, scan_from, scan_gen)
+		SELECT gen, s.id, 0, 0, s.origin, s.origin, 0, true, 0, gen
+		  FROM outbox.subscription s
+		 WHERE NOT EXISTS (SELECT FROM outbox.cursor c WHERE c.sub_id = s.id);
+	END IF;
+	PERFORM outbox._state_changed();
+	PERFORM outbox._subscriptions_changed();
+END
+$$;
+REVOKE ALL ON FUNCTION outbox.finish_restore() FROM PUBLIC;

@@ -54,10 +54,6 @@ static int64 counter_next = 0;
 /* key hashes whose commit order must be recorded (TopTransactionContext) */
 static List *pending_keys = NIL;
 
-/* the bucket enqueue writes to (outbox.state); -1 after invalidation */
-static int	current_bucket = -1;
-static Oid	state_relid = InvalidOid;
-
 /* which topics ordered subscriptions read; rebuilt after invalidation */
 static bool ordered_valid = false;
 static uint64 ordered_invals = 0;	/* invalidations taken so far */
@@ -73,35 +69,6 @@ enqueue_invalidate(Datum arg, Oid relid)
 		ordered_valid = false;
 		ordered_invals++;
 	}
-	if (!OidIsValid(relid) || relid == state_relid)
-		current_bucket = -1;
-}
-
-/*
- * The bucket new events go to.  Cached per backend; the worker's rotation
- * sends a relcache invalidation on outbox.state.  A stale value is
- * harmless: consumers find events by id in whatever bucket holds them, and
- * retention empties a bucket only once nothing in it is still needed.
- */
-static int
-bucket_for_enqueue(void)
-{
-	static SPIPlanPtr plan = NULL;
-	bool		isnull;
-
-	if (current_bucket >= 0)
-		return current_bucket;
-	state_relid = outbox_relid("state");
-	if (plan == NULL)
-		plan = outbox_prepare("SELECT bucket FROM outbox.state", 0, NULL);
-	if (SPI_execute_plan(plan, NULL, NULL, true, 1) != SPI_OK_SELECT ||
-		SPI_processed != 1)
-		elog(ERROR, "outbox.state is missing its row");
-	current_bucket = DatumGetInt16(SPI_getbinval(SPI_tuptable->vals[0],
-												 SPI_tuptable->tupdesc, 1, &isnull));
-	if (current_bucket < 0 || current_bucket >= OUTBOX_BUCKETS)
-		elog(ERROR, "invalid outbox bucket %d", current_bucket);
-	return current_bucket;
 }
 
 /*
@@ -242,7 +209,7 @@ record_key_commits(void)
 	}
 	args[0] = PointerGetDatum(construct_array(hashes, n, INT8OID, 8,
 											  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	args[1] = FullTransactionIdGetDatum(GetTopFullTransactionId());
+	args[1] = FullTransactionIdGetDatum(outbox_shift_xid(GetTopFullTransactionId()));
 	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not record the commit order of ordered keys");
 	outbox_restore_user(save_user, save_sec);
@@ -302,6 +269,8 @@ next_event_id(void)
 				 errdetail("A transaction can enqueue at most " INT64_FORMAT " events.",
 						   OUTBOX_MAX_PER_XACT),
 				 errhint("Commit in smaller transactions.")));
+	/* as outbox stores it (restore.c) */
+	fxid = outbox_shift_xid(fxid);
 	if (U64FromFullTransactionId(fxid) >= (uint64) OUTBOX_MAX_XID)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
@@ -461,8 +430,7 @@ outbox_enqueue(PG_FUNCTION_ARGS)
 	topic_hash = outbox_topic_enqueued(topic_str);
 
 	/* SPI only for dedup keys and for what is not cached yet */
-	use_spi = !PG_ARGISNULL(5) || current_bucket < 0 ||
-		(!PG_ARGISNULL(2) && !ordered_valid);
+	use_spi = !PG_ARGISNULL(5) || (!PG_ARGISNULL(2) && !ordered_valid);
 	if (use_spi)
 	{
 		SPI_connect();
@@ -480,7 +448,7 @@ outbox_enqueue(PG_FUNCTION_ARGS)
 			PG_RETURN_INT64(existing);
 		}
 	}
-	bucket = bucket_for_enqueue();
+	bucket = outbox_current_bucket();
 	if (!PG_ARGISNULL(2) && topic_is_ordered(topic_str))
 	{
 		MemoryContext oldcxt = MemoryContextSwitchTo(TopTransactionContext);

@@ -20,6 +20,7 @@
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "commands/async.h"
+#include "commands/dbcommands.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "storage/lmgr.h"
@@ -98,6 +99,25 @@ unit_error_context(void *arg)
  * This is the one place the worker and the launcher catch errors: a unit's
  * failure is its own, and whatever runs next starts from a clean state.
  */
+/*
+ * Say once every ten minutes that this database waits for
+ * outbox.finish_restore().
+ */
+static void
+report_restore_pending(void)
+{
+	static TimestampTz last = 0;
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (last != 0 && !TimestampDifferenceExceeds(last, now, 10 * 60 * 1000))
+		return;
+	last = now;
+	ereport(LOG,
+			(errmsg("outbox worker is waiting for outbox.finish_restore() in database \"%s\"",
+					get_database_name(MyDatabaseId)),
+			 errdetail("The extension was created by a restore of a dump; until the restore is finished, the worker leaves the database alone.")));
+}
+
 bool
 outbox_unit(const char *what, int flags, OutboxUnitFn fn, void *arg)
 {
@@ -125,6 +145,13 @@ outbox_unit(const char *what, int flags, OutboxUnitFn fn, void *arg)
 		 */
 		bool		bare = (flags & OUTBOX_UNIT_BARE) != 0;
 		bool		gone = !bare && !outbox_lock_extension(true);
+
+		/* nothing acts on a database whose restore is unfinished */
+		if (!bare && !gone && outbox_restore_pending())
+		{
+			report_restore_pending();
+			gone = true;
+		}
 
 		if (!bare && !gone)
 		{

@@ -52,7 +52,8 @@ _PG_init(void)
 								NULL, NULL, NULL);
 	MarkGUCPrefixReserved("outbox");
 
-	if (process_shared_preload_libraries_in_progress)
+	/* pg_upgrade's servers run no worker and need no slots */
+	if (process_shared_preload_libraries_in_progress && !IsBinaryUpgrade)
 	{
 		outbox_shmem_init();
 		outbox_launcher_register();

@@ -109,6 +109,15 @@ typedef struct OutboxSub
 
 /* snapshot.c */
 extern OutboxSnap *outbox_snap_from_snapshot(Snapshot snap);
+
+/* restore.c: outbox.state, the xid shift and restore mode */
+extern int	outbox_current_bucket(void);
+extern FullTransactionId outbox_shift_xid(FullTransactionId fxid);
+extern uint64 outbox_xid_shift(void);
+extern uint64 outbox_xid_floor(void);
+extern void outbox_check_restored(void);
+extern bool outbox_restore_pending(void);
+extern void outbox_state_forget(void);
 extern bool outbox_snap_visible(const OutboxSnap *snap, uint64 xid);
 extern bool outbox_snap_equal(const OutboxSnap *a, const OutboxSnap *b);
 extern OutboxSnap *outbox_snap_copy(const OutboxSnap *snap);

@@ -103,7 +103,7 @@ clean_up_unit(void *arg)
 			"DELETE FROM outbox.key_commit WHERE ctid IN ("
 			" SELECT ctid FROM outbox.key_commit WHERE xid < COALESCE("
 			"  (SELECT min(pg_snapshot_xmin(lo)) FROM outbox.cursor_floor),"
-			"  pg_snapshot_xmin(pg_current_snapshot()))"
+			"  pg_snapshot_xmin(outbox._latest_snapshot()))"
 			" LIMIT " CppAsString2(STEP_ROWS) ")", 0, NULL);
 		kept_plan = outbox_prepare(
 			"WITH c AS MATERIALIZED " CURSORS("") ","

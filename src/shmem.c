@@ -311,6 +311,14 @@ outbox_topics_quiet_since(ArrayType *topics, FullTransactionId xmin)
 
 	if (outbox_shared == NULL || topics == NULL || !OidIsValid(MyDatabaseId))
 		return false;
+
+	/*
+	 * The slot tracks the server's xids.  Below the floor, xids are a
+	 * restored cluster's (restore.c), about which it knows nothing.
+	 */
+	if (U64FromFullTransactionId(xmin) < outbox_xid_floor())
+		return false;
+	xmin = FullTransactionIdFromU64(U64FromFullTransactionId(xmin) - outbox_xid_shift());
 	deconstruct_array(topics, TEXTOID, -1, false, TYPALIGN_INT, &elems, NULL, &n);
 	LWLockAcquire(outbox_shared->lock, LW_SHARED);
 	slot = outbox_slot_find(MyDatabaseId);

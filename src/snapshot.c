@@ -57,10 +57,13 @@ outbox_snap_from_snapshot(Snapshot snap)
 
 	res = palloc(offsetof(OutboxSnap, xip) +
 				 sizeof(FullTransactionId) * (snap->xcnt + 1));
-	res->xmin = widen_xid(next, snap->xmin);
-	res->xmax = widen_xid(next, snap->xmax);
+	/* as outbox stores xids (restore.c) */
+	res->xmin = outbox_shift_xid(widen_xid(next, snap->xmin));
+	res->xmax = outbox_shift_xid(widen_xid(next, snap->xmax));
 	for (i = 0; i < snap->xcnt; i++)
-		res->xip[n++] = widen_xid(next, snap->xip[i]);
+		res->xip[n++] = outbox_shift_xid(widen_xid(next, snap->xip[i]));
+	if (FullTransactionIdIsValid(mine))
+		mine = outbox_shift_xid(mine);
 	if (FullTransactionIdIsValid(mine) &&
 		FullTransactionIdPrecedes(mine, res->xmax))
 		res->xip[n++] = mine;

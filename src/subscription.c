@@ -155,8 +155,8 @@ ext_invalidate(Datum arg, Oid relid)
  * invalidation, so that a transaction of one enqueue pays a lock, not a
  * catalog scan.
  */
-bool
-outbox_lock_extension(bool missing_ok)
+static bool
+lock_extension(bool missing_ok)
 {
 	static bool callback_registered = false;
 
@@ -174,6 +174,7 @@ outbox_lock_extension(bool missing_ok)
 		{
 			ext_oid = get_extension_oid("outbox", true);
 			ext_checked = true;
+			outbox_state_forget();
 		}
 		if (!OidIsValid(ext_oid))
 			break;
@@ -190,6 +191,7 @@ outbox_lock_extension(bool missing_ok)
 			return true;
 		LockRelease(&tag, AccessShareLock, false);
 		ext_oid = now;
+		outbox_state_forget();
 	}
 	ext_checked = false;
 	if (!missing_ok)
@@ -198,6 +200,20 @@ outbox_lock_extension(bool missing_ok)
 				 errmsg("extension \"outbox\" was dropped"),
 				 errdetail("DROP EXTENSION outbox committed while this call was waiting for it.")));
 	return false;
+}
+
+/*
+ * ... and refuse while a restore is unfinished (restore.c).  The worker
+ * (missing_ok) asks outbox_restore_pending() itself.
+ */
+bool
+outbox_lock_extension(bool missing_ok)
+{
+	if (!lock_extension(missing_ok))
+		return false;
+	if (!missing_ok)
+		outbox_check_restored();
+	return true;
 }
 
 /*

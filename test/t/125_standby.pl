@@ -61,6 +61,7 @@ my %writes = (
 	'grant_consume(name,text)' => [ q{SELECT outbox.grant_consume('sb_role', 'sb')} ],
 	'revoke_consume(name,text)' => [ q{SELECT outbox.revoke_consume('sb_role', 'sb')} ],
 	'start_worker()' => [ q{SELECT outbox.start_worker()} ],
+	'finish_restore()' => [ q{SELECT outbox.finish_restore()} ],
 );
 # Functions that only read, with a call and its answer.
 my %reads = (
@@ -75,7 +76,7 @@ my @internal = split ' ', q{
   _worker_on_create() _sub_id(text) _check_interval(interval,text) _check_role(name)
   _consumer_objects() _sync_schema_usage(name,oid) _chain_gen_for_insert()
   _hold_subscription(text) _drop_subscription(text) _resubscribed(text,text[],boolean)
-  _latest_snapshot() _lock_extension()
+  _latest_snapshot() _lock_extension() _state_changed()
 };
 
 my $listed = join(' ', sort(keys %writes, keys %reads, @internal));
