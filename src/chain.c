@@ -107,6 +107,21 @@ enum
 	SETTLE_NATTS = SETTLE_IDS
 };
 
+/* their names, checked against the catalog (layout.c) */
+static const char *const batch_columns[] = {
+	"gen", "sub_id", "batch_no", "delta", "lo", "hi", "pos_from", "pos_to",
+	"ended", "lease_until", "ids", "keys"
+};
+static const char *const cursor_columns[] = {
+	"gen", "sub_id", "fold_no", "delta", "lo", "hi", "pos", "ended",
+	"scan_from", "scan_gen", "held"
+};
+static const char *const held_fields[] = {
+	"gen", "batch_no", "delta", "lo", "hi", "pos_from", "pos_to", "ended"
+};
+static const char *const chain_state_columns[] = {"one", "gen"};
+static const char *const settle_columns[] = {"gen", "sub_id", "batch_no", "ids"};
+
 /*
  * The current generation of cursor, batch and settle rows: the row of
  * outbox.chain_state, which only the worker advances (see retention.c),
@@ -124,6 +139,8 @@ outbox_chain_gen(void)
 	SysScanDesc scan;
 	HeapTuple	tup;
 	int64		gen = -1;
+
+	outbox_check_columns(rel, chain_state_columns, lengthof(chain_state_columns), false);
 
 	scan = systable_beginscan(rel, InvalidOid, false, GetLatestSnapshot(), 0, NULL);
 	tup = systable_getnext(scan);
@@ -191,6 +208,20 @@ first_gen(int64 from, int64 now)
 	return Max(from, now - (OUTBOX_CHAIN_PARTS - 1));
 }
 
+/* The columns of a partition of cursor, batch or settle, by its table. */
+static void
+check_part_columns(Relation rel, const char *table)
+{
+	if (strcmp(table, "batch") == 0)
+		outbox_check_columns(rel, batch_columns, lengthof(batch_columns), false);
+	else if (strcmp(table, "cursor") == 0)
+		outbox_check_columns(rel, cursor_columns, lengthof(cursor_columns), false);
+	else if (strcmp(table, "settle") == 0)
+		outbox_check_columns(rel, settle_columns, lengthof(settle_columns), false);
+	else
+		elog(ERROR, "unknown outbox bookkeeping table \"%s\"", table);
+}
+
 /*
  * Open a partition and its only index.  Partitions are opened one by one,
  * never through the parent, so a transaction locks only the generations
@@ -201,6 +232,8 @@ open_part(const char *table, int64 gen, Relation *index)
 {
 	Relation	rel = table_open(outbox_chain_part(table, gen), AccessShareLock);
 	List	   *indexes = RelationGetIndexList(rel);
+
+	check_part_columns(rel, table);
 
 	if (list_length(indexes) != 1)
 		elog(ERROR, "outbox relation \"%s\" must have exactly one index",
@@ -628,6 +661,7 @@ read_held_array(OutboxChain *chain, Datum d)
 	bool		typbyval;
 	char		typalign;
 
+	outbox_check_type_fields(ARR_ELEMTYPE(arr), held_fields, lengthof(held_fields));
 	get_typlenbyvalalign(ARR_ELEMTYPE(arr), &typlen, &typbyval, &typalign);
 	deconstruct_array(arr, ARR_ELEMTYPE(arr), typlen, typbyval, typalign,
 					  &elems, &enulls, &n);

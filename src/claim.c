@@ -36,6 +36,33 @@ PG_FUNCTION_INFO_V1(outbox_claim);
 /* a new delta with nothing for us is still recorded past this many xids */
 #define IDLE_DELTA_XIDS 1024
 
+/* columns of outbox.delivery that scans read by number */
+enum
+{
+	DELIVERY_SUB_ID = 1,
+	DELIVERY_EVENT_ID,
+	DELIVERY_STATE,
+	DELIVERY_ATTEMPTS,
+	DELIVERY_VISIBLE_AT,
+	DELIVERY_LEASE_UNTIL,
+	DELIVERY_KEY
+};
+
+/* their names, checked against the catalog (layout.c) */
+static const char *const delivery_columns[] = {
+	"sub_id", "event_id", "state", "attempts", "visible_at", "lease_until", "key"
+};
+
+static Relation
+open_delivery(void)
+{
+	Relation	rel = table_open(outbox_relid("delivery"), AccessShareLock);
+
+	outbox_check_columns(rel, delivery_columns, lengthof(delivery_columns), false);
+	return rel;
+}
+
+
 /* columns of the scan query */
 enum
 {
@@ -124,10 +151,10 @@ any_due(ClaimState *st)
 	Snapshot	snap = RegisterSnapshot(GetLatestSnapshot());
 	bool		found;
 
-	rel = table_open(outbox_relid("delivery"), AccessShareLock);
-	ScanKeyInit(&key[0], 1 /* sub_id */ , BTEqualStrategyNumber, F_INT4EQ,
+	rel = open_delivery();
+	ScanKeyInit(&key[0], DELIVERY_SUB_ID, BTEqualStrategyNumber, F_INT4EQ,
 				Int32GetDatum(st->sub->id));
-	ScanKeyInit(&key[1], 5 /* visible_at */ , BTLessEqualStrategyNumber,
+	ScanKeyInit(&key[1], DELIVERY_VISIBLE_AT, BTLessEqualStrategyNumber,
 				F_TIMESTAMPTZ_LE, TimestampTzGetDatum(st->now));
 	scan = systable_beginscan(rel, outbox_relid("delivery_due_idx"), true, snap, 2, key);
 	found = HeapTupleIsValid(systable_getnext(scan));
@@ -263,20 +290,20 @@ load_busy_keys(ClaimState *st)
 	}
 
 	InitDirtySnapshot(dirty);
-	rel = table_open(outbox_relid("delivery"), AccessShareLock);
-	ScanKeyInit(&skey, 1, BTEqualStrategyNumber, F_INT4EQ,
+	rel = open_delivery();
+	ScanKeyInit(&skey, DELIVERY_SUB_ID, BTEqualStrategyNumber, F_INT4EQ,
 				Int32GetDatum(st->sub->id));
 	scan = systable_beginscan(rel, outbox_relid("delivery_key_idx"), true,
 							  &dirty, 1, &skey);
 	while (HeapTupleIsValid(tup = systable_getnext(scan)))
 	{
 		bool		isnull;
-		Datum		key = heap_getattr(tup, 7, RelationGetDescr(rel), &isnull);
+		Datum		key = heap_getattr(tup, DELIVERY_KEY, RelationGetDescr(rel), &isnull);
 		char	   *state;
 
 		if (isnull)
 			continue;
-		state = TextDatumGetCString(heap_getattr(tup, 3, RelationGetDescr(rel), &isnull));
+		state = TextDatumGetCString(heap_getattr(tup, DELIVERY_STATE, RelationGetDescr(rel), &isnull));
 
 		/*
 		 * A waiting row that another transaction is writing (a claim that
@@ -514,18 +541,18 @@ drop_settled_ahead(ClaimState *st, Candidate *cands, int n, int64 *stop_at)
 	has_row = palloc0(sizeof(bool) * n);
 	only_open = palloc0(sizeof(bool) * n);
 	InitDirtySnapshot(dirty);
-	rel = table_open(outbox_relid("delivery"), AccessShareLock);
-	ScanKeyInit(&key[0], 1 /* sub_id */ , BTEqualStrategyNumber, F_INT4EQ,
+	rel = open_delivery();
+	ScanKeyInit(&key[0], DELIVERY_SUB_ID, BTEqualStrategyNumber, F_INT4EQ,
 				Int32GetDatum(st->sub->id));
-	ScanKeyInit(&key[1], 2 /* event_id */ , BTGreaterEqualStrategyNumber,
+	ScanKeyInit(&key[1], DELIVERY_EVENT_ID, BTGreaterEqualStrategyNumber,
 				F_INT8GE, Int64GetDatum(cands[0].id));
-	ScanKeyInit(&key[2], 2 /* event_id */ , BTLessEqualStrategyNumber,
+	ScanKeyInit(&key[2], DELIVERY_EVENT_ID, BTLessEqualStrategyNumber,
 				F_INT8LE, Int64GetDatum(cands[n - 1].id));
 	scan = systable_beginscan(rel, outbox_relid("delivery_pkey"), true, &dirty, 3, key);
 	while (HeapTupleIsValid(tup = systable_getnext(scan)))
 	{
 		bool		isnull;
-		int64		id = DatumGetInt64(heap_getattr(tup, 2, RelationGetDescr(rel), &isnull));
+		int64		id = DatumGetInt64(heap_getattr(tup, DELIVERY_EVENT_ID, RelationGetDescr(rel), &isnull));
 		bool		open = TransactionIdIsValid(dirty.xmin) &&
 			!TransactionIdIsCurrentTransactionId(HeapTupleHeaderGetXmin(tup->t_data));
 		Candidate	probe;

@@ -337,6 +337,11 @@ dedup_claim(Datum topic, Datum dedup_key, int64 new_id)
 									   SPI_tuptable->tupdesc, 1, &isnull));
 }
 
+/* the columns of the event tables, as insert_event forms their rows */
+static const char *const event_columns[] = {
+	"id", "bucket", "topic", "key", "payload", "headers", "deliver_at", "enqueued_at"
+};
+
 /*
  * Insert the event row straight into its bucket: a heap insert and its
  * index entries, without planning or running an INSERT statement, which
@@ -356,6 +361,7 @@ insert_event(int bucket, Datum *values, bool *nulls)
 
 	snprintf(relname, sizeof(relname), "event_%d", bucket);
 	rel = table_open(outbox_relid(relname), RowExclusiveLock);
+	outbox_check_columns(rel, event_columns, lengthof(event_columns), true);
 
 	estate = CreateExecutorState();
 	rri = makeNode(ResultRelInfo);

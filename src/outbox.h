@@ -24,6 +24,7 @@
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "utils/array.h"
+#include "utils/relcache.h"
 #include "utils/snapshot.h"
 #include "utils/xid8.h"
 
@@ -118,6 +119,12 @@ extern uint64 outbox_xid_floor(void);
 extern void outbox_check_restored(void);
 extern bool outbox_restore_pending(void);
 extern void outbox_state_forget(void);
+
+/* layout.c: columns read by number, checked against the catalog */
+extern void outbox_check_columns(Relation rel, const char *const *names, int n, bool whole);
+extern void outbox_check_type_fields(Oid typid, const char *const *names, int n);
+extern void outbox_layout_forget(void);
+extern void outbox_schema_mismatch(const char *detail) pg_attribute_noreturn();
 extern bool outbox_snap_visible(const OutboxSnap *snap, uint64 xid);
 extern bool outbox_snap_equal(const OutboxSnap *a, const OutboxSnap *b);
 extern OutboxSnap *outbox_snap_copy(const OutboxSnap *snap);

@@ -119,11 +119,15 @@ cached_state(void)
 	return &state;
 }
 
-/* Forget the cached state: the extension may have been made again. */
+/*
+ * Forget the cached state, and which layouts were checked: the extension
+ * may have been updated, or made again.
+ */
 void
 outbox_state_forget(void)
 {
 	state.valid = false;
+	outbox_layout_forget();
 }
 
 /*

@@ -126,6 +126,29 @@ outbox_relid(const char *relname)
 	return relid;
 }
 
+/*
+ * A table or type of the schema is not as this library reads it (layout.c):
+ * the schema of an older version, or one changed by hand.
+ */
+void
+outbox_schema_mismatch(const char *detail)
+{
+	char	   *version = installed_version();
+
+	if (version != NULL && strcmp(version, OUTBOX_SCHEMA_VERSION) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the outbox library needs version %s of the extension, but this database has version %s",
+						OUTBOX_SCHEMA_VERSION, version),
+				 errdetail_internal("%s", detail),
+				 errhint("Run ALTER EXTENSION outbox UPDATE.")));
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("the tables of the outbox extension do not have the layout this library reads"),
+			 errdetail_internal("%s", detail),
+			 errhint("They were changed outside the extension's scripts; recreate the extension.")));
+}
+
 /* the extension's oid as last looked up, and whether that still holds */
 static Oid	ext_oid = InvalidOid;
 static bool ext_checked = false;

@@ -1,39 +1,45 @@
-
-# pg_upgrade from PostgreSQL 15 to the major this test runs on, with outbox
-# installed and live data: ready, scheduled (by deliver_at and by a failed
-# attempt's backoff), leased, dead, acked, a paused subscription, and an
-# ordered subscription with keys held behind leased deliveries.  After the
-# upgrade outbox.stats is the same, the worker serves the database again,
-# and consuming goes on as before: the held keys stay held and come in
-# order, the leases taken on 15 are still the holders' (they ack), the
-# scheduled deliveries still wait, the dead letter replays, payloads and
-# headers are intact, and new events sort after the old ones.
+# pg_upgrade with outbox installed and live data: ready, scheduled (by
+# deliver_at and by a failed attempt's backoff), leased, dead, acked, a
+# paused subscription, and an ordered subscription with keys held behind
+# leased deliveries.  pg_upgrade --check passes, and the servers pg_upgrade
+# starts run no outbox worker.  After the upgrade outbox.stats is the same,
+# the worker serves the database again, and consuming goes on as before:
+# the held keys stay held and come in order, the leases taken before are
+# still the holders' (they ack), the scheduled deliveries still wait, the
+# dead letter replays, payloads and headers are intact, and new events sort
+# after the old ones.
 #
-# test/upgrade/run runs it with OUTBOX_OLD_INSTALL set to the 15
-# installation (with outbox installed there); without it the test skips.
+# In the suite the old cluster is of the same major (15 to 15 in CI);
+# test/upgrade/run sets OUTBOX_OLD_INSTALL to a PostgreSQL 15 with outbox
+# installed and runs it on 17 and 18.
 
 use strict;
 use warnings FATAL => 'all';
 
+use Cwd;
+use File::Find;
+use File::Spec;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use OutboxTest;
 
 my $old_path = $ENV{OUTBOX_OLD_INSTALL};
-plan skip_all => 'OUTBOX_OLD_INSTALL (a PostgreSQL 15 with outbox) not set'
-  unless $old_path;
 
 # no JIT: the 15 here comes without its LLVM
 my $conf = "shared_preload_libraries = 'outbox'\njit = off\n";
 
 # Both with checksums: 18's initdb enables them by default, 15's does not,
 # and pg_upgrade needs the two clusters to agree.
-my $old = PostgreSQL::Test::Cluster->new('old', install_path => $old_path);
+my $old = PostgreSQL::Test::Cluster->new('old', $old_path ? (install_path => $old_path) : ());
 $old->init(extra => ['--data-checksums']);
 $old->append_conf('postgresql.conf', $conf);
 $old->start;
-like($old->safe_psql('postgres', 'SHOW server_version'), qr/^15\./, 'the old cluster runs 15');
+if ($old_path)
+{
+	like($old->safe_psql('postgres', 'SHOW server_version'), qr/^15\./, 'the old cluster runs 15');
+}
+my $old_bindir = $old_path ? "$old_path/bin" : $old->config_data('--bindir');
 
 my $new = PostgreSQL::Test::Cluster->new('new');
 $new->init(extra => ['--data-checksums']);
@@ -73,7 +79,7 @@ osql(q{
 	SELECT outbox.subscribe('held', ARRAY['orders']);
 	SELECT outbox.pause('held');
 });
-wait_for_worker($old, 'postgres', 'a worker serves the database on 15');
+wait_for_worker($old, 'postgres', 'a worker serves the database before the upgrade');
 
 # 12 events on three keys, one transaction each, then one due tomorrow
 for my $n (0 .. 11)
@@ -109,16 +115,27 @@ $old->stop;
 
 # pg_upgrade writes its logs to the current directory (15) or into the new
 # data directory (16 on)
+my ($old_data, $new_data) = map { File::Spec->rel2abs($_) } ($old->data_dir, $new->data_dir);
+my $cwd = getcwd();
 chdir $PostgreSQL::Test::Utils::tmp_check;
-my $upgraded = run_log(
-	[
-		'pg_upgrade', '--no-sync',
-		'-d', $old->data_dir, '-D', $new->data_dir,
-		'-b', "$old_path/bin", '-B', $new->config_data('--bindir'),
-		'-s', $new->host, '-p', $old->port, '-P', $new->port
-	]);
-ok($upgraded, 'pg_upgrade from 15 with outbox installed')
+my @upgrade = (
+	'pg_upgrade', '--no-sync', '--retain',
+	'-d', $old_data, '-D', $new_data,
+	'-b', $old_bindir, '-B', $new->config_data('--bindir'),
+	'-s', $new->host, '-p', $old->port, '-P', $new->port);
+ok(run_log([ @upgrade, '--check' ]), 'pg_upgrade --check with outbox installed');
+ok(run_log(\@upgrade), 'pg_upgrade with outbox installed')
   or BAIL_OUT('pg_upgrade failed');
+
+# the servers pg_upgrade ran (in binary upgrade mode) started no launcher
+my @server_logs;
+find(sub { push @server_logs, $File::Find::name if /^pg_upgrade_server\.log$/ },
+	'.', $new_data);
+my $server_log = join('', map { slurp_file($_) } @server_logs);
+like($server_log, qr/database system is ready to accept connections/,
+	'pg_upgrade kept the logs of the servers it ran');
+unlike($server_log, qr/outbox launcher started/, 'no outbox launcher ran during pg_upgrade');
+chdir $cwd;
 
 $new->start;
 sub nsql { return $new->safe_psql('postgres', $_[0]); }
@@ -133,7 +150,7 @@ is(nsql(q{SELECT extversion FROM pg_extension WHERE extname = 'outbox'}),
 is(nsql(q{SELECT string_agg(key, ',') FROM outbox.claim('ord', 100)}),
 	'k2', 'held keys stay held behind their leased deliveries');
 is(nsql(q{SELECT outbox.ack('ord', ARRAY(SELECT id FROM ids WHERE n IN (0, 1, 5)))}),
-	'3', 'the leases taken on 15 are acked on the new cluster');
+	'3', 'the leases taken before are acked on the new cluster');
 
 # drain ord: each key's events come in order
 my @seen;
@@ -159,7 +176,7 @@ is(scalar(@seen), 12 - 4, 'ord delivers each remaining keyed event once');
 
 # plain: the leases taken on 15 ack, the scheduled ones wait
 is(nsql(q{SELECT outbox.ack('plain', ARRAY(SELECT id FROM ids WHERE n IN (2, 3, 4)))}),
-	'3', 'plain leases taken on 15 ack');
+	'3', 'plain leases taken before the upgrade ack');
 my $new_id = nsql(q{SELECT outbox.enqueue('orders', '{"n": 13}', key => 'k1')});
 cmp_ok($new_id, '>', $max_id, 'a new event sorts after the upgraded ones');
 is( nsql(q{
