@@ -112,26 +112,7 @@ $src->command_ok([ 'pg_dump', '-Fc', '-d', $src->connstr('app'), '-f', "$dir/app
 $src->command_ok([ 'pg_dumpall', '-d', $src->connstr('postgres'), '-f', "$dir/all.sql" ],
 	'pg_dumpall');
 
-# Drain a subscription: claim and ack until nothing but the delayed and the
-# hour-long retry is left, waiting for leases and retries to fall due.
-sub drain
-{
-	my ($node, $db, $sub) = @_;
-	my @ids;
-	for my $round (1 .. 200)
-	{
-		my $got = $node->safe_psql($db, qq{
-			WITH c AS (SELECT event_id FROM outbox.claim('$sub', 100))
-			SELECT string_agg(event_id::text, ' ' ORDER BY event_id)
-			  FROM c, LATERAL (SELECT outbox.ack('$sub', c.event_id)) a});
-		push @ids, split / /, $got if $got ne '';
-		my $left = $node->safe_psql($db,
-			"SELECT ready + leased FROM outbox.stats WHERE subscription = '$sub'");
-		last if $got eq '' && $left == 0;
-		select(undef, undef, undef, 0.25) if $got eq '';
-	}
-	return join(' ', sort { $a <=> $b } @ids);
-}
+sub drained { return join(' ', sort { $a <=> $b } drain(@_)); }
 
 sub check_copy
 {
@@ -240,7 +221,7 @@ for my $how ('psql', 'pg_restore', 'pg_restore --single-transaction', 'pg_dumpal
 for my $sub ('plain', 'once', 'ord', 'idle')
 {
 	$src->safe_psql('app', "SELECT outbox.resume('idle')") if $sub eq 'idle';
-	$expected{$sub} = drain($src, 'app', $sub);
+	$expected{$sub} = drained($src, 'app', $sub);
 }
 ok($expected{plain} ne '' && $expected{ord} ne '', 'the source had deliveries left');
 
@@ -254,9 +235,9 @@ for my $copy (@copies)
 		$want = join(' ', sort { $a <=> $b } split(/ /, $want), $new)
 		  if $sub ne 'ord' && $want ne '';
 		$want = $new if $sub ne 'ord' && $want eq '';
-		is(drain($node, $db, $sub), $want, "$label: $sub hands out what the source does, and the new event");
+		is(drained($node, $db, $sub), $want, "$label: $sub hands out what the source does, and the new event");
 	}
-	is(drain($node, $db, 'later'), $new, "$label: a subscription made after the restore gets the new event");
+	is(drained($node, $db, 'later'), $new, "$label: a subscription made after the restore gets the new event");
 }
 
 done_testing();

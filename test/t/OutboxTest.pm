@@ -14,7 +14,7 @@ use Test::More;
 our @EXPORT = qw(
   worker_query worker_pids launcher_pid db_oid
   wait_for_worker wait_for_no_worker wait_for_launcher
-  log_since kill9
+  log_since kill9 drain
 );
 
 # SQL giving the pids of the outbox workers connected to a database.
@@ -110,6 +110,32 @@ sub kill9
 	my ($node, $pid) = @_;
 	append_to_file($node->logfile . '.killed', "$pid\n");
 	return kill('KILL', $pid);
+}
+
+# Claim and ack a subscription's deliveries until none is left that falls
+# due within ten minutes (retries after a lease expiry wait their backoff);
+# the ids in the order they were handed out.
+sub drain
+{
+	my ($node, $db, $sub) = @_;
+	my @ids;
+	for my $round (1 .. 600)
+	{
+		my $got = $node->safe_psql($db, qq{
+			WITH c AS (SELECT event_id FROM outbox.claim('$sub', 100))
+			SELECT string_agg(event_id::text, ' ' ORDER BY event_id)
+			  FROM c, LATERAL (SELECT outbox.ack('$sub', c.event_id)) a});
+		push @ids, split / /, $got if $got ne '';
+		next if $got ne '';
+		my $left = $node->safe_psql($db, qq{
+			SELECT (SELECT ready + leased FROM outbox.stats WHERE subscription = '$sub')
+			     + (SELECT count(*) FROM outbox.delivery d JOIN outbox.subscription s ON s.id = d.sub_id
+			         WHERE s.name = '$sub' AND d.state IN ('scheduled', 'waiting')
+			           AND (d.visible_at IS NULL OR d.visible_at < now() + interval '10 minutes'))});
+		last if $left == 0;
+		select(undef, undef, undef, 0.25);
+	}
+	return @ids;
 }
 
 1;
