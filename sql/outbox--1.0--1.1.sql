@@ -565,11 +565,39 @@ BEGIN
 							  ORDER BY e.id DESC LIMIT 1), s.bucket),
 		   bucket_since = now(),
 		   restoring = false;
+	-- Leases taken before the dump have no holder here: they come back
+	-- claimable at once, with the attempt they had, as a release would give
+	-- them back.  Stream leases are the ids of unfolded (or passed) batch
+	-- rows that no settle row took; they are settled into delivery rows.
+	gen := outbox._chain_gen_for_insert();
+	WITH b AS (
+		SELECT b.sub_id, b.batch_no, b.ids, b.keys
+		  FROM outbox.cursor_now c JOIN outbox.batch b ON b.sub_id = c.sub_id
+		 WHERE b.batch_no >= c.scan_from
+		    OR b.batch_no IN (SELECT h.batch_no FROM unnest(c.held) h)),
+	u AS (
+		SELECT b.sub_id, b.batch_no, x.id, x.key
+		  FROM b, unnest(b.ids, b.keys) x(id, key)
+		 WHERE x.id IS NOT NULL
+		   AND NOT EXISTS (SELECT FROM outbox.settle t
+						    WHERE t.sub_id = b.sub_id AND t.batch_no = b.batch_no
+							  AND x.id = ANY (t.ids))),
+	settled AS (
+		INSERT INTO outbox.settle (gen, sub_id, batch_no, ids)
+		SELECT gen, u.sub_id, u.batch_no, array_agg(u.id ORDER BY u.id)
+		  FROM u GROUP BY u.sub_id, u.batch_no)
+	INSERT INTO outbox.delivery (sub_id, event_id, state, attempts, visible_at, key)
+	SELECT u.sub_id, u.id, 'ready', 0, now(), u.key FROM u
+	ON CONFLICT (sub_id, event_id) DO NOTHING;
+	UPDATE outbox.delivery d
+	   SET state = 'ready', visible_at = now(), lease_until = NULL,
+		   attempts = GREATEST(d.attempts - 1, 0)
+	 WHERE d.state = 'leased';
+
 	-- a dump of version 1.0 has subscriptions but no chain: they start at
 	-- their origin (the events of a 1.0 dump were not in it)
 	IF EXISTS (SELECT FROM outbox.subscription s
 				WHERE NOT EXISTS (SELECT FROM outbox.cursor c WHERE c.sub_id = s.id)) THEN
-		gen := outbox._chain_gen_for_insert();
 		INSERT INTO outbox.cursor (gen, sub_id, fold_no, delta, lo, hi, pos, ended, scan_from, scan_gen)
 		SELECT gen, s.id, 0, 0, s.origin, s.origin, 0, true, 0, gen
 		  FROM outbox.subscription s

@@ -125,6 +125,16 @@ sub check_copy
 	like($err, qr/finish_restore/, "$label: enqueue refuses before finish_restore");
 	$node->safe_psql($db, 'SELECT outbox.finish_restore()');
 
+	# leases taken before the dump have no holder here: claimable at once,
+	# at the attempt they had
+	is($node->safe_psql($db, 'SELECT sum(leased) FROM outbox.stats'), '0',
+		"$label: nothing is leased after finish_restore");
+	is($node->safe_psql($db, q{
+		BEGIN;
+		SELECT string_agg(key || ':' || attempt, ' ' ORDER BY key) FROM outbox.claim('ord', 10);
+		ROLLBACK;}), 'k0:1 k1:1 k2:1',
+		"$label: the ordered heads leased at dump time are claimable at once, attempt 1 again");
+
 	is($node->safe_psql($db, $stats_sql), $src_stats, "$label: stats as on the source");
 	is($node->safe_psql($db, $dead_sql), $src_dead, "$label: dead letters as on the source");
 	is($node->safe_psql($db, $retry_sql), $src_retry,
