@@ -608,3 +608,78 @@ BEGIN
 END
 $$;
 REVOKE ALL ON FUNCTION outbox.finish_restore() FROM PUBLIC;
+
+--
+-- The 1.1 additions of the contract (issue 11): fail(..., dead), release,
+-- extend_lease.
+--
+DROP FUNCTION outbox.fail(text, bigint, text, interval, integer);
+CREATE FUNCTION outbox.fail(
+	subscription text,
+	event_id bigint,
+	error text DEFAULT NULL,
+	retry_in interval DEFAULT NULL,
+	attempt int DEFAULT NULL,
+	dead boolean DEFAULT false)
+RETURNS text
+AS 'MODULE_PATHNAME', 'outbox_fail'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+REVOKE ALL ON FUNCTION outbox.fail(text, bigint, text, interval, integer, boolean) FROM PUBLIC;
+
+-- Gives a leased delivery back without using up an attempt.
+CREATE FUNCTION outbox.release(
+	subscription text,
+	event_id bigint,
+	attempt int DEFAULT NULL,
+	retry_in interval DEFAULT NULL)
+RETURNS text
+AS 'MODULE_PATHNAME', 'outbox_release'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+REVOKE ALL ON FUNCTION outbox.release(text, bigint, integer, interval) FROM PUBLIC;
+
+-- Moves the leases of deliveries a consumer still works on.
+CREATE FUNCTION outbox.extend_lease(
+	subscription text,
+	event_ids bigint[],
+	attempts int[],
+	lease interval DEFAULT NULL)
+RETURNS bigint[]
+AS 'MODULE_PATHNAME', 'outbox_extend_lease'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+REVOKE ALL ON FUNCTION outbox.extend_lease(text, bigint[], integer[], interval) FROM PUBLIC;
+
+-- What the consume grant covers, and to the roles that have it, what was
+-- added
+CREATE OR REPLACE FUNCTION outbox._consumer_objects()
+RETURNS text[]
+LANGUAGE sql IMMUTABLE
+AS $$
+	SELECT ARRAY[
+		'FUNCTION outbox.claim(text, integer, interval)',
+		'FUNCTION outbox.ack(text, bigint)',
+		'FUNCTION outbox.ack(text, bigint[])',
+		'FUNCTION outbox.fail(text, bigint, text, interval, integer, boolean)',
+		'FUNCTION outbox.release(text, bigint, integer, interval)',
+		'FUNCTION outbox.extend_lease(text, bigint[], integer[], interval)',
+		'FUNCTION outbox.channel(text)',
+		'FUNCTION outbox._stats()',
+		'FUNCTION outbox.stats(text)',
+		'FUNCTION outbox._may_consume(integer)',
+		'TABLE outbox.stats',
+		'TABLE outbox.dead_letters']
+$$;
+
+DO $$
+DECLARE
+	role name;
+	obj text;
+BEGIN
+	FOR role IN SELECT DISTINCT r.rolname FROM outbox.consumer c
+				JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) c.role LOOP
+		FOREACH obj IN ARRAY outbox._consumer_objects() LOOP
+			EXECUTE pg_catalog.format('GRANT %s ON %s TO %I',
+				CASE WHEN obj LIKE 'TABLE %' THEN 'SELECT' ELSE 'EXECUTE' END, obj, role);
+		END LOOP;
+	END LOOP;
+END
+$$;

@@ -49,7 +49,11 @@ my %writes = (
 		q{SELECT * FROM outbox.claim('no_such')} ],
 	'ack(text,bigint)' => [ "SELECT outbox.ack('sb', ${leased}::bigint)", "SELECT outbox.ack('sb', ${dead}::bigint)" ],
 	'ack(text,bigint[])' => [ "SELECT outbox.ack('sb', ARRAY[$leased]::bigint[])", q{SELECT outbox.ack('sb', NULL::bigint[])} ],
-	'fail(text,bigint,text,interval,integer)' => [ "SELECT outbox.fail('sb', $leased, 'x')" ],
+	'fail(text,bigint,text,interval,integer,boolean)' =>
+	  [ "SELECT outbox.fail('sb', $leased, 'x')", "SELECT outbox.fail('sb', $leased, dead => true)" ],
+	'release(text,bigint,integer,interval)' => [ "SELECT outbox.release('sb', $leased)" ],
+	'extend_lease(text,bigint[],integer[],interval)' =>
+	  [ "SELECT outbox.extend_lease('sb', ARRAY[$leased]::bigint[], ARRAY[1])" ],
 	'subscribe(text,text[],integer,interval,interval,interval,boolean)' =>
 	  [ q{SELECT outbox.subscribe('sb_new', ARRAY['sb.t'])}, q{SELECT outbox.subscribe('sb', ARRAY['sb.t', 'sb.u'])} ],
 	'unsubscribe(text)' => [ q{SELECT outbox.unsubscribe('sb')} ],
