@@ -81,11 +81,15 @@ const enqNames = {
   outbox4: 'outbox.enqueue, 4 subscriptions',
   plain10: 'plain INSERT, 10 rows/tx (ceiling)',
   outbox10: 'outbox.enqueue, 10 events/tx',
+  plain100: 'plain multi-row INSERT, 100 rows/tx (ceiling)',
+  many1: 'outbox.enqueue_many, 100 events/call, 1 subscription',
+  many4: 'outbox.enqueue_many, 100 events/call, 4 subscriptions',
   pgq: 'PgQ pgq.insert_event',
   graphile: 'graphile-worker add_job',
   pgboss: 'pg-boss send()',
 };
-const enqCeiling = { outbox10: 'plain10', plain10: 'plain10' };
+const enqCeiling = { outbox10: 'plain10', plain10: 'plain10', plain100: 'plain100', many1: 'plain100', many4: 'plain100' };
+const ceilingName = { plain: '1 row/tx', plain10: '10 rows/tx', plain100: '100 rows/tx' };
 const sections = [];
 if (has('enqueue')) {
   const s = [];
@@ -98,7 +102,7 @@ if (has('enqueue')) {
     const ceil = enqCeiling[n] || 'plain';
     const ratios = perRoundRatio(rateOf(n, main), rateOf(ceil, main));
     body.push([enqNames[n], fmt(median([...rateOf(n, main).values()])),
-      n === ceil ? '1.00 (ceiling)' : `${fmtRatio(ratios)} of ${ceil === 'plain' ? '1 row/tx' : '10 rows/tx'}`,
+      n === ceil ? '1.00 (ceiling)' : `${fmtRatio(ratios)} of ${ceilingName[ceil]}`,
       fmt(walOf(n, main)), fmt(sizeOf(n, main)), workerOf('enqueue', n, main)]);
   }
   s.push({ title: `Enqueue, pgbench -c ${main} -j 2 (events/s, median of rounds)`,
@@ -110,6 +114,12 @@ if (has('enqueue')) {
   target('enqueue, 1 subscription ≥ 0.85× plain INSERT', fmtRatio(r1, 3), median(r1) >= 0.85);
   target('enqueue, 4 subscriptions ≥ 0.70× plain INSERT', fmtRatio(r4, 3), median(r4) >= 0.70);
   target('enqueue, 10 events/tx, against 10 INSERTs/tx (no target set)', fmtRatio(r10), null);
+  const m1 = perRoundRatio(rateOf('many1', main), rateOf('plain100', main));
+  const m4 = perRoundRatio(rateOf('many4', main), rateOf('plain100', main));
+  if (sel('enqueue', 'many1', main).length) {
+    target('enqueue_many, 100/call, 1 subscription ≥ 0.9× multi-row INSERT', fmtRatio(m1, 3), median(m1) >= 0.9);
+    target('enqueue_many, 100/call, 4 subscriptions ≥ 0.9× multi-row INSERT', fmtRatio(m4, 3), median(m4) >= 0.9);
+  }
 }
 
 // ---------------------------------------------------------------- drain

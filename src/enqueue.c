@@ -38,11 +38,13 @@
 #include "utils/builtins.h"
 #include "utils/inval.h"
 #include "utils/jsonb.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 PG_FUNCTION_INFO_V1(outbox_enqueue);
+PG_FUNCTION_INFO_V1(outbox_enqueue_many);
 
 /* lock tag field4 of the per-key commit locks; user advisory locks use 1, 2 */
 #define OUTBOX_KEY_LOCK_SPACE	0x4f42
@@ -303,6 +305,38 @@ check_text_length(text *value, const char *what, int max)
 				 errdetail("The %s given was %d bytes long.", what, len)));
 }
 
+static void
+check_topic(text *topic)
+{
+	int			topic_len = VARSIZE_ANY_EXHDR(topic);
+
+	if (topic_len == 0 || topic_len > OUTBOX_MAX_TOPIC_LEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("topic must be 1 to %d bytes long", OUTBOX_MAX_TOPIC_LEN),
+				 errdetail("The topic given was %d bytes long.", topic_len)));
+}
+
+static void
+check_headers(Jsonb *headers)
+{
+	if (!JB_ROOT_IS_OBJECT(headers) || JB_ROOT_IS_SCALAR(headers))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("headers must be a JSON object"),
+				 errhint("Pass NULL for no headers, or an object such as '{\"trace\": \"abc\"}'.")));
+}
+
+static void
+check_deliver_at(TimestampTz deliver_at)
+{
+	if (TIMESTAMP_NOT_FINITE(deliver_at))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("deliver_at must be a finite time"),
+				 errhint("Pass NULL to deliver at once.")));
+}
+
 /*
  * If (topic, dedup_key) belongs to a retained event, return its id.
  * Otherwise claim the pair for new_id and return new_id.  A concurrent
@@ -350,32 +384,58 @@ static const char *const event_columns[] = {
  * rules or constraints beyond NOT NULL, which enqueue guarantees), and the
  * caller's right to enqueue was checked when the function was called.
  */
-static void
-insert_event(int bucket, Datum *values, bool *nulls)
+typedef struct EventInserter
 {
-	char		relname[NAMEDATALEN];
 	Relation	rel;
 	EState	   *estate;
 	ResultRelInfo *rri;
 	TupleTableSlot *slot;
+} EventInserter;
+
+static void
+inserter_open(EventInserter *ins, int bucket)
+{
+	char		relname[NAMEDATALEN];
 
 	snprintf(relname, sizeof(relname), "event_%d", bucket);
-	rel = table_open(outbox_relid(relname), RowExclusiveLock);
-	outbox_check_columns(rel, event_columns, lengthof(event_columns), true);
+	ins->rel = table_open(outbox_relid(relname), RowExclusiveLock);
+	outbox_check_columns(ins->rel, event_columns, lengthof(event_columns), true);
+	ins->estate = CreateExecutorState();
+	ins->rri = makeNode(ResultRelInfo);
+	InitResultRelInfo(ins->rri, ins->rel, 1, NULL, 0);
+	ExecOpenIndices(ins->rri, false);
+	ins->slot = ExecInitExtraTupleSlot(ins->estate, RelationGetDescr(ins->rel),
+									   &TTSOpsHeapTuple);
+}
 
-	estate = CreateExecutorState();
-	rri = makeNode(ResultRelInfo);
-	InitResultRelInfo(rri, rel, 1, NULL, 0);
-	ExecOpenIndices(rri, false);
-	slot = ExecInitExtraTupleSlot(estate, RelationGetDescr(rel), &TTSOpsHeapTuple);
-	ExecStoreHeapTuple(heap_form_tuple(RelationGetDescr(rel), values, nulls),
-					   slot, true);
-	table_tuple_insert(rel, slot, GetCurrentCommandId(true), 0, NULL);
-	(void) outbox_insert_index_tuples(rri, slot, estate);
-	ExecDropSingleTupleTableSlot(slot);
-	ExecCloseIndices(rri);
-	FreeExecutorState(estate);
-	table_close(rel, NoLock);
+static void
+inserter_put(EventInserter *ins, Datum *values, bool *nulls)
+{
+	ExecStoreHeapTuple(heap_form_tuple(RelationGetDescr(ins->rel), values, nulls),
+					   ins->slot, true);
+	table_tuple_insert(ins->rel, ins->slot, GetCurrentCommandId(true), 0, NULL);
+	(void) outbox_insert_index_tuples(ins->rri, ins->slot, ins->estate);
+	ExecClearTuple(ins->slot);
+	ResetPerTupleExprContext(ins->estate);
+}
+
+static void
+inserter_close(EventInserter *ins)
+{
+	ExecDropSingleTupleTableSlot(ins->slot);
+	ExecCloseIndices(ins->rri);
+	FreeExecutorState(ins->estate);
+	table_close(ins->rel, NoLock);
+}
+
+static void
+insert_event(int bucket, Datum *values, bool *nulls)
+{
+	EventInserter ins;
+
+	inserter_open(&ins, bucket);
+	inserter_put(&ins, values, nulls);
+	inserter_close(&ins);
 }
 
 /*
@@ -385,7 +445,6 @@ Datum
 outbox_enqueue(PG_FUNCTION_ARGS)
 {
 	text	   *topic;
-	int			topic_len;
 	char	   *topic_str;
 	uint32		topic_hash;
 	int64		id;
@@ -404,31 +463,15 @@ outbox_enqueue(PG_FUNCTION_ARGS)
 	if (PG_ARGISNULL(1))
 		null_argument("payload");
 	topic = PG_GETARG_TEXT_PP(0);
-	topic_len = VARSIZE_ANY_EXHDR(topic);
-	if (topic_len == 0 || topic_len > OUTBOX_MAX_TOPIC_LEN)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("topic must be 1 to %d bytes long", OUTBOX_MAX_TOPIC_LEN),
-				 errdetail("The topic given was %d bytes long.", topic_len)));
+	check_topic(topic);
 	if (!PG_ARGISNULL(3))
-	{
-		Jsonb	   *headers = PG_GETARG_JSONB_P(3);
-
-		if (!JB_ROOT_IS_OBJECT(headers) || JB_ROOT_IS_SCALAR(headers))
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("headers must be a JSON object"),
-					 errhint("Pass NULL for no headers, or an object such as '{\"trace\": \"abc\"}'.")));
-	}
+		check_headers(PG_GETARG_JSONB_P(3));
 	if (!PG_ARGISNULL(2))
 		check_text_length(PG_GETARG_TEXT_PP(2), "key", OUTBOX_MAX_KEY_LEN);
 	if (!PG_ARGISNULL(5))
 		check_text_length(PG_GETARG_TEXT_PP(5), "dedup_key", OUTBOX_MAX_DEDUP_KEY_LEN);
-	if (!PG_ARGISNULL(4) && TIMESTAMP_NOT_FINITE(PG_GETARG_TIMESTAMPTZ(4)))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("deliver_at must be a finite time"),
-				 errhint("Pass NULL to deliver at once.")));
+	if (!PG_ARGISNULL(4))
+		check_deliver_at(PG_GETARG_TIMESTAMPTZ(4));
 	topic_str = text_to_cstring(topic);
 
 	id = next_event_id();
@@ -486,4 +529,192 @@ outbox_enqueue(PG_FUNCTION_ARGS)
 
 	outbox_wake_hash_after_commit(topic_hash);
 	PG_RETURN_INT64(id);
+}
+
+/* The elements of an optional array argument, which must have n of them. */
+static void
+array_arg(FunctionCallInfo fcinfo, int argno, const char *what, Oid elemtype,
+		  int n, Datum **elems, bool **nulls)
+{
+	ArrayType  *arr;
+	int16		typlen;
+	bool		typbyval;
+	char		typalign;
+	int			count;
+
+	*elems = NULL;
+	*nulls = NULL;
+	if (PG_ARGISNULL(argno))
+		return;
+	arr = PG_GETARG_ARRAYTYPE_P(argno);
+	if (ARR_NDIM(arr) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must be a one-dimensional array", what)));
+	get_typlenbyvalalign(elemtype, &typlen, &typbyval, &typalign);
+	deconstruct_array(arr, elemtype, typlen, typbyval, typalign, elems, nulls, &count);
+	if (count != n)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must have as many elements as payloads", what),
+				 errdetail("payloads has %d, %s %d.", n, what, count)));
+}
+
+/*
+ * outbox.enqueue_many(topic, payloads, keys, headers, deliver_at,
+ * dedup_keys) RETURNS bigint[]: enqueue once per element, in order, with
+ * the relation, its indexes and the caches opened once for all of them.
+ */
+Datum
+outbox_enqueue_many(PG_FUNCTION_ARGS)
+{
+	text	   *topic;
+	char	   *topic_str;
+	uint32		topic_hash;
+	ArrayType  *payload_arr;
+	Datum	   *payloads;
+	bool	   *payload_nulls;
+	Datum	   *keys,
+			   *headers,
+			   *dedups;
+	bool	   *key_nulls,
+			   *header_nulls,
+			   *dedup_nulls;
+	Datum	   *ids;
+	bool	   *inserted;
+	int			n,
+				i;
+	int			bucket;
+	bool		ordered;
+	bool		any_dedup = false;
+	bool		use_spi;
+	Oid			save_user = InvalidOid;
+	int			save_sec = 0;
+	TimestampTz now;
+	EventInserter ins;
+
+	PreventCommandIfReadOnly("outbox.enqueue_many()");
+	(void) outbox_lock_extension(false);
+	if (PG_ARGISNULL(0))
+		null_argument("topic");
+	if (PG_ARGISNULL(1))
+		null_argument("payloads");
+	topic = PG_GETARG_TEXT_PP(0);
+	check_topic(topic);
+	payload_arr = PG_GETARG_ARRAYTYPE_P(1);
+	if (ARR_NDIM(payload_arr) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("payloads must be a one-dimensional array")));
+	deconstruct_array(payload_arr, JSONBOID, -1, false, TYPALIGN_INT,
+					  &payloads, &payload_nulls, &n);
+	for (i = 0; i < n; i++)
+		if (payload_nulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("payloads must not contain nulls"),
+					 errdetail("Element %d is null.", i + 1)));
+	array_arg(fcinfo, 2, "keys", TEXTOID, n, &keys, &key_nulls);
+	array_arg(fcinfo, 3, "headers", JSONBOID, n, &headers, &header_nulls);
+	array_arg(fcinfo, 5, "dedup_keys", TEXTOID, n, &dedups, &dedup_nulls);
+	if (!PG_ARGISNULL(4))
+		check_deliver_at(PG_GETARG_TIMESTAMPTZ(4));
+	for (i = 0; i < n; i++)
+	{
+		if (keys && !key_nulls[i])
+			check_text_length(DatumGetTextPP(keys[i]), "key", OUTBOX_MAX_KEY_LEN);
+		if (headers && !header_nulls[i])
+			check_headers(DatumGetJsonbP(headers[i]));
+		if (dedups && !dedup_nulls[i])
+		{
+			check_text_length(DatumGetTextPP(dedups[i]), "dedup_key", OUTBOX_MAX_DEDUP_KEY_LEN);
+			any_dedup = true;
+		}
+	}
+	if (n == 0)
+		PG_RETURN_ARRAYTYPE_P(construct_empty_array(INT8OID));
+	topic_str = text_to_cstring(topic);
+
+	ids = palloc(sizeof(Datum) * n);
+	inserted = palloc(sizeof(bool) * n);
+	for (i = 0; i < n; i++)
+	{
+		ids[i] = Int64GetDatum(next_event_id());
+		inserted[i] = true;
+	}
+	/* with the xid assigned, before anything can commit */
+	topic_hash = outbox_topic_enqueued(topic_str);
+
+	use_spi = any_dedup || (keys != NULL && !ordered_valid);
+	if (use_spi)
+	{
+		SPI_connect();
+		outbox_become_owner(&save_user, &save_sec);
+	}
+	/* in order: an element whose key an earlier one took gets its id */
+	if (any_dedup)
+		for (i = 0; i < n; i++)
+		{
+			int64		existing;
+
+			if (dedup_nulls[i])
+				continue;
+			existing = dedup_claim(PointerGetDatum(topic), dedups[i], DatumGetInt64(ids[i]));
+			if (existing != DatumGetInt64(ids[i]))
+			{
+				ids[i] = Int64GetDatum(existing);
+				inserted[i] = false;
+			}
+		}
+	ordered = keys != NULL && topic_is_ordered(topic_str);
+	if (use_spi)
+	{
+		outbox_restore_user(save_user, save_sec);
+		SPI_finish();
+	}
+	if (ordered)
+	{
+		MemoryContext oldcxt = MemoryContextSwitchTo(TopTransactionContext);
+
+		for (i = 0; i < n; i++)
+			if (inserted[i] && !key_nulls[i])
+			{
+				int64	   *h = palloc(sizeof(int64));
+
+				*h = outbox_key_hash(TextDatumGetCString(keys[i]));
+				pending_keys = lappend(pending_keys, h);
+			}
+		MemoryContextSwitchTo(oldcxt);
+	}
+
+	bucket = outbox_current_bucket();
+	now = GetCurrentTimestamp();
+	inserter_open(&ins, bucket);
+	for (i = 0; i < n; i++)
+	{
+		Datum		values[8];
+		bool		nulls[8] = {false, false, false, false, false, false, false, false};
+
+		CHECK_FOR_INTERRUPTS();
+		if (!inserted[i])
+			continue;
+		/* id, bucket, topic, key, payload, headers, deliver_at, enqueued_at */
+		values[0] = ids[i];
+		values[1] = Int16GetDatum(bucket);
+		values[2] = PointerGetDatum(topic);
+		values[3] = keys ? keys[i] : (Datum) 0;
+		nulls[3] = keys == NULL || key_nulls[i];
+		values[4] = payloads[i];
+		values[5] = headers ? headers[i] : (Datum) 0;
+		nulls[5] = headers == NULL || header_nulls[i];
+		values[6] = PG_ARGISNULL(4) ? (Datum) 0 : PG_GETARG_DATUM(4);
+		nulls[6] = PG_ARGISNULL(4);
+		values[7] = TimestampTzGetDatum(now);
+		inserter_put(&ins, values, nulls);
+	}
+	inserter_close(&ins);
+
+	outbox_wake_hash_after_commit(topic_hash);
+	PG_RETURN_ARRAYTYPE_P(construct_array(ids, n, INT8OID, 8, FLOAT8PASSBYVAL,
+										  TYPALIGN_DOUBLE));
 }

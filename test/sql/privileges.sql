@@ -77,6 +77,7 @@ SELECT has_schema_privilege('regress_outbox_nobody', 'outbox', 'USAGE') AS usage
 SET ROLE regress_outbox_nobody;
 SELECT call, pg_temp.try(call) AS result FROM (VALUES
 	($$SELECT outbox.enqueue('priv.t', '{}')$$),
+	($$SELECT outbox.enqueue_many('priv.t', ARRAY['{}']::jsonb[])$$),
 	($$SELECT outbox.claim('priv_a')$$),
 	($$SELECT outbox.ack('priv_a', 1::bigint)$$),
 	($$SELECT outbox.ack('priv_a', ARRAY[1]::bigint[])$$),
@@ -118,6 +119,7 @@ SET ROLE regress_outbox_producer;
 SELECT outbox.enqueue('priv.t', '{"n": 2}') > 0 AS enqueued;
 SELECT outbox.enqueue('priv.t', '{"n": 3}', key => 'k', headers => '{"h": 1}',
                       dedup_key => 'priv-3') > 0 AS enqueued;
+SELECT cardinality(outbox.enqueue_many('priv.none', ARRAY['{"n": 31}']::jsonb[])) AS enqueued_many;
 SELECT call, pg_temp.try(call) AS result FROM (VALUES
 	($$SELECT outbox.claim('priv_a')$$),
 	($$SELECT outbox.ack('priv_a', 1::bigint)$$),
@@ -187,6 +189,7 @@ SELECT call, pg_temp.try(call) AS result FROM (VALUES
 	($$SELECT outbox.extend_lease('priv_b', ARRAY[1]::bigint[], ARRAY[1])$$),
 	($$SELECT outbox.channel('priv_b')$$),
 	($$SELECT outbox.enqueue('priv.t', '{}')$$),
+	($$SELECT outbox.enqueue_many('priv.t', ARRAY['{}']::jsonb[])$$),
 	($$SELECT outbox.subscribe('priv_c', ARRAY['priv.t'])$$),
 	($$SELECT outbox.subscribe('priv_a', ARRAY['*'])$$),
 	($$SELECT outbox.unsubscribe('priv_a')$$),
@@ -240,7 +243,8 @@ SELECT call, left(pg_temp.try(call), 5) AS result FROM (VALUES
 RESET ROLE;
 SELECT outbox.revoke_produce('regress_outbox_producer');
 SET ROLE regress_outbox_producer;
-SELECT left(pg_temp.try($$SELECT outbox.enqueue('priv.t', '{}')$$), 5) AS enqueue;
+SELECT left(pg_temp.try($$SELECT outbox.enqueue('priv.t', '{}')$$), 5) AS enqueue,
+       left(pg_temp.try($$SELECT outbox.enqueue_many('priv.t', ARRAY['{}']::jsonb[])$$), 5) AS enqueue_many;
 RESET ROLE;
 -- nothing is left of either grant
 SELECT r.rolname,
@@ -284,6 +288,7 @@ RESET ROLE;
 SET ROLE regress_outbox_noinherit;
 SELECT call, left(pg_temp.try(call), 5) AS result FROM (VALUES
 	($$SELECT outbox.enqueue('priv.t', '{}')$$),
+	($$SELECT outbox.enqueue_many('priv.t', ARRAY['{}']::jsonb[])$$),
 	($$SELECT outbox.claim('priv_b')$$),
 	($$SELECT outbox.ack('priv_b', 1::bigint)$$),
 	($$SELECT outbox.channel('priv_b')$$),

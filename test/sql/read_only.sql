@@ -44,6 +44,7 @@ SELECT call, pg_temp.try(replace(call, '$leased', (SELECT event_id FROM ro_ev WH
   FROM (VALUES
 	($$SELECT outbox.enqueue('ro.t', '{}')$$),
 	($$SELECT outbox.enqueue('ro.t', '{}', key => 'k', dedup_key => 'd')$$),
+	($$SELECT outbox.enqueue_many('ro.t', ARRAY['{}']::jsonb[])$$),
 	($$SELECT outbox.claim('ro_a')$$),
 	($$SELECT outbox.claim('ro_a', 10, '1 minute')$$),
 	($$SELECT outbox.ack('ro_a', $leased::bigint)$$),

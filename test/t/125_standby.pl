@@ -44,6 +44,8 @@ my %writes = (
 	'enqueue(text,jsonb,text,jsonb,timestamp with time zone,text)' =>
 	  [ q{SELECT outbox.enqueue('sb.t', '{}')},
 		q{SELECT outbox.enqueue('sb.t', '{}', key => 'k', dedup_key => 'd')} ],
+	'enqueue_many(text,jsonb[],text[],jsonb[],timestamp with time zone,text[])' =>
+	  [ q{SELECT outbox.enqueue_many('sb.t', ARRAY['{}']::jsonb[])} ],
 	'claim(text,integer,interval)' =>
 	  [ q{SELECT * FROM outbox.claim('sb')}, q{SELECT * FROM outbox.claim('sb_ordered', 10, '1 minute')},
 		q{SELECT * FROM outbox.claim('no_such')} ],
