@@ -18,7 +18,8 @@ OBJS = \
 	src/retention.o \
 	src/lifecycle.o \
 	src/restore.o \
-	src/layout.o
+	src/layout.o \
+	src/status.o
 
 EXTENSION = outbox
 # 1.0 is released and never changes; every later change goes into an
@@ -29,7 +30,7 @@ DATA_built = sql/outbox--1.1.sql
 PGFILEDESC = "outbox - transactional event delivery"
 
 # pg_regress inputs live in test/sql, expected output in expected/.
-REGRESS = setup subscribe enqueue claim settle ordering dedup privileges errors semantics limits read_only layout give_back enqueue_many
+REGRESS = setup subscribe enqueue claim settle ordering dedup privileges errors semantics limits read_only layout give_back enqueue_many event_status
 # PG15's pg_regress reads expected output from <outputdir>/expected, so the
 # output goes to the top directory (results/, ignored by git).
 REGRESS_OPTS = --inputdir=test

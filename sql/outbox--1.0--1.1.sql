@@ -611,7 +611,7 @@ REVOKE ALL ON FUNCTION outbox.finish_restore() FROM PUBLIC;
 
 --
 -- The 1.1 additions of the contract (issue 11): fail(..., dead), release,
--- extend_lease.
+-- extend_lease, event_status; enqueue_many below.
 --
 DROP FUNCTION outbox.fail(text, bigint, text, interval, integer);
 CREATE FUNCTION outbox.fail(
@@ -648,6 +648,19 @@ AS 'MODULE_PATHNAME', 'outbox_extend_lease'
 LANGUAGE C VOLATILE PARALLEL UNSAFE;
 REVOKE ALL ON FUNCTION outbox.extend_lease(text, bigint[], integer[], interval) FROM PUBLIC;
 
+-- What became of one event, per subscription (contract 1.1): from the
+-- delivery row, the chain, or the slice that leased it.  It needs when a
+-- delivery was acked: the time of the settle row that took it from its
+-- slice, or of the delivery row's ack.
+ALTER TABLE outbox.settle ADD COLUMN at timestamptz NOT NULL DEFAULT pg_catalog.now();
+ALTER TABLE outbox.delivery ADD COLUMN done_at timestamptz;
+CREATE FUNCTION outbox.event_status(event_id bigint)
+RETURNS TABLE (subscription text, state text, attempts int, visible_at timestamptz,
+			   lease_until timestamptz, last_error text, done_at timestamptz)
+AS 'MODULE_PATHNAME', 'outbox_event_status'
+LANGUAGE C STABLE PARALLEL UNSAFE;
+REVOKE ALL ON FUNCTION outbox.event_status(bigint) FROM PUBLIC;
+
 -- What the consume grant covers, and to the roles that have it, what was
 -- added
 CREATE OR REPLACE FUNCTION outbox._consumer_objects()
@@ -661,6 +674,7 @@ AS $$
 		'FUNCTION outbox.fail(text, bigint, text, interval, integer, boolean)',
 		'FUNCTION outbox.release(text, bigint, integer, interval)',
 		'FUNCTION outbox.extend_lease(text, bigint[], integer[], interval)',
+		'FUNCTION outbox.event_status(bigint)',
 		'FUNCTION outbox.channel(text)',
 		'FUNCTION outbox._stats()',
 		'FUNCTION outbox.stats(text)',

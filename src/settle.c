@@ -135,7 +135,7 @@ ack_deliveries(int32 sub_id, int64 *ids, int n, bool *found)
 		Oid			types[2] = {INT4OID, INT8ARRAYOID};
 
 		plan = outbox_prepare("UPDATE outbox.delivery SET state = 'done', lease_until = NULL,"
-							  " visible_at = NULL"
+							  " visible_at = NULL, done_at = pg_catalog.now()"
 							  " WHERE sub_id OPERATOR(pg_catalog.=) $1"
 							  " AND event_id OPERATOR(pg_catalog.=) ANY ($2)"
 							  " AND state OPERATOR(pg_catalog.<>) 'done'"
@@ -205,8 +205,8 @@ ack_ahead(OutboxSub *sub, int64 *ids, int n, bool *found)
 
 		sel = outbox_prepare("SELECT id, topic FROM outbox.event"
 							 " WHERE id OPERATOR(pg_catalog.=) ANY ($1)", 1, t1);
-		ins = outbox_prepare("INSERT INTO outbox.delivery (sub_id, event_id, state)"
-							 " VALUES ($1, $2, 'done') ON CONFLICT DO NOTHING", 2, t2);
+		ins = outbox_prepare("INSERT INTO outbox.delivery (sub_id, event_id, state, done_at)"
+							 " VALUES ($1, $2, 'done', pg_catalog.now()) ON CONFLICT DO NOTHING", 2, t2);
 	}
 	if (sub->topics)
 		deconstruct_array(sub->topics, TEXTOID, -1, false, TYPALIGN_INT,

@@ -74,6 +74,8 @@ my %reads = (
 	'channel(text)' => [ q{SELECT outbox.channel('sb')}, 'outbox.sb' ],
 	'_stats()' => [ q{SELECT count(*) FROM outbox._stats()}, '2' ],
 	'stats(text)' => [ q{SELECT subscription FROM outbox.stats('sb')}, 'sb' ],
+	'event_status(bigint)' => [ "SELECT string_agg(subscription || ' ' || state, ',' ORDER BY 1) FROM outbox.event_status($leased)",
+		'sb leased,sb_ordered ready' ],
 );
 # Internal functions: not callable by users (no EXECUTE for PUBLIC), called
 # only from the functions above or from the worker.
