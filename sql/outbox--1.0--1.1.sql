@@ -375,6 +375,7 @@ BEGIN
 	INSERT INTO outbox.producer VALUES (r) ON CONFLICT DO NOTHING;
 	EXECUTE pg_catalog.format('GRANT USAGE ON SCHEMA outbox TO %I', role);
 	EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION outbox.enqueue(text, jsonb, text, jsonb, timestamptz, text) TO %I', role);
+	EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION outbox.enqueue_many(text, jsonb[], text[], jsonb[], timestamptz, text[]) TO %I', role);
 END
 $$;
 
@@ -390,6 +391,7 @@ BEGIN
 	r := outbox._check_role(role);
 	DELETE FROM outbox.producer p WHERE p.role OPERATOR(pg_catalog.=) r;
 	EXECUTE pg_catalog.format('REVOKE EXECUTE ON FUNCTION outbox.enqueue(text, jsonb, text, jsonb, timestamptz, text) FROM %I', role);
+	EXECUTE pg_catalog.format('REVOKE EXECUTE ON FUNCTION outbox.enqueue_many(text, jsonb[], text[], jsonb[], timestamptz, text[]) FROM %I', role);
 	PERFORM outbox._sync_schema_usage(role, r);
 END
 $$;
@@ -699,7 +701,8 @@ END
 $$;
 
 -- Many events of one topic in one call, at about the cost of a multi-row
--- INSERT (contract 1.1).  The produce grant covers it.
+-- INSERT (contract 1.1).  The produce grant covers it (grant_produce and
+-- revoke_produce above); roles that have it get it now.
 CREATE FUNCTION outbox.enqueue_many(
 	topic text,
 	payloads jsonb[],
@@ -711,40 +714,6 @@ RETURNS bigint[]
 AS 'MODULE_PATHNAME', 'outbox_enqueue_many'
 LANGUAGE C VOLATILE PARALLEL UNSAFE;
 REVOKE ALL ON FUNCTION outbox.enqueue_many(text, jsonb[], text[], jsonb[], timestamptz, text[]) FROM PUBLIC;
-
-CREATE OR REPLACE FUNCTION outbox.grant_produce(role name)
-RETURNS void
-LANGUAGE plpgsql VOLATILE
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-	r oid;
-BEGIN
-	PERFORM outbox._lock_extension();
-	r := outbox._check_role(role);
-	INSERT INTO outbox.producer VALUES (r) ON CONFLICT DO NOTHING;
-	EXECUTE pg_catalog.format('GRANT USAGE ON SCHEMA outbox TO %I', role);
-	EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION outbox.enqueue(text, jsonb, text, jsonb, timestamptz, text) TO %I', role);
-	EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION outbox.enqueue_many(text, jsonb[], text[], jsonb[], timestamptz, text[]) TO %I', role);
-END
-$$;
-
-CREATE OR REPLACE FUNCTION outbox.revoke_produce(role name)
-RETURNS void
-LANGUAGE plpgsql VOLATILE
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-	r oid;
-BEGIN
-	PERFORM outbox._lock_extension();
-	r := outbox._check_role(role);
-	DELETE FROM outbox.producer p WHERE p.role OPERATOR(pg_catalog.=) r;
-	EXECUTE pg_catalog.format('REVOKE EXECUTE ON FUNCTION outbox.enqueue(text, jsonb, text, jsonb, timestamptz, text) FROM %I', role);
-	EXECUTE pg_catalog.format('REVOKE EXECUTE ON FUNCTION outbox.enqueue_many(text, jsonb[], text[], jsonb[], timestamptz, text[]) FROM %I', role);
-	PERFORM outbox._sync_schema_usage(role, r);
-END
-$$;
 
 DO $$
 DECLARE

@@ -223,22 +223,21 @@ check_part_columns(Relation rel, const char *table)
 }
 
 /*
- * Open a partition and its only index.  Partitions are opened one by one,
- * never through the parent, so a transaction locks only the generations
- * it reads, and the worker can empty older ones meanwhile.
+ * Open a partition and its index: the partition of the parent's index,
+ * found by the parent index's name (<table>_sub_idx), never by position.
+ * Partitions are opened one by one, never through the parent, so a
+ * transaction locks only the generations it reads, and the worker can
+ * empty older ones meanwhile.
  */
 static Relation
 open_part(const char *table, int64 gen, Relation *index)
 {
 	Relation	rel = table_open(outbox_chain_part(table, gen), AccessShareLock);
-	List	   *indexes = RelationGetIndexList(rel);
+	char		parent_index[NAMEDATALEN];
 
 	check_part_columns(rel, table);
-
-	if (list_length(indexes) != 1)
-		elog(ERROR, "outbox relation \"%s\" must have exactly one index",
-			 RelationGetRelationName(rel));
-	*index = index_open(linitial_oid(indexes), AccessShareLock);
+	snprintf(parent_index, sizeof(parent_index), "%s_sub_idx", table);
+	*index = index_open(outbox_part_index(rel, parent_index), AccessShareLock);
 	return rel;
 }
 

@@ -19,6 +19,7 @@
 #include "outbox.h"
 
 #include "access/tupdesc.h"
+#include "catalog/partition.h"
 #include "nodes/pg_list.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
@@ -28,11 +29,41 @@
 /* relations and types whose layout this backend has checked */
 static List *checked = NIL;
 
+/* partitions (even members) and their indexes found (odd members) */
+static List *part_indexes = NIL;
+
 void
 outbox_layout_forget(void)
 {
 	list_free(checked);
 	checked = NIL;
+	list_free(part_indexes);
+	part_indexes = NIL;
+}
+
+/*
+ * The index of a partition that is the partition of the parent index of
+ * this name: found by name, never by position, and remembered until the
+ * extension changes.
+ */
+Oid
+outbox_part_index(Relation rel, const char *parent_index)
+{
+	ListCell   *lc;
+	Oid			indexid;
+	MemoryContext oldcxt;
+
+	for (lc = list_head(part_indexes); lc != NULL; lc = lnext(part_indexes, lnext(part_indexes, lc)))
+		if (lfirst_oid(lc) == RelationGetRelid(rel))
+			return lfirst_oid(lnext(part_indexes, lc));
+	indexid = index_get_partition(rel, outbox_relid(parent_index));
+	if (!OidIsValid(indexid))
+		outbox_schema_mismatch(psprintf("outbox.%s has no partition of the index outbox.%s.",
+										RelationGetRelationName(rel), parent_index));
+	oldcxt = MemoryContextSwitchTo(TopMemoryContext);
+	part_indexes = lappend_oid(lappend_oid(part_indexes, RelationGetRelid(rel)), indexid);
+	MemoryContextSwitchTo(oldcxt);
+	return indexid;
 }
 
 static void

@@ -124,6 +124,7 @@ extern void outbox_state_forget(void);
 extern void outbox_check_columns(Relation rel, const char *const *names, int n, bool whole);
 extern void outbox_check_type_fields(Oid typid, const char *const *names, int n);
 extern void outbox_layout_forget(void);
+extern Oid	outbox_part_index(Relation rel, const char *parent_index);
 extern void outbox_schema_mismatch(const char *detail) pg_attribute_noreturn();
 extern bool outbox_snap_visible(const OutboxSnap *snap, uint64 xid);
 extern bool outbox_snap_equal(const OutboxSnap *a, const OutboxSnap *b);
