@@ -725,3 +725,32 @@ BEGIN
 	END LOOP;
 END
 $$;
+
+-- Rows reach the event buckets only through enqueue, which inserts them
+-- directly and fires no trigger, or through a restore of a dump (COPY or
+-- INSERT).  A restore into a database where the extension was created
+-- beforehand is not recognised by the install script: the first rows it
+-- loads into a bucket switch restore mode on, so that the worker leaves the
+-- half-loaded tables alone until finish_restore().
+CREATE FUNCTION outbox._restore_started()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	UPDATE outbox.state SET restoring = true WHERE NOT restoring;
+	IF FOUND THEN
+		PERFORM outbox._state_changed();
+	END IF;
+	RETURN NULL;
+END
+$$;
+REVOKE ALL ON FUNCTION outbox._restore_started() FROM PUBLIC;
+CREATE TRIGGER restore_started BEFORE INSERT ON outbox.event_0
+	FOR EACH STATEMENT EXECUTE FUNCTION outbox._restore_started();
+CREATE TRIGGER restore_started BEFORE INSERT ON outbox.event_1
+	FOR EACH STATEMENT EXECUTE FUNCTION outbox._restore_started();
+CREATE TRIGGER restore_started BEFORE INSERT ON outbox.event_2
+	FOR EACH STATEMENT EXECUTE FUNCTION outbox._restore_started();
+CREATE TRIGGER restore_started BEFORE INSERT ON outbox.event_3
+	FOR EACH STATEMENT EXECUTE FUNCTION outbox._restore_started();

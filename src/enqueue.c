@@ -380,9 +380,11 @@ static const char *const event_columns[] = {
  * Insert the event row straight into its bucket: a heap insert and its
  * index entries, without planning or running an INSERT statement, which
  * would cost the application's transaction about a second statement.
- * Nothing is defined on the buckets that this would skip (no triggers,
- * rules or constraints beyond NOT NULL, which enqueue guarantees), and the
- * caller's right to enqueue was checked when the function was called.
+ * What this skips on the buckets: constraints beyond NOT NULL (there are
+ * none, and enqueue guarantees NOT NULL) and the statement triggers that
+ * switch restore mode on when a restore loads rows by COPY or INSERT
+ * (skipping them is their point).  The caller's right to enqueue was
+ * checked when the function was called.
  */
 typedef struct EventInserter
 {

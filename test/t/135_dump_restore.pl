@@ -19,6 +19,7 @@ use warnings FATAL => 'all';
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use IPC::Run;
 use OutboxTest;
 
 my $conf = join("\n",
@@ -190,7 +191,8 @@ push @copies, [ $src, 'copy1', 'same cluster', check_copy($src, 'copy1', 'same c
 # fresh clusters, with far lower xids than the source
 my $src_xid = $src->safe_psql('app', 'SELECT pg_current_xact_id()');
 my $n = 0;
-for my $how ('psql', 'pg_restore', 'pg_restore --single-transaction', 'pg_dumpall')
+for my $how ('psql', 'pg_restore', 'pg_restore --single-transaction', 'pg_dumpall',
+	'pg_restore into a database that has the extension')
 {
 	my $dst = PostgreSQL::Test::Cluster->new('dst' . $n++);
 	$dst->init;
@@ -214,6 +216,20 @@ for my $how ('psql', 'pg_restore', 'pg_restore --single-transaction', 'pg_dumpal
 		# the dump makes the roles too; "postgres" exists already
 		$dst->command_ok([ 'psql', '-X', '-q', '-d', $dst->connstr('postgres'),
 			'-f', "$dir/all.sql" ], "$how: restored");
+	}
+	elsif ($how =~ /has the extension/)
+	{
+		# not recognised as a restore when the extension is created: the
+		# first rows loaded into the event tables switch restore mode on
+		$dst->safe_psql('postgres', 'CREATE DATABASE app');
+		$dst->safe_psql('app', 'CREATE EXTENSION outbox');
+		is($dst->safe_psql('app', 'SELECT restoring FROM outbox.state'), 'f',
+			"$how: not in restore mode before the restore");
+		my ($stdout, $stderr);
+		IPC::Run::run([ 'pg_restore', '-d', $dst->connstr('app'), "$dir/app.dump" ],
+			'>', \$stdout, '2>', \$stderr);
+		my @errors = grep { /ERROR/ && !/already exists/ } split /\n/, $stderr;
+		is(join("\n", @errors), '', "$how: restored (no error but objects that exist)");
 	}
 	else
 	{
