@@ -263,6 +263,8 @@ AS 'MODULE_PATHNAME', 'outbox_stats'
 LANGUAGE C VOLATILE PARALLEL UNSAFE;
 REVOKE ALL ON FUNCTION outbox.stats(text) FROM PUBLIC;
 
+-- What the consume grant covers, 1.1's functions included (roles that have
+-- the grant get the new ones at the end of this script).
 CREATE OR REPLACE FUNCTION outbox._consumer_objects()
 RETURNS text[]
 LANGUAGE sql IMMUTABLE
@@ -271,24 +273,16 @@ AS $$
 		'FUNCTION outbox.claim(text, integer, interval)',
 		'FUNCTION outbox.ack(text, bigint)',
 		'FUNCTION outbox.ack(text, bigint[])',
-		'FUNCTION outbox.fail(text, bigint, text, interval, integer)',
+		'FUNCTION outbox.fail(text, bigint, text, interval, integer, boolean)',
+		'FUNCTION outbox.release(text, bigint, integer, interval)',
+		'FUNCTION outbox.extend_lease(text, bigint[], integer[], interval)',
+		'FUNCTION outbox.event_status(bigint)',
 		'FUNCTION outbox.channel(text)',
 		'FUNCTION outbox._stats()',
 		'FUNCTION outbox.stats(text)',
 		'FUNCTION outbox._may_consume(integer)',
 		'TABLE outbox.stats',
 		'TABLE outbox.dead_letters']
-$$;
-
-DO $$
-DECLARE
-	role name;
-BEGIN
-	FOR role IN SELECT DISTINCT r.rolname FROM outbox.consumer c
-				JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) c.role LOOP
-		EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION outbox.stats(text) TO %I', role);
-	END LOOP;
-END
 $$;
 
 --
@@ -663,28 +657,8 @@ AS 'MODULE_PATHNAME', 'outbox_event_status'
 LANGUAGE C STABLE PARALLEL UNSAFE;
 REVOKE ALL ON FUNCTION outbox.event_status(bigint) FROM PUBLIC;
 
--- What the consume grant covers, and to the roles that have it, what was
--- added
-CREATE OR REPLACE FUNCTION outbox._consumer_objects()
-RETURNS text[]
-LANGUAGE sql IMMUTABLE
-AS $$
-	SELECT ARRAY[
-		'FUNCTION outbox.claim(text, integer, interval)',
-		'FUNCTION outbox.ack(text, bigint)',
-		'FUNCTION outbox.ack(text, bigint[])',
-		'FUNCTION outbox.fail(text, bigint, text, interval, integer, boolean)',
-		'FUNCTION outbox.release(text, bigint, integer, interval)',
-		'FUNCTION outbox.extend_lease(text, bigint[], integer[], interval)',
-		'FUNCTION outbox.event_status(bigint)',
-		'FUNCTION outbox.channel(text)',
-		'FUNCTION outbox._stats()',
-		'FUNCTION outbox.stats(text)',
-		'FUNCTION outbox._may_consume(integer)',
-		'TABLE outbox.stats',
-		'TABLE outbox.dead_letters']
-$$;
-
+-- The roles that have the consume grant get what 1.1 added to it
+-- (outbox._consumer_objects(), above)
 DO $$
 DECLARE
 	role name;
