@@ -19,7 +19,8 @@ OBJS = \
 	src/lifecycle.o \
 	src/restore.o \
 	src/layout.o \
-	src/status.o
+	src/status.o \
+	src/wait.o
 
 EXTENSION = outbox
 # 1.0 is released and never changes; every later change goes into an
@@ -30,11 +31,11 @@ DATA_built = sql/outbox--1.1.sql
 PGFILEDESC = "outbox - transactional event delivery"
 
 # pg_regress inputs live in test/sql, expected output in expected/.
-REGRESS = setup subscribe enqueue claim settle ordering dedup privileges errors semantics limits read_only layout give_back enqueue_many event_status
+REGRESS = setup subscribe enqueue claim settle ordering dedup privileges errors semantics limits read_only layout give_back enqueue_many event_status claim_wait
 # PG15's pg_regress reads expected output from <outputdir>/expected, so the
 # output goes to the top directory (results/, ignored by git).
 REGRESS_OPTS = --inputdir=test
-ISOLATION = claim_concurrency claim_rollback dedup_race ordering_race unsubscribe_race isolation_levels held_claim ordered_rollback truncate_race ordered_waiting ordered_cache give_back_race
+ISOLATION = claim_concurrency claim_rollback dedup_race ordering_race unsubscribe_race isolation_levels held_claim ordered_rollback truncate_race ordered_waiting ordered_cache give_back_race claim_wait_race
 ISOLATION_OPTS = --inputdir=test --outputdir=.
 
 # no JIT bitcode: nothing here is worth inlining, and it needs clang

@@ -270,7 +270,7 @@ RETURNS text[]
 LANGUAGE sql IMMUTABLE
 AS $$
 	SELECT ARRAY[
-		'FUNCTION outbox.claim(text, integer, interval)',
+		'FUNCTION outbox.claim(text, integer, interval, interval)',
 		'FUNCTION outbox.ack(text, bigint)',
 		'FUNCTION outbox.ack(text, bigint[])',
 		'FUNCTION outbox.fail(text, bigint, text, interval, integer, boolean)',
@@ -607,8 +607,21 @@ REVOKE ALL ON FUNCTION outbox.finish_restore() FROM PUBLIC;
 
 --
 -- The 1.1 additions of the contract (issue 11): fail(..., dead), release,
--- extend_lease, event_status; enqueue_many below.
+-- extend_lease, event_status, claim(..., wait); enqueue_many below.
 --
+DROP FUNCTION outbox.claim(text, integer, interval);
+-- With wait, a claim that finds nothing waits for deliveries (src/wait.c).
+CREATE FUNCTION outbox.claim(
+	subscription text,
+	batch int DEFAULT 1,
+	lease interval DEFAULT NULL,
+	wait interval DEFAULT NULL)
+RETURNS TABLE (event_id bigint, topic text, key text, payload jsonb,
+			   headers jsonb, attempt int, enqueued_at timestamptz)
+AS 'MODULE_PATHNAME', 'outbox_claim'
+LANGUAGE C VOLATILE PARALLEL UNSAFE ROWS 100;
+REVOKE ALL ON FUNCTION outbox.claim(text, integer, interval, interval) FROM PUBLIC;
+
 DROP FUNCTION outbox.fail(text, bigint, text, interval, integer);
 CREATE FUNCTION outbox.fail(
 	subscription text,

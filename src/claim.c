@@ -964,43 +964,30 @@ scan_segment(ClaimState *st, OutboxSegment *seg)
 	return slice.pos_to == seg->to && slice.ended == seg->to_end;
 }
 
+/* The arguments of one claim, for claim_once and the attempts of a wait. */
+typedef struct ClaimArgs
+{
+	int32		batch;
+	Interval   *lease;			/* NULL: the subscription's */
+} ClaimArgs;
+
 /*
- * outbox.claim(subscription, batch, lease)
+ * One claim: lease up to args->batch deliveries into the function's result.
+ * Returns how many it leased.  The wait (wait.c) runs it once per attempt.
  */
-Datum
-outbox_claim(PG_FUNCTION_ARGS)
+static int64
+claim_once(FunctionCallInfo fcinfo, void *arg)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	ClaimArgs  *args = arg;
 	Oid			save_user;
 	int			save_sec;
-	int32		batch;
-	Interval   *lease = NULL;
 	ClaimState	st;
 	List	   *segs;
 	ListCell   *lc;
 
-	/* a write, like INSERT: refused whether or not there is anything to claim */
-	PreventCommandIfReadOnly("outbox.claim()");
-	if (PG_ARGISNULL(1))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("batch must not be null")));
-	batch = PG_GETARG_INT32(1);
-	if (batch < 1 || batch > OUTBOX_MAX_BATCH)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("batch must be between 1 and %d", OUTBOX_MAX_BATCH),
-				 errdetail("The value given was %d.", batch)));
-	if (!PG_ARGISNULL(2))
-	{
-		lease = PG_GETARG_INTERVAL_P(2);
-		outbox_check_interval(lease, "lease");
-	}
-
-	InitMaterializedSRF(fcinfo, 0);
-
 	memset(&st, 0, sizeof(st));
-	st.want = batch;
+	st.want = args->batch;
 	st.tupstore = rsinfo->setResult;
 	st.tupdesc = rsinfo->setDesc;
 
@@ -1008,13 +995,13 @@ outbox_claim(PG_FUNCTION_ARGS)
 	if (st.sub->paused)
 	{
 		outbox_consumer_end(save_user, save_sec);
-		return (Datum) 0;
+		return 0;
 	}
 
 	st.now = GetCurrentTimestamp();
 	st.lease_until = DatumGetTimestampTz(
 		DirectFunctionCall2(timestamptz_pl_interval, TimestampTzGetDatum(st.now),
-							PointerGetDatum(lease ? lease : &st.sub->lease)));
+							PointerGetDatum(args->lease ? args->lease : &st.sub->lease)));
 
 	outbox_lock_sub(st.sub->id);
 	st.chain = outbox_chain_read(st.sub->id);
@@ -1069,6 +1056,50 @@ outbox_claim(PG_FUNCTION_ARGS)
 	outbox_unlock_sub(st.sub->id);
 	outbox_chain_release(st.chain);
 	outbox_consumer_end(save_user, save_sec);
+	return st.got;
+}
+
+/*
+ * outbox.claim(subscription, batch, lease, wait)
+ */
+Datum
+outbox_claim(PG_FUNCTION_ARGS)
+{
+	ClaimArgs	args;
+	Interval   *wait = NULL;
+
+	/* a write, like INSERT: refused whether or not there is anything to claim */
+	PreventCommandIfReadOnly("outbox.claim()");
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("batch must not be null")));
+	args.batch = PG_GETARG_INT32(1);
+	if (args.batch < 1 || args.batch > OUTBOX_MAX_BATCH)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("batch must be between 1 and %d", OUTBOX_MAX_BATCH),
+				 errdetail("The value given was %d.", args.batch)));
+	args.lease = NULL;
+	if (!PG_ARGISNULL(2))
+	{
+		args.lease = PG_GETARG_INTERVAL_P(2);
+		outbox_check_interval(args.lease, "lease");
+	}
+	/* 1.0's claim has no wait argument */
+	if (PG_NARGS() > 3 && !PG_ARGISNULL(3))
+	{
+		wait = PG_GETARG_INTERVAL_P(3);
+		outbox_check_interval(wait, "wait");
+		if (outbox_interval_usecs(wait) == 0)
+			wait = NULL;
+	}
+
+	InitMaterializedSRF(fcinfo, 0);
+	if (wait == NULL)
+		(void) claim_once(fcinfo, &args);
+	else
+		(void) outbox_claim_waiting(fcinfo, wait, claim_once, &args);
 	return (Datum) 0;
 }
 

@@ -43,6 +43,14 @@
 	ExecInsertIndexTuples((rri), (slot), (estate), false, false, NULL, NIL)
 #endif
 
+/*
+ * A backend's number, the index of its PGPROC: MyProcNumber from
+ * PostgreSQL 17 on (storage/proc.h).
+ */
+#if PG_VERSION_NUM < 170000
+#define MyProcNumber (MyProc->pgprocno)
+#endif
+
 /* c.h has no Abs() from PostgreSQL 17 on. */
 #ifndef Abs
 #define Abs(x)	((x) >= 0 ? (x) : -(x))

@@ -41,6 +41,8 @@ outbox_notify_sub(const char *name)
 
 	snprintf(channel, sizeof(channel), "outbox.%s", name);
 	Async_Notify(channel, name);
+	/* and the claims that wait for it (wait.c), once this commits */
+	outbox_wake_waiters_after_commit(name);
 }
 
 /*

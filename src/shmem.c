@@ -64,6 +64,7 @@ outbox_shmem_request(void)
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
 	RequestAddinShmemSpace(shared_size());
+	RequestAddinShmemSpace(outbox_waiters_size());
 	RequestNamedLWLockTranche("outbox", 1);
 }
 
@@ -94,6 +95,7 @@ outbox_shmem_startup(void)
 				pg_atomic_init_u64(&outbox_shared->slots[i].topic_xid[t], 0);
 		}
 	}
+	outbox_waiters_startup();
 	LWLockRelease(AddinShmemInitLock);
 }
 
@@ -408,6 +410,7 @@ shmem_xact_callback(XactEvent event, void *arg)
 	switch (event)
 	{
 		case XACT_EVENT_COMMIT:
+			outbox_waiters_at_end(true);
 			if (pending_wake_any || pending_subs_change || pending_activity)
 				wake_worker(true);
 			forget_wake();
@@ -415,6 +418,7 @@ shmem_xact_callback(XactEvent event, void *arg)
 			pending_activity = false;
 			break;
 		case XACT_EVENT_ABORT:
+			outbox_waiters_at_end(false);
 			if (pending_activity)
 				wake_worker(false);
 			forget_wake();
@@ -424,6 +428,7 @@ shmem_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_PARALLEL_ABORT:
 		case XACT_EVENT_PARALLEL_COMMIT:
 		case XACT_EVENT_PREPARE:
+			outbox_waiters_at_end(false);
 			forget_wake();
 			pending_subs_change = false;
 			pending_activity = false;

@@ -145,6 +145,15 @@ extern PGDLLEXPORT void outbox_launcher_main(Datum arg);
 /* worker.c */
 extern PGDLLEXPORT void outbox_worker_main(Datum arg);
 extern int	outbox_naptime;
+
+/* wait.c: claim(..., wait) */
+typedef int64 (*OutboxClaimAttempt) (FunctionCallInfo fcinfo, void *arg);
+extern Size outbox_waiters_size(void);
+extern void outbox_waiters_startup(void);
+extern void outbox_wake_waiters_after_commit(const char *name);
+extern void outbox_waiters_at_end(bool committed);
+extern int64 outbox_claim_waiting(FunctionCallInfo fcinfo, Interval *wait,
+								  OutboxClaimAttempt attempt, void *arg);
 extern int	outbox_retention;
 extern int	outbox_chain_rotation;
 

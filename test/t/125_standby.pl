@@ -46,9 +46,9 @@ my %writes = (
 		q{SELECT outbox.enqueue('sb.t', '{}', key => 'k', dedup_key => 'd')} ],
 	'enqueue_many(text,jsonb[],text[],jsonb[],timestamp with time zone,text[])' =>
 	  [ q{SELECT outbox.enqueue_many('sb.t', ARRAY['{}']::jsonb[])} ],
-	'claim(text,integer,interval)' =>
+	'claim(text,integer,interval,interval)' =>
 	  [ q{SELECT * FROM outbox.claim('sb')}, q{SELECT * FROM outbox.claim('sb_ordered', 10, '1 minute')},
-		q{SELECT * FROM outbox.claim('no_such')} ],
+		q{SELECT * FROM outbox.claim('no_such')}, q{SELECT * FROM outbox.claim('sb', wait => '1 minute')} ],
 	'ack(text,bigint)' => [ "SELECT outbox.ack('sb', ${leased}::bigint)", "SELECT outbox.ack('sb', ${dead}::bigint)" ],
 	'ack(text,bigint[])' => [ "SELECT outbox.ack('sb', ARRAY[$leased]::bigint[])", q{SELECT outbox.ack('sb', NULL::bigint[])} ],
 	'fail(text,bigint,text,interval,integer,boolean)' =>
