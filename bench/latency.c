@@ -22,6 +22,12 @@
  * consumer stops when they do: its rate is then the throughput of one
  * consumer under saturation (used for the held-xmin comparison).
  *
+ * With -m wait the consumer does not LISTEN: each claim waits for events
+ * on the server, claim(s, batch, wait => '1s') (contract 1.1, for
+ * consumers behind PgBouncer), and the consumer claims again as soon as a
+ * claim returns.  Latency is counted as above, to the waiting claim's
+ * return.
+ *
  * With -m relay the same is done with the plain-table relay, the ceiling
  * outbox is compared with: the producers INSERT into table -t, the consumer
  * polls (no notifications; 1 ms sleep when a batch comes back short) with
@@ -82,6 +88,7 @@ static const char *dbname = "bench";
 static const char *sub = "lat";
 static const char *topic = "lat";		/* relay mode: the table */
 static int	relay = 0;
+static int	waiting = 0;		/* -m wait: claim(..., wait) instead of LISTEN */
 static double rate = 1000.0;			/* 0: as fast as possible */
 static double duration = 20.0;
 static int	nproducers = 4;
@@ -311,6 +318,10 @@ claim_once(Consumer *k, int i, char *ids)
 				 "DELETE FROM %s WHERE id IN (SELECT id FROM %s ORDER BY id LIMIT %d "
 				 "FOR UPDATE SKIP LOCKED) RETURNING id, payload->>'seq'",
 				 topic, topic, batch);
+	else if (waiting)
+		snprintf(sql, sizeof(sql),
+				 "BEGIN; SELECT event_id, payload->>'seq' FROM outbox.claim('%s', %d, wait => '1s')",
+				 sub_names[i], batch);
 	else
 		snprintf(sql, sizeof(sql),
 				 "BEGIN; SELECT event_id, payload->>'seq' FROM outbox.claim('%s', %d)",
@@ -536,7 +547,13 @@ consumer(void *arg)
 		if (now_ns() > deadline)
 			break;
 
-		if (relay)
+		if (waiting)
+		{
+			/* the next claim waits on the server */
+			for (int j = 0; j < k->nmine; j++)
+				make_pending(k, k->mine[j], 1);
+		}
+		else if (relay)
 		{
 			/* a relay polls */
 			struct timespec ts = {0, 1000000};
@@ -679,7 +696,10 @@ main(int argc, char **argv)
 			case 'D': dbname = optarg; break;
 			case 's': sub = optarg; break;
 			case 't': topic = optarg; break;
-			case 'm': relay = strcmp(optarg, "relay") == 0; break;
+			case 'm':
+				relay = strcmp(optarg, "relay") == 0;
+				waiting = strcmp(optarg, "wait") == 0;
+				break;
 			case 'r': rate = atof(optarg); break;
 			case 'd': duration = atof(optarg); break;
 			case 'p': nproducers = atoi(optarg); break;
@@ -689,7 +709,7 @@ main(int argc, char **argv)
 			case 'c': nconsumers = atoi(optarg); break;
 			case 'W': worker_pid = atoi(optarg); break;
 			default:
-				fprintf(stderr, "usage: latency -D db [-m outbox|relay] -s sub -t topic|table "
+				fprintf(stderr, "usage: latency -D db [-m outbox|wait|relay] -s sub -t topic|table "
 						"-r rate|0 -d seconds [-p producers] [-b batch] [-S sample_seconds] "
 						"[-n subscriptions [-c consumers]] [-W worker_pid]\n");
 				return 2;
@@ -784,7 +804,8 @@ main(int argc, char **argv)
 			snprintf(sql, sizeof(sql), "LISTEN %s", quoted);
 			PQfreemem(quoted);
 			PQclear(r);
-			PQclear(exec_ok(k->conn, sql));
+			if (!waiting)
+				PQclear(exec_ok(k->conn, sql));
 			PQclear(exec_ok(lc, sql));
 		}
 	}

@@ -246,6 +246,25 @@ if (has('latency')) {
       gs.map((g) => `+${fmt(g.g1)} then +${fmt(g.g2)}`).join('; '), gs.every((g) => g.stops));
   }
 }
+if (has('claim-wait')) {
+  const body = [];
+  for (const m of ['steady', 'idle']) {
+    const rs = sel('claim-wait', m);
+    if (!rs.length) continue;
+    body.push([m === 'steady' ? 'steady load' : 'nearly idle server', fmt(rs[0].rate, 0),
+      fmt(median(rs.map((r) => r.p50_ms)), 2), fmt(median(rs.map((r) => r.p99_ms)), 2),
+      fmt(Math.max(...rs.map((r) => r.max_ms)), 1), rs.map((r) => fmt(r.p99_ms, 2)).join(', '),
+      fmt(median(rs.map((r) => r.consume_rate)), 0)]);
+  }
+  sections.push({ title: 'claim(..., wait), commit → claimed: the claim waits on the server, no LISTEN (ms; medians of rounds, max of all)',
+    head: ['run', 'events/s', 'p50', 'p99', 'max', 'p99 per round', 'consumed/s'], body });
+  for (const [m, what] of [['steady', 'at 1,000 events/s'], ['idle', 'on a nearly idle server']]) {
+    const rs = sel('claim-wait', m);
+    if (!rs.length) continue;
+    const p = median(rs.map((r) => r.p99_ms));
+    target(`claim(wait) wakes within 10 ms (p99) ${what}`, `${fmt(p, 2)} ms (rounds: ${rs.map((r) => fmt(r.p99_ms, 2)).join(', ')})`, p <= 10);
+  }
+}
 if (has('held')) {
   const body = [];
   for (const k of ['outbox-normal', 'outbox-held', 'relay-normal', 'relay-held']) {
