@@ -448,6 +448,8 @@ class Engine:
         if isinstance(outcome, Release):
             self.stats.released += 1
             self._hook("on_released", ev)
+            if state == "ready":
+                self._on_notify()  # claimable again now
             return
         if state == "dead":
             self.stats.dead += 1
