@@ -56,3 +56,25 @@ async def test_stuck_handler_is_cancelled_and_released_at_the_same_attempt(
     rows = sub.admin.execute("SELECT event_id, attempt FROM outbox.claim(%s, 10) "
                              "ORDER BY event_id", (sub.name,)).fetchall()
     assert rows == sorted([(a, 1), (b, 1)])  # no attempt used
+
+
+async def test_sigterm_stops_after_the_handlers_in_flight(sub: Any, apool: Any) -> None:
+    import os
+    import signal
+
+    gate = asyncio.Event()
+
+    async def handle(ev: ob.Event) -> None:
+        await gate.wait()
+
+    c = ob.consume(apool, sub.name, handle, handle_signals=True, concurrency=2)
+    await c.ready()
+    (a, b) = sub.enqueue(2)
+    await until(lambda: c.running == 2, "2 handlers running")
+    os.kill(os.getpid(), signal.SIGTERM)
+    await until(lambda: c._engine._stopping, "SIGTERM seen")
+    (late,) = sub.enqueue(1)
+    gate.set()
+    await c.wait()
+    assert c.stats.handled == 2 and c.stats.claimed == 2
+    assert sub.status(late)["state"] == "ready"
