@@ -153,3 +153,18 @@ async def test_listen_false_polls_without_a_listener(sub: Any, apool: Any,
         sub.enqueue(2)
         await until(lambda: c.stats.handled == 2, "2 acks by polling")
     assert not [r for r in caplog.records if "LISTEN cannot work" in r.getMessage()]
+
+
+async def test_poll_only_waits_in_claim(sub: Any, apool: Any) -> None:
+    # Without LISTEN, an outbox with claim(..., wait) is polled by a claim
+    # that waits on the server (no poll loop): the consumer's session shows
+    # up waiting in it, and an event enqueued then is handled.
+    async with ob.consume(apool, sub.name, noop, listen=False, poll_only_wait=30,
+                          poll_only_interval=3600) as c:
+        await c.ready()
+        assert c.poll_only
+        await until(lambda: sub.sql(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Extension'"
+            " AND query LIKE '%%outbox.claim(%%'") == 1, "a claim waiting on the server")
+        sub.enqueue(1)
+        await until(lambda: c.stats.handled == 1, "the event handled by the waiting claim")
