@@ -261,6 +261,13 @@ attempt_in_subxact(FunctionCallInfo fcinfo, OutboxClaimAttempt attempt,
 
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(attempt_cxt);
+	/*
+	 * A snapshot of its own, as a statement of its own would have: what
+	 * reads with the active snapshot then sees what committed meanwhile,
+	 * and never the statement's, which may no longer hold back vacuum
+	 * (withdraw_xmin).  Subtransaction abort pops it on error.
+	 */
+	PushActiveSnapshot(GetTransactionSnapshot());
 	PG_TRY();
 	{
 		got = attempt(fcinfo, arg);
@@ -278,6 +285,7 @@ attempt_in_subxact(FunctionCallInfo fcinfo, OutboxClaimAttempt attempt,
 		ReThrowError(edata);
 	}
 	PG_END_TRY();
+	PopActiveSnapshot();
 	if (got > 0)
 		ReleaseCurrentSubTransaction();
 	else

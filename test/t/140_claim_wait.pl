@@ -5,7 +5,8 @@
 # and ends cleanly on statement_timeout and cancel, and at once on
 # pg_terminate_backend.  What wakes it besides a producer's commit (the
 # isolation test claim_wait_race has those races): a retry that comes
-# due, a lease the worker returns, replay.
+# due, a lease the worker returns, replay.  Each attempt reads as a new
+# statement would: a grant revoked meanwhile counts.
 
 use strict;
 use warnings FATAL => 'all';
@@ -155,6 +156,25 @@ is(claim_after('replayed', "SELECT outbox.replay('cw', $id)"), "2\@1\n",
 	'replay wakes it (attempts start again)');
 # its lease runs out: returned by the worker, claimed again at attempt 2
 is(claim_after('returned'), "2\@2\n", 'a lease the worker returns wakes it');
+
+# 6. Each attempt is checked as a statement of its own would be: a grant
+# revoked while the claim waits holds for what it finds next
+sql(q{
+	CREATE ROLE cw_consumer LOGIN;
+	SELECT outbox.grant_consume('cw_consumer', 'cw');
+});
+{
+	my ($h, $out, $err) = start_psql('revoked', q{
+		SET ROLE cw_consumer;
+		SELECT payload->>'n' FROM outbox.claim('cw', 10, wait => '300 seconds')});
+	waiting_pid('revoked');
+	sql(q{SELECT outbox.revoke_consume('cw_consumer', 'cw')});
+	sql(q{SELECT outbox.enqueue('cw', '{"n": 3}')});
+	$h->finish;
+	like($$err, qr/permission denied for subscription "cw"/,
+		'a grant revoked during the wait: the next attempt is refused');
+	is($$out, '', 'and claims nothing');
+}
 
 $node->stop;
 unlike(slurp_file($node->logfile), qr/terminated by signal/, 'no process crashed');
