@@ -77,7 +77,31 @@ def listen_target(pool: Any, override: str | None) -> tuple[str, dict[str, Any]]
     return (conninfo if isinstance(conninfo, str) else ""), kwargs
 
 
-class AsyncBackend:
+class _Backend:
+    """What both backends run the same way: one-value statements through
+    ``_one``, which each implements for its pool."""
+
+    sub: str
+
+    async def _one(self, query: str, params: tuple[Any, ...]) -> Any:
+        raise NotImplementedError
+
+    async def ack(self, ids: list[int]) -> int:
+        return int(await self._one(ACK, (self.sub, ids)) or 0)
+
+    async def settle(self, s: Settlement) -> str | None:
+        r: str | None = await self._one(s[0], (self.sub, *s[1]))
+        return r
+
+    async def extend(self, ids: list[int], attempts: list[int], lease: timedelta) -> set[int]:
+        r = await self._one(EXTEND, (self.sub, ids, attempts, lease))
+        return set(r or ())
+
+    async def probe(self, channel: str) -> None:
+        await self._one(PROBE, (channel,))
+
+
+class AsyncBackend(_Backend):
     """Calls through a ``psycopg_pool.AsyncConnectionPool``; async handlers."""
 
     cancellable = True
@@ -109,20 +133,6 @@ class AsyncBackend:
             else:
                 cur = await conn.execute(CLAIM_WAIT, (self.sub, n, lease, wait))
             return [to_event(r, self.sub) for r in await cur.fetchall()]
-
-    async def ack(self, ids: list[int]) -> int:
-        return int(await self._one(ACK, (self.sub, ids)) or 0)
-
-    async def settle(self, s: Settlement) -> str | None:
-        r: str | None = await self._one(s[0], (self.sub, *s[1]))
-        return r
-
-    async def extend(self, ids: list[int], attempts: list[int], lease: timedelta) -> set[int]:
-        r = await self._one(EXTEND, (self.sub, ids, attempts, lease))
-        return set(r or ())
-
-    async def probe(self, channel: str) -> None:
-        await self._one(PROBE, (channel,))
 
     async def run_handler(self, event: Event) -> None:
         await self.handler(event)
@@ -162,7 +172,7 @@ class AsyncBackend:
         pass
 
 
-class SyncBackend:
+class SyncBackend(_Backend):
     """Calls through a ``psycopg_pool.ConnectionPool`` in worker threads; sync handlers
     in a pool of ``concurrency`` threads."""
 
@@ -210,20 +220,6 @@ class SyncBackend:
     async def claim(self, n: int, lease: timedelta, wait: timedelta | None) -> list[Event]:
         r: list[Event] = await self._run(self._claim_sync, n, lease, wait)
         return r
-
-    async def ack(self, ids: list[int]) -> int:
-        return int(await self._one(ACK, (self.sub, ids)) or 0)
-
-    async def settle(self, s: Settlement) -> str | None:
-        r: str | None = await self._one(s[0], (self.sub, *s[1]))
-        return r
-
-    async def extend(self, ids: list[int], attempts: list[int], lease: timedelta) -> set[int]:
-        r = await self._one(EXTEND, (self.sub, ids, attempts, lease))
-        return set(r or ())
-
-    async def probe(self, channel: str) -> None:
-        await self._one(PROBE, (channel,))
 
     async def run_handler(self, event: Event) -> None:
         await asyncio.get_running_loop().run_in_executor(self._handlers, self.handler, event)
