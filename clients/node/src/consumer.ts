@@ -64,6 +64,8 @@ export interface ConsumeOptions {
 
 /** Counters, live. */
 export interface Counters {
+  /** claim statements run */
+  claims: number;
   /** deliveries claimed */
   claimed: number;
   /** handled and acked */
@@ -157,6 +159,7 @@ function errorMessage(err: unknown): string {
 export class Consumer extends EventEmitter<ConsumerEvents> {
   readonly subscription: string;
   readonly counters: Counters = {
+    claims: 0,
     claimed: 0,
     handled: 0,
     failed: 0,
@@ -474,6 +477,7 @@ export class Consumer extends EventEmitter<ConsumerEvents> {
           got = await this.claimTx(asked, wait);
         }
         failures = 0;
+        this.counters.claims++;
       } catch (err) {
         if (this.stopping) break;
         const fatal = fatalError(err, this.subscription);

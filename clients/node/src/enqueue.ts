@@ -58,10 +58,10 @@ export async function enqueue<P>(client: Queryable, topic: string, payload: P, o
  * Enqueues several events of one topic in one statement (outbox.enqueue_many),
  * in order, on the caller's connection or transaction. Returns their ids in order.
  */
-export async function enqueueMany<P>(
+export async function enqueueMany(
   client: Queryable,
   topic: string,
-  items: readonly EnqueueItem<P>[],
+  items: readonly EnqueueItem[],
   opts: EnqueueManyOptions = {},
 ): Promise<string[]> {
   if (items.length === 0) return [];
