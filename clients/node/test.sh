@@ -10,4 +10,4 @@ export npm_config_update_notifier=false npm_config_fund=false npm_config_audit=f
 npm ci --no-progress --loglevel=error
 npm run --silent build
 npm run --silent build:test
-exec node --test --test-concurrency=4 --test-reporter=spec build/test/*.test.js
+exec node --test --test-concurrency=4 --test-timeout=120000 --test-reporter=spec build/test/*.test.js
