@@ -1,4 +1,5 @@
 import { EventEmitter } from 'node:events';
+import net from 'node:net';
 import type { Pool, PoolClient } from 'pg';
 
 import {
@@ -207,6 +208,8 @@ export class Consumer extends EventEmitter<ConsumerEvents> {
   private readonly txClients = new Map<PoolClient, Delivery[]>();
   private idleWaiters: (() => void)[] = [];
   private listenClient: PoolClient | null = null;
+  /** The connection of a claim waiting server-side (poll-only), cancelled by stop(). */
+  private waitingClient: PoolClient | null = null;
   private pollTimer: NodeJS.Timeout | null = null;
   private extendTimer: NodeJS.Timeout | null = null;
   private abortReason: ConsumerStoppedError | null = null;
@@ -500,10 +503,23 @@ export class Consumer extends EventEmitter<ConsumerEvents> {
   }
 
   private async claimAck(n: number, wait: number | null): Promise<number> {
-    const r =
-      wait === null
-        ? await this.pool.query<ClaimRow>(CLAIM_SQL, [this.subscription, n, interval(this.leaseMs)])
-        : await this.pool.query<ClaimRow>(CLAIM_WAIT_SQL, [this.subscription, n, interval(this.leaseMs), interval(wait)]);
+    let r;
+    if (wait === null) r = await this.pool.query<ClaimRow>(CLAIM_SQL, [this.subscription, n, interval(this.leaseMs)]);
+    else {
+      const c = await this.pool.connect();
+      let broken: unknown = undefined;
+      try {
+        this.waitingClient = c;
+        r = await c.query<ClaimRow>(CLAIM_WAIT_SQL, [this.subscription, n, interval(this.leaseMs), interval(wait)]);
+      } catch (err) {
+        broken = err;
+        throw err;
+      } finally {
+        this.waitingClient = null;
+        if (broken !== undefined && isTransient(broken) && sqlState(broken) !== '57014') this.destroy(c);
+        else c.release();
+      }
+    }
     const claimedAt = Date.now();
     if (this.stopping) {
       // Claimed after stop() began (a claim that waited): give it back.
@@ -704,10 +720,12 @@ export class Consumer extends EventEmitter<ConsumerEvents> {
     try {
       client = await this.pool.connect();
       await client.query('BEGIN');
+      if (wait !== null) this.waitingClient = client;
       const r =
         wait === null
           ? await client.query<ClaimRow>(CLAIM_SQL, [this.subscription, n, interval(this.leaseMs)])
           : await client.query<ClaimRow>(CLAIM_WAIT_SQL, [this.subscription, n, interval(this.leaseMs), interval(wait)]);
+      this.waitingClient = null;
       if (r.rows.length === 0 || this.stopping) {
         // Nothing, or stop() began while the claim waited: rolling back gives it back at the same attempt.
         await client.query('ROLLBACK');
@@ -722,6 +740,7 @@ export class Consumer extends EventEmitter<ConsumerEvents> {
       void this.runTx(c, r.rows);
       return r.rows.length;
     } catch (err) {
+      this.waitingClient = null;
       this.destroy(client);
       this.finished();
       throw err;
@@ -834,6 +853,8 @@ export class Consumer extends EventEmitter<ConsumerEvents> {
       this.destroy(this.listenClient);
       this.listenClient = null;
     }
+    // A claim waiting server-side would hold stop() for up to pollWaitMs: cancel it.
+    if (this.waitingClient) cancelQuery(this.waitingClient);
     await Promise.all(this.loops);
 
     if (this.running > 0) await Promise.race([this.idle(), sleep(graceMs)]);
@@ -904,6 +925,28 @@ export class Consumer extends EventEmitter<ConsumerEvents> {
     if (this.listenerCount('warning') > 0) this.emit('warning', message, err);
     else console.warn(err === undefined ? message : `${message}: ${errorMessage(err)}${sqlState(err) ? ` (${sqlState(err)})` : ''}`);
   }
+}
+
+/**
+ * Sends a CancelRequest for the connection's running statement, as
+ * node-postgres does internally (it works through PgBouncer too, unlike
+ * pg_cancel_backend).
+ */
+function cancelQuery(client: PoolClient): void {
+  const c = client as unknown as { processID: number | null; secretKey: number | null; host?: string; port?: number };
+  if (c.processID == null || c.secretKey == null) return;
+  const host = c.host ?? 'localhost';
+  const port = c.port ?? 5432;
+  const socket = host.startsWith('/') ? net.connect(`${host}/.s.PGSQL.${port}`) : net.connect(port, host);
+  socket.on('error', () => socket.destroy());
+  socket.on('connect', () => {
+    const msg = Buffer.alloc(16);
+    msg.writeInt32BE(16, 0);
+    msg.writeInt32BE(80877102, 4);
+    msg.writeInt32BE(c.processID!, 8);
+    msg.writeInt32BE(c.secretKey!, 12);
+    socket.end(msg);
+  });
 }
 
 function settlementOf(result: unknown, err: unknown, errorText: (e: unknown) => string): Settlement {

@@ -32,7 +32,8 @@ test('with claim(..., wait) on the server, a poll-only claim waits server-side',
   const app = 'outbox-node-test-poll-wait';
   const pool = newPool({ application_name: app });
   const { sub, topic } = await subscription('p_wait');
-  const consumer = consume(pool, sub, () => {}, { listen: false, pollWaitMs: 60_000, pollSleepMs: 60_000 });
+  // A 10-minute wait: stop() must cancel the waiting claim, or the test times out.
+  const consumer = consume(pool, sub, () => {}, { listen: false, pollWaitMs: 600_000, pollSleepMs: 600_000 });
   await consumer.ready;
   await waitFor('a claim waiting', async () => {
     const q = await admin.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1 AND state = 'active' AND query LIKE '%outbox.claim(%'`, [app]);
@@ -41,6 +42,14 @@ test('with claim(..., wait) on the server, a poll-only claim waits server-side',
   await enqueue(admin, topic, {});
   await waitFor('handled', () => consumer.counters.handled === 1);
   assert.equal(consumer.counters.claims, 1);
-  await consumer.stop({ graceMs: 0 });
+  await enqueue(admin, topic, {});
+  await waitFor('second handled', () => consumer.counters.handled === 2);
+  await waitFor('waiting again', async () => {
+    const q = await admin.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1 AND state = 'active' AND query LIKE '%outbox.claim(%'`, [app]);
+    return q.rows[0].n === 1;
+  });
+  await consumer.stop();
+  const q = await admin.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1 AND state = 'active'`, [app]);
+  assert.equal(q.rows[0].n, 0);
   await pool.end();
 });
