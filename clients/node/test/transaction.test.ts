@@ -1,0 +1,96 @@
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+
+import { consume, deadLetter, enqueueMany, release } from 'outbox-client';
+
+import { admin, cleanup, newPool, status, subscription, uniq, waitFor } from './helpers.js';
+
+const pool = newPool({ application_name: 'outbox-node-test-tx' });
+const table = uniq('effects');
+before(async () => {
+  await admin.query(`CREATE TABLE ${table} (event_id bigint, attempt int)`);
+});
+after(async () => {
+  await pool.end();
+  await admin.query(`DROP TABLE ${table}`);
+  await cleanup();
+});
+
+async function rows(): Promise<[string, number][]> {
+  const r = await admin.query(`SELECT event_id::text AS id, attempt FROM ${table} ORDER BY event_id, attempt`);
+  return r.rows.map((x) => [x.id, x.attempt]);
+}
+
+test('transaction mode: each effect commits once with its ack; a handler that writes then throws leaves no row', async () => {
+  const { sub, topic } = await subscription('t_once');
+  const calls: string[] = [];
+  const consumer = consume<{ n: number }>(pool, sub, async (event, _signal, tx) => {
+    calls.push(`${event.payload.n}:${event.attempt}`);
+    await tx.query(`INSERT INTO ${table} VALUES ($1, $2)`, [event.eventId, event.attempt]);
+    if (event.payload.n === 3 && event.attempt === 1) throw new Error('after writing');
+  }, { mode: 'transaction', concurrency: 2, batchSize: 4 });
+  await consumer.ready;
+  const ids = await enqueueMany(pool, topic, Array.from({ length: 8 }, (_, n) => ({ payload: { n } })));
+  await waitFor('8 handled', () => consumer.counters.handled === 8);
+  await consumer.stop();
+  // The failed attempt's row was rolled back to its savepoint; the attempt was counted.
+  assert.deepEqual(await rows().then((r) => r.filter(([id]) => ids.includes(id))), ids.map((id, n) => [id, n === 3 ? 2 : 1]));
+  assert.equal(consumer.counters.failed, 1);
+  assert.deepEqual(calls.filter((c) => c.startsWith('3:')), ['3:1', '3:2']);
+  assert.deepEqual((await status(sub, ids[3]!))?.attempts, 2);
+});
+
+test('transaction mode: a poison event is retried with backoff and dead-lettered, never looped', async () => {
+  const { sub, topic } = await subscription('t_poison', { maxAttempts: 3 });
+  let calls = 0;
+  const consumer = consume(pool, sub, async (event, _signal, tx) => {
+    calls++;
+    await tx.query(`INSERT INTO ${table} VALUES ($1, $2)`, [event.eventId, event.attempt]);
+    await tx.query('SELECT 1/0'); // the transaction is in error: rolled back to the savepoint
+  }, { mode: 'transaction' });
+  consumer.on('warning', (m) => assert.fail(m));
+  await consumer.ready;
+  const [id] = await enqueueMany(pool, topic, [{ payload: {} }]);
+  await waitFor('dead', () => consumer.counters.dead === 1);
+  await consumer.stop();
+  assert.equal(calls, 3);
+  assert.deepEqual(await rows().then((r) => r.filter(([e]) => e === id)), []);
+  const st = await status(sub, id!);
+  assert.deepEqual([st?.state, st?.attempts, st?.last_error], ['dead', 3, 'division by zero']);
+});
+
+test('transaction mode: deadLetter and release outcomes settle in the transaction', async () => {
+  const { sub, topic } = await subscription('t_outcomes');
+  const seen: string[] = [];
+  const consumer = consume<{ what: string }>(pool, sub, (event) => {
+    seen.push(`${event.payload.what}:${event.attempt}`);
+    if (event.payload.what === 'dead') return deadLetter('never');
+    if (event.payload.what === 'release' && seen.filter((s) => s.startsWith('release')).length === 1) return release();
+  }, { mode: 'transaction' });
+  await consumer.ready;
+  const [d] = await enqueueMany(pool, topic, [{ payload: { what: 'dead' } }, { payload: { what: 'release' } }]);
+  await waitFor('settled', () => consumer.counters.dead === 1 && consumer.counters.handled === 1);
+  await consumer.stop();
+  assert.equal(consumer.counters.released, 1);
+  assert.deepEqual(seen.filter((s) => s.startsWith('release')), ['release:1', 'release:1']);
+  assert.equal((await status(sub, d!))?.last_error, 'never');
+});
+
+test('transaction mode: stop with a stuck handler rolls back, the delivery keeps its attempt', async () => {
+  const { sub, topic } = await subscription('t_stop');
+  let calls = 0;
+  const consumer = consume(pool, sub, async (event, _signal, tx) => {
+    calls++;
+    await tx.query(`INSERT INTO ${table} VALUES ($1, $2)`, [event.eventId, event.attempt]);
+    await new Promise(() => {});
+  }, { mode: 'transaction', abortGraceMs: 50 });
+  await consumer.ready;
+  const [id] = await enqueueMany(pool, topic, [{ payload: {} }]);
+  await waitFor('running', () => calls === 1);
+  await consumer.stop({ graceMs: 50 });
+  assert.equal(consumer.counters.released, 1);
+  await waitFor('rolled back', async () => (await status(sub, id!))?.state === 'ready');
+  assert.deepEqual(await rows().then((r) => r.filter(([e]) => e === id)), []);
+  const r = await admin.query('SELECT attempt FROM outbox.claim($1)', [sub]);
+  assert.deepEqual(r.rows, [{ attempt: 1 }]);
+});
