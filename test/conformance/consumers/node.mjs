@@ -120,7 +120,8 @@ async function behave(event, signal, tx) {
     out('handled', fieldsOf(event));
     return undefined;
   } catch (err) {
-    if (!signal.aborted) out('threw', { ...fieldsOf(event), error: String(err?.message ?? err) });
+    // A cancellation ending the handler was reported as `cancelled` already.
+    if (!(signal.aborted && err === signal.reason)) out('threw', { ...fieldsOf(event), error: String(err?.message ?? err) });
     throw err;
   } finally {
     running--;
@@ -172,6 +173,7 @@ out('exit', {
   code,
   max_running: maxRunning,
   counters: {
+    claimed: c.claimed,
     handled: c.handled,
     failed: c.failed + c.retried,
     dead: c.dead,

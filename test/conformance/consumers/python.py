@@ -190,7 +190,7 @@ async def main() -> None:
         code = 3
     s = consumer.stats
     out("exit", code=code, max_running=State.max_running, counters={
-        "handled": s.handled, "failed": s.failed, "dead": s.dead, "released": s.released,
+        "claimed": s.claimed, "handled": s.handled, "failed": s.failed, "dead": s.dead, "released": s.released,
         "leases_lost": s.leases_lost, "stale_settlements": s.stale_settlements,
         "reconnects": s.reconnects}, raw=s.as_dict())
     try:
