@@ -69,7 +69,13 @@ const fieldsOf = (event) => ({
   seq: event.payload && typeof event.payload === 'object' ? event.payload.seq ?? null : null,
 });
 
-function sleep(event, millis, signal, ignoreCancel) {
+// The handler's own view of its delivery.
+async function deliveryState(event) {
+  const r = await pool.query('SELECT state FROM outbox.event_status($1) WHERE subscription = $2', [event.eventId, a.subscription]);
+  return r.rows[0]?.state ?? null;
+}
+
+function sleep(event, millis, signal, ignoreCancel, cleanupMs) {
   return new Promise((resolve, reject) => {
     const timer = setTimeout(done, millis);
     function done() {
@@ -80,7 +86,20 @@ function sleep(event, millis, signal, ignoreCancel) {
       out('cancelled', { ...fieldsOf(event), ignored: ignoreCancel, reason: signal.reason?.name ?? String(signal.reason) });
       if (ignoreCancel) return;
       clearTimeout(timer);
-      reject(signal.reason ?? new Error('aborted'));
+      if (!cleanupMs) return reject(signal.reason ?? new Error('aborted'));
+      // The handler takes cleanupMs after its cancellation, then reports its delivery's state.
+      setTimeout(() => {
+        deliveryState(event).then(
+          (state) => {
+            out('ended', { ...fieldsOf(event), state });
+            reject(signal.reason);
+          },
+          (err) => {
+            out('ended', { ...fieldsOf(event), state: null, error: String(err) });
+            reject(signal.reason);
+          },
+        );
+      }, cleanupMs);
     }
     if (signal.aborted) onAbort();
     else signal.addEventListener('abort', onAbort, { once: true });
@@ -98,7 +117,7 @@ async function behave(event, signal, tx) {
   }
   out('start', { ...fieldsOf(event), running });
   try {
-    if (p.sleep_ms) await sleep(event, p.sleep_ms, signal, Boolean(p.ignore_cancel));
+    if (p.sleep_ms) await sleep(event, p.sleep_ms, signal, Boolean(p.ignore_cancel), Number(p.cleanup_ms ?? 0));
     if (tx && !p.no_write) {
       await tx.query('INSERT INTO conformance_writes (event_id, attempt) VALUES ($1, $2)', [event.eventId, event.attempt]);
     }
