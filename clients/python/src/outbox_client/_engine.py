@@ -715,7 +715,10 @@ class Engine:
             if r.phase == "handler" and r.cancel_reason is None:
                 r.cancel_reason = "stop"
                 r.event.cancelled.set()
-                if r.task is not None:
+                # A sync handler's thread cannot be interrupted: cancelling its
+                # task would release the delivery at once while the thread still
+                # runs; it gets cancel_timeout to see event.cancelled and end.
+                if r.task is not None and self.b.cancellable:
                     r.task.cancel()
         for w in list(self._workers):
             for ev in w.events:
