@@ -50,6 +50,8 @@ export interface ConsumeOptions {
   pollSleepMs?: number;
   /** How often the LISTEN connection is checked with pg_listening_channels() (default 10000); a check that does not answer within this time counts as a dead connection. */
   heartbeatMs?: number;
+  /** After LISTEN, a notification is sent through the pool and must come back within this time (default 2000); if not, LISTEN cannot work (a transaction-pooling proxy) and the consumer polls. */
+  probeTimeoutMs?: number;
   /** stop(): how long running handlers may go on before their signal aborts (default 25000). */
   graceMs?: number;
   /** stop(): how long after the abort to wait before their deliveries are released anyway (default 1000). */
@@ -188,6 +190,7 @@ export class Consumer extends EventEmitter<ConsumerEvents> {
   private readonly pollWaitMs: number;
   private readonly pollSleepMs: number;
   private readonly heartbeatMs: number;
+  private readonly probeTimeoutMs: number;
   private readonly graceMs: number;
   private readonly abortGraceMs: number;
   private readonly reconnectMinMs: number;
@@ -238,6 +241,7 @@ export class Consumer extends EventEmitter<ConsumerEvents> {
     this.pollWaitMs = positive(opts.pollWaitMs ?? 5_000, 'pollWaitMs');
     this.pollSleepMs = positive(opts.pollSleepMs ?? 1_000, 'pollSleepMs');
     this.heartbeatMs = positive(opts.heartbeatMs ?? 10_000, 'heartbeatMs');
+    this.probeTimeoutMs = positive(opts.probeTimeoutMs ?? 2_000, 'probeTimeoutMs');
     this.graceMs = nonNegative(opts.graceMs ?? 25_000, 'graceMs');
     this.abortGraceMs = nonNegative(opts.abortGraceMs ?? 1_000, 'abortGraceMs');
     this.reconnectMinMs = positive(opts.reconnectMinMs ?? 100, 'reconnectMinMs');
@@ -370,13 +374,39 @@ export class Consumer extends EventEmitter<ConsumerEvents> {
         if (this.stopping) break;
         const r = await c.query<{ channel: string }>('SELECT outbox.channel($1) AS channel', [this.subscription]);
         const channel = r.rows[0]!.channel;
+        const probeToken = `outbox-client-probe-${process.pid}-${Date.now()}-${Math.random()}`;
+        let probed: (() => void) | null = null;
+        const probeBack = new Promise<void>((resolve) => { probed = resolve; });
         c.on('notification', (msg) => {
-          if (msg.channel === channel) this.wake();
+          if (msg.channel !== channel) return;
+          if (msg.payload === probeToken) probed?.();
+          this.wake();
         });
         await c.query(`LISTEN ${quoteIdent(channel)}`);
         if (!(await this.listening(c, channel))) {
           this.enterPollOnly(
             'pg_listening_channels() does not show the channel after LISTEN: the connection goes through a transaction-pooling proxy such as PgBouncer',
+          );
+          break;
+        }
+        /*
+         * Behind a transaction-pooling proxy the check above usually passes
+         * (it runs on the server connection that ran LISTEN), yet
+         * notifications never reach this client once the proxy has unlinked
+         * it from that connection.  So send one through the pool and wait
+         * for it: only a round trip proves that wake-ups arrive.
+         */
+        await this.pool.query('SELECT pg_notify($1, $2)', [channel, probeToken]);
+        let probeTimer: NodeJS.Timeout | undefined;
+        const arrived = await Promise.race([
+          probeBack.then(() => true),
+          new Promise<boolean>((resolve) => { probeTimer = setTimeout(() => resolve(false), this.probeTimeoutMs); }),
+          lost.then(() => true), // a lost connection is handled by watch() below
+        ]);
+        clearTimeout(probeTimer);
+        if (!arrived) {
+          this.enterPollOnly(
+            `a notification sent through the pool did not arrive within ${this.probeTimeoutMs} ms: the connection goes through a transaction-pooling proxy such as PgBouncer`,
           );
           break;
         }
