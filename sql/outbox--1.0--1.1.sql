@@ -741,3 +741,32 @@ CREATE TRIGGER restore_started BEFORE INSERT ON outbox.event_2
 	FOR EACH STATEMENT EXECUTE FUNCTION outbox._restore_started();
 CREATE TRIGGER restore_started BEFORE INSERT ON outbox.event_3
 	FOR EACH STATEMENT EXECUTE FUNCTION outbox._restore_started();
+
+--
+-- Issue 12: the way to Kafka when a customer outgrows one PostgreSQL.
+-- Debezium's PostgreSQL connector (pgoutput) reads the events from outbox's
+-- own event table through this publication; enqueue is unchanged and writes
+-- nothing more (docs/design.md, "Events to Kafka").  The publication is on
+-- the partitioned parent, published as the parent: every bucket, present
+-- or attached later, arrives as outbox.event.  It carries inserts only (no
+-- truncate of a bucket, no delete of a kept copy, so no replica identity is
+-- needed), and only the rotating buckets: bucket 4 (event_kept) holds
+-- copies of events already published.  An upgrade that changes which
+-- partitions hold events must ALTER PUBLICATION ... SET TABLE every
+-- publication of outbox.event to the new filter (README, "Upgrading").
+--
+CREATE FUNCTION outbox.create_cdc_publication(name text DEFAULT 'outbox_cdc')
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF name IS NULL THEN
+		RAISE EXCEPTION 'name must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	EXECUTE pg_catalog.format(
+		'CREATE PUBLICATION %I FOR TABLE outbox.event WHERE (bucket < 4)'
+		' WITH (publish = %L, publish_via_partition_root = true)', name, 'insert');
+END
+$$;
+REVOKE ALL ON FUNCTION outbox.create_cdc_publication(text) FROM PUBLIC;
