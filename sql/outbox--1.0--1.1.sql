@@ -776,6 +776,13 @@ LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+	IF pg_is_in_recovery() THEN
+		RAISE EXCEPTION 'cannot execute create_cdc_publication() during recovery'
+			USING ERRCODE = 'read_only_sql_transaction';
+	ELSIF current_setting('transaction_read_only')::boolean THEN
+		RAISE EXCEPTION 'cannot execute create_cdc_publication() in a read-only transaction'
+			USING ERRCODE = 'read_only_sql_transaction';
+	END IF;
 	IF name IS NULL THEN
 		RAISE EXCEPTION 'name must not be null' USING ERRCODE = 'null_value_not_allowed';
 	END IF;
@@ -796,6 +803,13 @@ AS $$
 DECLARE
 	n bigint;
 BEGIN
+	IF pg_is_in_recovery() THEN
+		RAISE EXCEPTION 'cannot execute cdc_resend() during recovery'
+			USING ERRCODE = 'read_only_sql_transaction';
+	ELSIF current_setting('transaction_read_only')::boolean THEN
+		RAISE EXCEPTION 'cannot execute cdc_resend() in a read-only transaction'
+			USING ERRCODE = 'read_only_sql_transaction';
+	END IF;
 	IF from_id IS NULL THEN
 		RAISE EXCEPTION 'from_id must not be null' USING ERRCODE = 'null_value_not_allowed';
 	END IF;

@@ -388,7 +388,6 @@ sub produce_at_least
 
 start_load();
 produce_at_least(300);
-my $phase1_max = sql('SELECT max(id) FROM ledger');
 
 # PostgreSQL restarts, -m fast, under load
 $node->stop('fast');
@@ -397,13 +396,15 @@ $node->start;
 start_load();
 produce_at_least(300);
 
-# Kafka Connect killed; events meanwhile, and buckets truncated under them
+# Kafka Connect killed; events meanwhile, whose buckets retention empties
+# before Debezium has read them (they are still in the WAL)
 stop_pid($connect, 'KILL');
 produce_at_least(300);
+my $unread_max = sql('SELECT max(id) FROM ledger');
 $node->poll_query_until('postgres',
-	"SELECT NOT EXISTS (SELECT FROM outbox.event WHERE bucket < 4 AND id <= $phase1_max)")
-  or die 'retention never emptied the first buckets';
-pass('retention empties old buckets while Kafka Connect is down');
+	"SELECT NOT EXISTS (SELECT FROM outbox.event WHERE bucket < 4 AND id <= $unread_max)")
+  or die 'retention never emptied the buckets';
+pass('retention empties buckets while Kafka Connect is down (not held back by the slot)');
 start_connect();
 produce_at_least(300);
 
