@@ -208,9 +208,21 @@ chmod a+r "$work"/*.sql
 declare -A seen=([outbox.bench]=0 [plain.bench]=0)
 tsv=$results/data.tsv
 printf 'round\tcontender\tevents\tseconds\tevents_per_s\tp50_ms\tp99_ms\twal_bytes_per_event\n' > "$tsv"
+# warm-up, not measured: topic creation, the JIT, the first metadata
+for who in outbox plain; do
+	"$PG_BINDIR/pgbench" -n -c "$clients" -j 2 -t 100 -f "$work/$who.sql" postgres > /dev/null 2>&1
+	"${jvm[@]}" -Doutbox.log="$work/tools.log" -cp "$jars/connect/*" \
+		org.apache.kafka.tools.consumer.ConsoleConsumer --bootstrap-server "127.0.0.1:$kport" \
+		--topic "$who.bench" --from-beginning --max-messages $((100 * clients)) --timeout-ms 600000 > /dev/null
+	seen[$who.bench]=$((100 * clients))
+done
+
 per_txn=$((events / clients))
 for round in $(seq 1 "$rounds"); do
-	for who in outbox plain; do
+	# who goes first alternates
+	order="outbox plain"
+	[ $((round % 2)) = 0 ] && order="plain outbox"
+	for who in $order; do
 		topic=$who.bench
 		start=$(date +%s.%N)
 		l0=$(psql -Atc 'SELECT pg_current_wal_insert_lsn()')
