@@ -6,7 +6,9 @@
 # keys, an in-database subscription consumes, a subscription dead-letters
 # (so retention keeps copies in event_kept), PostgreSQL is restarted with
 # -m fast and -m immediate and Kafka Connect is killed with SIGKILL and
-# started again.  Then a Kafka consumer reads every topic and the test
+# started again; at the end the slot is lost while Connect is stopped and
+# recovered as the README says (a new slot, the offsets reset,
+# outbox.cdc_resend).  Then a Kafka consumer reads every topic and the test
 # checks, against a ledger written in each producer's transaction:
 #
 # - the set of event ids in Kafka is the set of committed events; nothing
@@ -20,7 +22,8 @@
 #   sends nothing new;
 # - the publication itself carried every committed event exactly once and
 #   no truncate, update or delete (a second, pgoutput slot decoded by SQL),
-#   although event_kept got copies;
+#   although event_kept got copies; the events lost with the slot arrive
+#   through cdc_resend, and events re-sent again arrive twice;
 # - the in-database subscription got everything; old buckets were emptied
 #   while Connect was down (retention is not held back by the slot);
 # - no "replica identity" error, no other unexpected ERROR, no process
@@ -181,6 +184,7 @@ sql(q{
 	SELECT outbox.subscribe('app', ARRAY['*']);
 	SELECT outbox.subscribe('dl', ARRAY['dd'], max_attempts => 1);
 	CREATE TABLE dead (event_id bigint PRIMARY KEY);
+	CREATE TABLE resent (id bigint, why text);
 });
 exactly_once_consumer($node, 'app');
 
@@ -269,6 +273,17 @@ transforms.invalid.regex=outbox\\\\..*[^a-zA-Z0-9._-].*
 transforms.invalid.replacement=outbox-invalid-topic
 EOF
 
+# Debezium has confirmed the WAL written so far (it confirms what Kafka
+# has, once Connect flushed its offsets)
+sub wait_for_slot_to_catch_up
+{
+	my $lsn = sql('SELECT pg_current_wal_lsn()');
+	$node->poll_query_until('postgres',
+		"SELECT confirmed_flush_lsn >= '$lsn' FROM pg_replication_slots WHERE slot_name = 'outbox_kafka'")
+	  or die 'Debezium never confirmed the end of the WAL';
+	return;
+}
+
 my $connect;
 sub start_connect
 {
@@ -356,17 +371,19 @@ sub finish_prepared
 }
 
 my @bench;
+# the producers and the in-database consumers; or only producers of
+# events without key ('other'), the consumers stopped
 sub start_load
 {
+	my ($only_other) = @_;
 	finish_prepared();
 	my @common = ($node->installed_command('pgbench'), '-n', '-h', $node->host,
 		'-p', $pgport, '-T', '600');
-	for my $cmd (
-		[ @common, '-c', '3', '-f', "$dir/orders.sql\@3", '-f', "$dir/other.sql\@1", 'postgres' ],
-		[ @common, '-c', '1', '-f', "$dir/consume.sql", 'postgres' ])
-	{
-		push @bench, spawn("$dir/pgbench.log", @$cmd);
-	}
+	my @cmds = $only_other
+	  ? ([ @common, '-c', '3', '-f', "$dir/other.sql", 'postgres' ])
+	  : ([ @common, '-c', '3', '-f', "$dir/orders.sql\@3", '-f', "$dir/other.sql\@1", 'postgres' ],
+		[ @common, '-c', '1', '-f', "$dir/consume.sql", 'postgres' ]);
+	push @bench, spawn("$dir/pgbench.log", @$_) for @cmds;
 	return;
 }
 # pgbench ends by itself when its server goes away; else stop it here
@@ -417,6 +434,35 @@ produce_at_least(300);
 stop_load();
 finish_prepared();
 
+# The slot is lost (as after a failover on 15, or max_slot_wal_keep_size),
+# and recovered as the README says: Connect stopped once it has everything
+# so far; events meanwhile (the in-database consumers stopped, so that
+# retention keeps them; no keys, since re-sent events come in id order);
+# the slot gone; a new slot, the offsets reset, Connect started, and
+# cdc_resend from the time Connect stopped.
+wait_for_slot_to_catch_up();
+stop_pid($connect, 'TERM');
+my $stopped_at = sql('SELECT now()');
+start_load('only other');
+produce_at_least(300);
+stop_load();
+sql(q{SELECT pg_drop_replication_slot('outbox_kafka')});
+sql(q{SELECT pg_create_logical_replication_slot('outbox_kafka', 'pgoutput')});
+unlink("$dir/connect.offsets") or die "connect.offsets: $!";
+start_connect();
+my $lost = sql(qq{
+	BEGIN;
+	SELECT min(id) AS from_id FROM outbox.event WHERE enqueued_at >= '$stopped_at' \\gset
+	INSERT INTO resent SELECT DISTINCT id, 'lost' FROM outbox.event WHERE id >= :from_id;
+	SELECT outbox.cdc_resend(:from_id);
+	COMMIT;});
+is($lost, sql(q{SELECT count(*) FROM resent WHERE why = 'lost'}),
+	"cdc_resend re-sent the $lost events enqueued since Connect stopped");
+start_load();
+produce_at_least(300);
+stop_load();
+finish_prepared();
+
 
 my $committed = ledger_count();
 ok($committed >= 1500, "$committed events committed");
@@ -444,20 +490,18 @@ pass('retention copied dead letters\' events to event_kept');
 # (the kept copies, bucket 4, included): Kafka gets each again, once more.
 my $resent = sql(q{
 	BEGIN;
-	CREATE TABLE resent AS SELECT DISTINCT id FROM outbox.event
+	INSERT INTO resent SELECT DISTINCT id, 'again' FROM outbox.event
 	 WHERE id >= (SELECT min(id) FROM ledger WHERE deliver_at IS NOT NULL);
 	SELECT outbox.cdc_resend((SELECT min(id) FROM ledger WHERE deliver_at IS NOT NULL));
 	COMMIT;});
-is($resent, sql('SELECT count(*) FROM resent'), "cdc_resend re-sent the $resent retained events");
-ok(sql(q{SELECT count(*) FROM resent r JOIN outbox.event_kept k USING (id)}) > 0,
+is($resent, sql(q{SELECT count(*) FROM resent WHERE why = 'again'}),
+	"cdc_resend re-sent the $resent retained events");
+ok(sql(q{SELECT count(*) FROM resent r JOIN outbox.event_kept k USING (id) WHERE why = 'again'}) > 0,
 	'... kept copies among them');
 
 # Everything committed is in Kafka once Debezium confirmed the WAL after
 # it (heartbeats move the slot on when no event follows)
-my $end_lsn = sql('SELECT pg_current_wal_lsn()');
-$node->poll_query_until('postgres',
-	"SELECT confirmed_flush_lsn >= '$end_lsn' FROM pg_replication_slots WHERE slot_name = 'outbox_kafka'")
-  or die 'Debezium never confirmed the end of the WAL';
+wait_for_slot_to_catch_up();
 pass('the slot catches up after the load (heartbeats)');
 
 #
@@ -565,9 +609,12 @@ ok(sql(q{SELECT count(*) FROM (SELECT id < lag(id) OVER (PARTITION BY key ORDER 
 is(sql(q{SELECT count(*) FROM (SELECT key FROM kafka WHERE key IS NOT NULL
 	GROUP BY topic, key HAVING count(DISTINCT part) > 1) x}),
 	'0', 'each key in one partition');
-is(sql(q{SELECT count(*) FROM resent r
-	WHERE (SELECT count(*) FROM kafka k WHERE k.id = r.id) < 2}),
-	'0', 'the re-sent events are in Kafka twice');
+is(sql(q{SELECT count(*) FROM resent r WHERE why = 'again'
+	AND (SELECT count(*) FROM kafka k WHERE k.id = r.id) < 2}),
+	'0', 'the events re-sent again are in Kafka twice');
+ok(sql(q{SELECT count(*) FROM resent r WHERE why = 'lost'
+	AND (SELECT count(*) FROM kafka k WHERE k.id = r.id) = 1}) > 0,
+	'the events lost with the slot are in Kafka, through cdc_resend only');
 note('records in Kafka: ' . sql('SELECT count(*) FROM kafka')
 	  . ', repeats: ' . sql('SELECT count(*) - count(DISTINCT id) FROM kafka'));
 
@@ -578,7 +625,7 @@ is(sql(q{SELECT string_agg(kind || '=' || n, ' ' ORDER BY kind) FROM (
 	  FROM pg_logical_slot_peek_binary_changes('check_pub', NULL, NULL,
 		'proto_version', '1', 'publication_names', 'outbox_cdc')
 	 WHERE chr(get_byte(data, 0)) IN ('I', 'U', 'D', 'T') GROUP BY 1) x}),
-	'I=' . ($committed + $resent),
+	'I=' . ($committed + $resent + $lost),
 	'the publication carried each committed event once, the re-sent ones again, and nothing else');
 sql("SELECT pg_drop_replication_slot('check_pub')");
 
