@@ -226,7 +226,8 @@ pass('Kafka 4.4 broker started (KRaft)');
 
 #
 # Kafka Connect standalone, with the connector configuration the README
-# recommends (the same lines, plus where things are)
+# recommends (the same lines, but for addresses, one replica and a shorter
+# heartbeat interval)
 #
 append_to_file("$dir/worker.properties", <<"EOF");
 bootstrap.servers=127.0.0.1:$kport
