@@ -31,7 +31,7 @@ DATA_built = sql/outbox--1.1.sql
 PGFILEDESC = "outbox - transactional event delivery"
 
 # pg_regress inputs live in test/sql, expected output in expected/.
-REGRESS = setup subscribe enqueue claim settle ordering dedup privileges errors semantics limits read_only layout give_back enqueue_many event_status claim_wait
+REGRESS = setup subscribe enqueue claim settle ordering dedup privileges errors semantics limits read_only layout give_back enqueue_many event_status claim_wait cdc
 # PG15's pg_regress reads expected output from <outputdir>/expected, so the
 # output goes to the top directory (results/, ignored by git).
 REGRESS_OPTS = --inputdir=test

@@ -741,3 +741,90 @@ CREATE TRIGGER restore_started BEFORE INSERT ON outbox.event_2
 	FOR EACH STATEMENT EXECUTE FUNCTION outbox._restore_started();
 CREATE TRIGGER restore_started BEFORE INSERT ON outbox.event_3
 	FOR EACH STATEMENT EXECUTE FUNCTION outbox._restore_started();
+
+--
+-- Issue 12: the way to Kafka when a customer outgrows one PostgreSQL.
+-- Debezium's PostgreSQL connector (pgoutput) reads the events from outbox's
+-- own event table through this publication; enqueue is unchanged and writes
+-- nothing more (docs/design.md, "Events to Kafka").  The publication is on
+-- the partitioned parent, published as the parent: every bucket, present
+-- or attached later, arrives as outbox.event.  It carries inserts only (no
+-- truncate of a bucket, no delete of a kept copy, so no replica identity is
+-- needed), and only the rotating buckets: bucket 4 (event_kept) holds
+-- copies of events already published.  An upgrade that changes which
+-- partitions hold events must ALTER PUBLICATION ... SET TABLE every
+-- publication of outbox.event to the new filter (README, "Upgrading").
+--
+-- outbox.cdc_resend has the event table's columns and is in the publication
+-- too: cdc_resend() inserts copies of retained events there, for a consumer
+-- that lost some (a replication slot lost in a failover), and deletes them
+-- again at once; the publication carries the inserts from the WAL.
+CREATE TABLE outbox.cdc_resend (
+	id				bigint NOT NULL,
+	bucket			smallint NOT NULL,
+	topic			text NOT NULL,
+	key				text,
+	payload			jsonb NOT NULL,
+	headers			jsonb,
+	deliver_at		timestamptz,
+	enqueued_at		timestamptz NOT NULL
+);
+
+CREATE FUNCTION outbox.create_cdc_publication(name text DEFAULT 'outbox_cdc')
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF pg_is_in_recovery() THEN
+		RAISE EXCEPTION 'cannot execute create_cdc_publication() during recovery'
+			USING ERRCODE = 'read_only_sql_transaction';
+	ELSIF current_setting('transaction_read_only')::boolean THEN
+		RAISE EXCEPTION 'cannot execute create_cdc_publication() in a read-only transaction'
+			USING ERRCODE = 'read_only_sql_transaction';
+	END IF;
+	IF name IS NULL THEN
+		RAISE EXCEPTION 'name must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	EXECUTE pg_catalog.format(
+		'CREATE PUBLICATION %I FOR TABLE outbox.event WHERE (bucket < 4), outbox.cdc_resend'
+		' WITH (publish = %L, publish_via_partition_root = true)', name, 'insert');
+END
+$$;
+REVOKE ALL ON FUNCTION outbox.create_cdc_publication(text) FROM PUBLIC;
+
+-- Sends the retained events with ids from from_id to to_id (NULL: no end)
+-- through the publication again, in id order; returns how many.
+CREATE FUNCTION outbox.cdc_resend(from_id bigint, to_id bigint DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n bigint;
+BEGIN
+	IF pg_is_in_recovery() THEN
+		RAISE EXCEPTION 'cannot execute cdc_resend() during recovery'
+			USING ERRCODE = 'read_only_sql_transaction';
+	ELSIF current_setting('transaction_read_only')::boolean THEN
+		RAISE EXCEPTION 'cannot execute cdc_resend() in a read-only transaction'
+			USING ERRCODE = 'read_only_sql_transaction';
+	END IF;
+	IF from_id IS NULL THEN
+		RAISE EXCEPTION 'from_id must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	-- an event once: from its bucket, or its kept copy if the bucket is gone
+	INSERT INTO outbox.cdc_resend
+		SELECT DISTINCT ON (e.id) e.id, e.bucket, e.topic, e.key, e.payload,
+			   e.headers, e.deliver_at, e.enqueued_at
+		  FROM outbox.event e
+		 WHERE e.id OPERATOR(pg_catalog.>=) from_id
+		   AND (to_id IS NULL OR e.id OPERATOR(pg_catalog.<=) to_id)
+		 ORDER BY e.id, e.bucket;
+	GET DIAGNOSTICS n = ROW_COUNT;
+	-- the inserts are in the WAL, which is all the publication reads
+	DELETE FROM outbox.cdc_resend;
+	RETURN n;
+END
+$$;
+REVOKE ALL ON FUNCTION outbox.cdc_resend(bigint, bigint) FROM PUBLIC;

@@ -68,6 +68,8 @@ my %writes = (
 	'revoke_consume(name,text)' => [ q{SELECT outbox.revoke_consume('sb_role', 'sb')} ],
 	'start_worker()' => [ q{SELECT outbox.start_worker()} ],
 	'finish_restore()' => [ q{SELECT outbox.finish_restore()} ],
+	'create_cdc_publication(text)' => [ q{SELECT outbox.create_cdc_publication()} ],
+	'cdc_resend(bigint,bigint)' => [ q{SELECT outbox.cdc_resend(0)} ],
 );
 # Functions that only read, with a call and its answer.
 my %reads = (
