@@ -508,6 +508,27 @@ AS 'MODULE_PATHNAME', 'outbox_state_changed'
 LANGUAGE C VOLATILE;
 REVOKE ALL ON FUNCTION outbox._state_changed() FROM PUBLIC;
 
+-- Refuses what writes on a standby or in a read-only transaction with
+-- 25006, as PreventCommandIfReadOnly does for the C functions; for the
+-- functions written in PL/pgSQL (finish_restore, create_cdc_publication,
+-- cdc_resend).
+CREATE FUNCTION outbox._refuse_read_only(what text)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF pg_is_in_recovery() THEN
+		RAISE EXCEPTION 'cannot execute %() during recovery', what
+			USING ERRCODE = 'read_only_sql_transaction';
+	ELSIF current_setting('transaction_read_only')::boolean THEN
+		RAISE EXCEPTION 'cannot execute %() in a read-only transaction', what
+			USING ERRCODE = 'read_only_sql_transaction';
+	END IF;
+END
+$$;
+REVOKE ALL ON FUNCTION outbox._refuse_read_only(text) FROM PUBLIC;
+
 -- Ends restore mode: every xid the server hands out from now on, shifted,
 -- sorts after every xid restored (event ids, snapshots, key commits), so
 -- restored chains carry on and new events follow restored ones.
@@ -522,13 +543,7 @@ DECLARE
 	st record;
 	gen bigint;
 BEGIN
-	IF pg_is_in_recovery() THEN
-		RAISE EXCEPTION 'cannot execute finish_restore() during recovery'
-			USING ERRCODE = 'read_only_sql_transaction';
-	ELSIF current_setting('transaction_read_only')::boolean THEN
-		RAISE EXCEPTION 'cannot execute finish_restore() in a read-only transaction'
-			USING ERRCODE = 'read_only_sql_transaction';
-	END IF;
+	PERFORM outbox._refuse_read_only('finish_restore');
 	-- at most every xid running or yet to come, taken before this
 	-- transaction has one of its own
 	oldest := pg_snapshot_xmin(pg_current_snapshot())::text::bigint;
@@ -776,13 +791,7 @@ LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-	IF pg_is_in_recovery() THEN
-		RAISE EXCEPTION 'cannot execute create_cdc_publication() during recovery'
-			USING ERRCODE = 'read_only_sql_transaction';
-	ELSIF current_setting('transaction_read_only')::boolean THEN
-		RAISE EXCEPTION 'cannot execute create_cdc_publication() in a read-only transaction'
-			USING ERRCODE = 'read_only_sql_transaction';
-	END IF;
+	PERFORM outbox._refuse_read_only('create_cdc_publication');
 	IF name IS NULL THEN
 		RAISE EXCEPTION 'name must not be null' USING ERRCODE = 'null_value_not_allowed';
 	END IF;
@@ -803,13 +812,7 @@ AS $$
 DECLARE
 	n bigint;
 BEGIN
-	IF pg_is_in_recovery() THEN
-		RAISE EXCEPTION 'cannot execute cdc_resend() during recovery'
-			USING ERRCODE = 'read_only_sql_transaction';
-	ELSIF current_setting('transaction_read_only')::boolean THEN
-		RAISE EXCEPTION 'cannot execute cdc_resend() in a read-only transaction'
-			USING ERRCODE = 'read_only_sql_transaction';
-	END IF;
+	PERFORM outbox._refuse_read_only('cdc_resend');
 	IF from_id IS NULL THEN
 		RAISE EXCEPTION 'from_id must not be null' USING ERRCODE = 'null_value_not_allowed';
 	END IF;

@@ -86,7 +86,7 @@ my @internal = split ' ', q{
   _worker_on_create() _sub_id(text) _check_interval(interval,text) _check_role(name)
   _consumer_objects() _sync_schema_usage(name,oid) _chain_gen_for_insert()
   _hold_subscription(text) _drop_subscription(text) _resubscribed(text,text[],boolean)
-  _latest_snapshot() _lock_extension() _state_changed() _restore_started()
+  _latest_snapshot() _lock_extension() _state_changed() _restore_started() _refuse_read_only(text)
 };
 
 my $listed = join(' ', sort(keys %writes, keys %reads, @internal));
