@@ -138,6 +138,10 @@ const CLAIM_WAIT_SQL =
 const FAIL_SQL = 'SELECT outbox.fail($1, $2, $3, $4::interval, $5, $6) AS state';
 const RELEASE_SQL = 'SELECT outbox.release($1, $2, $3, $4::interval) AS state';
 
+/** Clients that carry our lifetime 'error' listener (see Consumer.checkout). */
+const guarded = new WeakSet<PoolClient>();
+function ignoreError(): void {}
+
 function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve) => {
     if (signal?.aborted) return resolve();
@@ -205,6 +209,8 @@ export class Consumer extends EventEmitter<ConsumerEvents> {
   private hasWait = false;
   private signalled = true;
   private more = true;
+  /** Transactions in a row that failed as a whole (transaction mode); paces the retry. */
+  private txFailures = 0;
   private waker: (() => void) | null = null;
   private running = 0;
   private readonly inflight = new Set<Delivery>();
@@ -364,7 +370,7 @@ export class Consumer extends EventEmitter<ConsumerEvents> {
     while (!this.stopping && !this.pollOnly) {
       let client: PoolClient | null = null;
       try {
-        client = await this.pool.connect();
+        client = await this.checkout();
         const c = client;
         const lost = new Promise<Error>((resolve) => {
           c.on('error', (e) => resolve(e));
@@ -536,7 +542,7 @@ export class Consumer extends EventEmitter<ConsumerEvents> {
     let r;
     if (wait === null) r = await this.pool.query<ClaimRow>(CLAIM_SQL, [this.subscription, n, interval(this.leaseMs)]);
     else {
-      const c = await this.pool.connect();
+      const c = await this.checkout();
       let broken: unknown = undefined;
       try {
         this.waitingClient = c;
@@ -748,7 +754,7 @@ export class Consumer extends EventEmitter<ConsumerEvents> {
     this.running++;
     let client: PoolClient | null = null;
     try {
-      client = await this.pool.connect();
+      client = await this.checkout();
       await client.query('BEGIN');
       if (wait !== null) this.waitingClient = client;
       const r =
@@ -835,6 +841,7 @@ export class Consumer extends EventEmitter<ConsumerEvents> {
       }
       await client.query('COMMIT');
       ok = true;
+      this.txFailures = 0;
       for (const [event, s, state] of done) {
         if (s.kind === 'ack') {
           this.counters.handled++;
@@ -847,6 +854,10 @@ export class Consumer extends EventEmitter<ConsumerEvents> {
         for (const _ of rows) this.counters.released++;
       } else {
         this.warn(`outbox-client: a transaction on "${this.subscription}" failed and was rolled back; its deliveries come back at the same attempt`, err);
+        // They are claimable again at once, and no notification says so:
+        // claim again after a backoff, not at the next poll.
+        const delay = this.backoff(++this.txFailures);
+        unref(setTimeout(() => this.wake(), delay));
       }
     } finally {
       this.txClients.delete(client);
@@ -940,6 +951,23 @@ export class Consumer extends EventEmitter<ConsumerEvents> {
   private backoff(failures: number): number {
     const cap = Math.min(this.reconnectMaxMs, this.reconnectMinMs * 2 ** Math.min(failures - 1, 30));
     return Math.max(this.reconnectMinMs, Math.round(Math.random() * cap));
+  }
+
+  /**
+   * A client from the pool that keeps an 'error' listener for as long as it
+   * lives.  pg emits 'error' on a client whose connection breaks while no
+   * query runs, and an EventEmitter with no listener throws it: a checked-out
+   * client has none from the pool, and one server crash can emit several
+   * errors (terminated, then ECONNRESET), also after we gave the client back
+   * with an error.  The failure itself reaches us through the next query.
+   */
+  private async checkout(): Promise<PoolClient> {
+    const c = await this.pool.connect();
+    if (!guarded.has(c)) {
+      guarded.add(c);
+      c.on('error', ignoreError);
+    }
+    return c;
   }
 
   private destroy(client: PoolClient | null): void {

@@ -1,6 +1,8 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 
+import pg from 'pg';
+
 import { consume, deadLetter, enqueueMany, release } from 'outbox-client';
 
 import { admin, cleanup, newPool, status, subscription, uniq, waitFor } from './helpers.js';
@@ -93,4 +95,39 @@ test('transaction mode: stop with a stuck handler rolls back, the delivery keeps
   assert.deepEqual(await rows().then((r) => r.filter(([e]) => e === id)), []);
   const r = await admin.query('SELECT attempt FROM outbox.claim($1)', [sub]);
   assert.deepEqual(r.rows, [{ attempt: 1 }]);
+});
+
+test('transaction mode: a connection that breaks mid-transaction, and errors after, never crash the process', async () => {
+  const { sub, topic } = await subscription('t_broken');
+  let first = true;
+  const attempts: number[] = [];
+  const warnings: string[] = [];
+  const consumer = consume(pool, sub, async (event, _signal, tx) => {
+    attempts.push(event.attempt);
+    if (!first) return;
+    first = false;
+    const client = tx as pg.PoolClient;
+    const { rows: [me] } = await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
+    await admin.query('SELECT pg_terminate_backend($1)', [me!.pid]);
+    await waitFor('the connection to break', () => !(client as unknown as { _queryable: boolean })._queryable);
+    // A broken socket can report one more error later (a server crash
+    // gives "terminated", then ECONNRESET); here it comes while the
+    // consumer rolls back.  An emitter without an 'error' listener at that
+    // moment would throw it out of the process.
+    const query = client.query.bind(client) as (...a: unknown[]) => unknown;
+    (client as unknown as { query: (...a: unknown[]) => unknown }).query = (...a: unknown[]) => {
+      if (a[0] === 'ROLLBACK') process.nextTick(() => client.emit('error', new Error('ECONNRESET, late')));
+      return query(...a);
+    };
+  }, { mode: 'transaction' });
+  consumer.on('warning', (m) => warnings.push(m));
+  await consumer.ready;
+  const [id] = await enqueueMany(pool, topic, [{ payload: {} }]);
+  // Rolled back, so claimable again at once and at the same attempt: the
+  // consumer retries after a short backoff (no notification says so).
+  await waitFor('handled after the broken transaction', () => consumer.counters.handled === 1, 5_000);
+  await consumer.stop();
+  assert.ok(warnings.some((w) => w.includes('rolled back')), warnings.join('\n'));
+  assert.deepEqual(attempts, [1, 1]);
+  assert.equal((await status(sub, id!))?.state, 'done');
 });
