@@ -137,6 +137,16 @@ const CLAIM_WAIT_SQL =
   'SELECT event_id, topic, key, payload, headers, attempt, enqueued_at FROM outbox.claim($1, $2, $3::interval, $4::interval)';
 const FAIL_SQL = 'SELECT outbox.fail($1, $2, $3, $4::interval, $5, $6) AS state';
 const RELEASE_SQL = 'SELECT outbox.release($1, $2, $3, $4::interval) AS state';
+/*
+ * After a handler returns (transaction mode): its deferred constraints are
+ * checked now, inside its savepoint, so that a violation fails this event
+ * instead of the COMMIT of the whole batch (which would give every delivery
+ * back at the same attempt, and the poison event would come back forever).
+ * The inner savepoint is rolled back so that the constraints' modes stay as
+ * they were; the checks then run again at COMMIT, as they would anyway.
+ */
+const CHECK_AND_RELEASE_SQL =
+  'SAVEPOINT outbox_check; SET CONSTRAINTS ALL IMMEDIATE; ROLLBACK TO SAVEPOINT outbox_check; RELEASE SAVEPOINT outbox_event';
 
 /** Clients that carry our lifetime 'error' listener (see Consumer.checkout). */
 const guarded = new WeakSet<PoolClient>();
@@ -819,7 +829,18 @@ export class Consumer extends EventEmitter<ConsumerEvents> {
           // Stopped: roll everything back, so every delivery of the transaction keeps its attempt.
           throw d.controller.signal.reason;
         }
-        await client.query(threw ? 'ROLLBACK TO SAVEPOINT outbox_event' : 'RELEASE SAVEPOINT outbox_event');
+        if (!threw) {
+          try {
+            await client.query(CHECK_AND_RELEASE_SQL);
+          } catch (err) {
+            // A broken connection fails the whole transaction; an SQL
+            // error here is this handler's deferred constraint.
+            if (isTransient(err)) throw err;
+            s = settlementOf(undefined, err, this.errorText);
+            threw = true;
+          }
+        }
+        if (threw) await client.query('ROLLBACK TO SAVEPOINT outbox_event');
         let state: string | null = 'done';
         if (s.kind === 'ack') {
           await client.query('SELECT outbox.ack($1, $2::bigint)', [this.subscription, d.event.eventId]);

@@ -131,3 +131,31 @@ test('transaction mode: a connection that breaks mid-transaction, and errors aft
   assert.deepEqual(attempts, [1, 1]);
   assert.equal((await status(sub, id!))?.state, 'done');
 });
+
+test('transaction mode: a deferred constraint a handler violates fails that event, not the batch, and never loops', async () => {
+  const { sub, topic } = await subscription('t_deferred', { maxAttempts: 3 });
+  const parent = uniq('parent');
+  const child = uniq('child');
+  await admin.query(`CREATE TABLE ${parent} (id int PRIMARY KEY)`);
+  await admin.query(`CREATE TABLE ${child} (event_id bigint, parent int REFERENCES ${parent} DEFERRABLE INITIALLY DEFERRED)`);
+  await admin.query(`INSERT INTO ${parent} VALUES (1)`);
+  try {
+    const consumer = consume<{ parent: number }>(pool, sub, async (event, _signal, tx) => {
+      // Deferral still works inside one handler: the row comes before its parent.
+      await tx.query(`INSERT INTO ${child} VALUES ($1, $2)`, [event.eventId, event.payload.parent]);
+      if (event.payload.parent === 2) await tx.query(`INSERT INTO ${parent} VALUES (2)`);
+    }, { mode: 'transaction', batchSize: 10 });
+    await consumer.ready;
+    const ids = await enqueueMany(pool, topic, [1, 99, 2, 1].map((p) => ({ payload: { parent: p } })));
+    await waitFor('3 handled and 1 dead', () => consumer.counters.handled === 3 && consumer.counters.dead === 1, 15_000);
+    await consumer.stop();
+    const r = await admin.query(`SELECT event_id::text AS id FROM ${child} ORDER BY event_id`);
+    assert.deepEqual(r.rows.map((x) => x.id), [ids[0], ids[2], ids[3]]);
+    const st = await status(sub, ids[1]!);
+    assert.equal(st?.state, 'dead');
+    assert.equal(st?.attempts, 3);
+    assert.match(st?.last_error ?? '', /foreign key/);
+  } finally {
+    await admin.query(`DROP TABLE ${child}, ${parent}`);
+  }
+});

@@ -80,3 +80,25 @@ def test_sync_unknown_subscription(spool: Any) -> None:
     c = obs.consume(spool, "py.nope-1", lambda ev: None)
     with pytest.raises(ob.SubscriptionNotFound):
         c.wait(20)
+
+
+def test_sync_a_violated_deferred_constraint_fails_its_event(make_sub: Any, spool: Any) -> None:
+    from test_transaction_mode import deferred_tables
+
+    sub = make_sub(max_attempts=2, backoff_base="10 ms", backoff_max="20 ms")
+    parent, child = deferred_tables(sub)
+
+    def handle(ev: ob.Event, conn: psycopg.Connection[Any]) -> None:
+        conn.execute(f"INSERT INTO {child} VALUES (%s, %s)", (ev.event_id, ev.payload["parent"]))
+
+    try:
+        with obs.consume(spool, sub.name, handle, mode="transaction") as c:
+            c.ready(20)
+            ids = [sub.enqueue(1, {"parent": p})[0] for p in (1, 99, 1)]
+            until_sync(lambda: c.stats.handled == 2 and c.stats.dead == 1, "2 acks, 1 dead")
+        rows = [r[0] for r in sub.admin.execute(
+            f"SELECT event_id FROM {child} ORDER BY event_id").fetchall()]
+        assert rows == [ids[0], ids[2]]
+        assert sub.status(ids[1])["state"] == "dead"
+    finally:
+        sub.admin.execute(f"DROP TABLE {child}, {parent}")

@@ -31,6 +31,14 @@ SCHEMA = ("SELECT to_regprocedure('outbox.extend_lease(text,bigint[],integer[],i
           " IS NOT NULL, to_regprocedure('outbox.claim(text,integer,interval,interval)')"
           " IS NOT NULL")
 PROBE = "SELECT pg_notify(%s, 'outbox-client-probe')"
+# After a handler returns (transaction mode), inside its savepoint: its
+# deferred constraints are checked now, so that a violation fails this event
+# instead of the COMMIT of the whole batch (which would give every delivery
+# back at the same attempt, the poison event included, forever).  The inner
+# savepoint is rolled back so the constraints' modes stay as they were; the
+# checks run again at COMMIT, as they would anyway.
+CHECK_DEFERRED = ("SAVEPOINT outbox_check; SET CONSTRAINTS ALL IMMEDIATE; "
+                  "ROLLBACK TO SAVEPOINT outbox_check; RELEASE SAVEPOINT outbox_check")
 
 MAX_ERROR_TEXT = 4000
 
@@ -153,6 +161,7 @@ class AsyncBackend(_Backend):
                     try:
                         async with conn.transaction():
                             await self.handler(ev, conn)
+                            await conn.execute(CHECK_DEFERRED)
                     except Exception as exc:
                         if conn.broken or conn.closed:
                             raise
@@ -240,6 +249,7 @@ class SyncBackend(_Backend):
                     try:
                         with conn.transaction():
                             self.handler(ev, conn)
+                            conn.execute(CHECK_DEFERRED)
                     except Exception as exc:
                         if conn.broken or conn.closed:
                             raise
