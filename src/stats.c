@@ -738,10 +738,11 @@ outbox_stats(PG_FUNCTION_ARGS)
 		{
 			bool		isnull;
 			char	   *name = TextDatumGetCString(SPI_getbinval(tab->vals[i], tab->tupdesc, 1, &isnull));
-			OutboxSub  *sub = outbox_lookup_sub(name);
+			OutboxSub  *sub = outbox_find_sub(name);
 
 			CHECK_FOR_INTERRUPTS();
-			if (!outbox_role_may_consume(caller, sub->id))
+			/* unsubscribed since the list was read */
+			if (sub == NULL || !outbox_role_may_consume(caller, sub->id))
 				continue;
 			stats_begin(&subs[nsubs++], sub, now);
 		}

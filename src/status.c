@@ -214,13 +214,14 @@ outbox_event_status(PG_FUNCTION_ARGS)
 	for (i = 0; i < nsubs; i++)
 	{
 		char	   *name = TextDatumGetCString(SPI_getbinval(subs->vals[i], subs->tupdesc, 1, &isnull));
-		OutboxSub  *sub = outbox_lookup_sub(name);
+		OutboxSub  *sub = outbox_find_sub(name);
 		StatusRow	row;
 		Datum		values[7];
 		bool		nulls[7] = {false, false, false, false, false, false, false};
 
 		CHECK_FOR_INTERRUPTS();
-		if (!outbox_role_may_consume(caller, sub->id))
+		/* unsubscribed since the list was read */
+		if (sub == NULL || !outbox_role_may_consume(caller, sub->id))
 			continue;
 		memset(&row, 0, sizeof(row));
 		row.error_null = true;

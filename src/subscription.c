@@ -329,6 +329,24 @@ copy_interval(Datum d)
 OutboxSub *
 outbox_lookup_sub(const char *name)
 {
+	OutboxSub  *sub = outbox_find_sub(name);
+
+	if (sub == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("subscription \"%s\" does not exist", name),
+				 errhint("Create it with outbox.subscribe().")));
+	return sub;
+}
+
+/*
+ * The same, NULL when there is none: for the readers of every subscription
+ * (stats, event_status), which list them with the statement's snapshot and
+ * must skip one that an unsubscribe has removed since.
+ */
+OutboxSub *
+outbox_find_sub(const char *name)
+{
 	static SPIPlanPtr plan = NULL;
 	Datum		arg = CStringGetTextDatum(name);
 	OutboxSub  *sub;
@@ -354,10 +372,7 @@ outbox_lookup_sub(const char *name)
 							 InvalidSnapshot, true, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "subscription lookup failed");
 	if (SPI_processed == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("subscription \"%s\" does not exist", name),
-				 errhint("Create it with outbox.subscribe().")));
+		return NULL;
 
 	tup = SPI_tuptable->vals[0];
 	desc = SPI_tuptable->tupdesc;
