@@ -1855,12 +1855,61 @@ sub drain
 				  . "): event $m[0] topic $e->{topic} key " . ($e->{key} // 'NULL')
 				  . ", delivery row: " . (@$r ? $r->[0][0] : 'none');
 			}
+			$self->dump_lost();
 			$self->violation("events lost: after $deadline s of draining, committed events never"
 				  . " reached their subscription: " . join('; ', @report) . $detail);
 		}
 		usleep(300_000);
 	}
 	$self->check_quiescent(1);
+}
+
+# Before "events lost": what the database holds about the first missing
+# events of each subscription (a failure in CI leaves no cluster to look
+# at), and what the model knows of their transactions.
+sub dump_lost
+{
+	my ($self) = @_;
+	my $o = $self->{observer};
+	my $q = sub {
+		my ($title, $sql) = @_;
+		my $rows = $self->sync($o, $sql);
+		diag("  -- $title");
+		if (!defined $rows) { diag("     (failed: $self->{err}[1])"); return; }
+		diag("     " . join(' | ', map { !defined $_ ? 'NULL' : ref $_ eq 'ARRAY' ? '{' . join(',', @$_) . '}' : $_ } @$_))
+		  for @$rows;
+	};
+	diag("DUMP of the lost events");
+	$q->('snapshot now, prepared transactions',
+		"SELECT pg_current_snapshot(), (SELECT string_agg(gid || ' xid ' || transaction, ', ') FROM pg_prepared_xacts)");
+	for my $name (sort keys %{ $self->{drain_missing} })
+	{
+		my @m = @{ $self->{drain_missing}{$name} } or next;
+		my $sub = "(SELECT id FROM outbox.subscription WHERE name = '$name')";
+		$q->("subscription $name", "SELECT id, topics, ordered, paused, origin FROM outbox.subscription WHERE name = '$name'");
+		$q->("$name: newest cursor rows", "SELECT gen, fold_no, delta, lo, hi, pos, ended, scan_from FROM outbox.cursor"
+			  . " WHERE sub_id = $sub ORDER BY fold_no DESC LIMIT 3");
+		$q->("$name: batch rows", "SELECT gen, batch_no, delta, lo, hi, pos_from, pos_to, ended, cardinality(ids), lease_until"
+			  . " FROM outbox.batch WHERE sub_id = $sub ORDER BY batch_no DESC LIMIT 12");
+		for my $id (@m[ 0 .. ($#m > 2 ? 2 : $#m) ])
+		{
+			my $e = $self->{events}{$id} // {};
+			my $tx = defined $e->{tx} ? $self->{txs}{ $e->{tx} } : undef;
+			diag("  == $name event $id (xid " . ($id >> 20) . "), model: tx "
+				  . ($e->{tx} // '?') . " state " . ($tx ? $tx->{state} : '?')
+				  . (($tx && $tx->{gid}) ? " gid $tx->{gid}" : '') . ", topic " . ($e->{topic} // '?')
+				  . ", key " . ($e->{key} // 'NULL'));
+			$q->('event row, xact status', "SELECT id, topic, key, deliver_at, enqueued_at,"
+				  . " pg_xact_status(((id >> 20))::text::xid8) FROM outbox.event WHERE id = $id");
+			$q->('event_status', "SELECT subscription, state, attempts, visible_at, lease_until FROM outbox.event_status($id)");
+			$q->('key_commit rows of its transaction', "SELECT key_hash, xid, seq FROM outbox.key_commit"
+				  . " WHERE xid = ((($id >> 20))::text::xid8)");
+			$q->('delivery rows of its key', "SELECT event_id, event_id >> 20, state, attempts, seq, visible_at FROM outbox.delivery"
+				  . " WHERE sub_id = $sub AND key IS NOT DISTINCT FROM (SELECT key FROM outbox.event WHERE id = $id)"
+				  . " ORDER BY event_id LIMIT 20") if defined $e->{key};
+		}
+	}
+	diag("  model counts: " . join(' ', map { "$_=$self->{counts}{$_}" } sort keys %{ $self->{counts} // {} }));
 }
 
 # The server log: no process ended by a signal we did not send, and no

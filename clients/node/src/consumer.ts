@@ -12,7 +12,7 @@ import {
   sqlState,
 } from './errors.js';
 import { Outcome, isOutcome } from './outcomes.js';
-import { type ClaimRow, type OutboxEvent, interval, quoteIdent, toEvent } from './types.js';
+import { CHECK_DEFERRED_SQL, type ClaimRow, type OutboxEvent, interval, quoteIdent, toEvent } from './types.js';
 
 /** What a handler may return: nothing (ack) or an Outcome. */
 export type HandlerResult = void | undefined | Outcome;
@@ -145,8 +145,7 @@ const RELEASE_SQL = 'SELECT outbox.release($1, $2, $3, $4::interval) AS state';
  * The inner savepoint is rolled back so that the constraints' modes stay as
  * they were; the checks then run again at COMMIT, as they would anyway.
  */
-const CHECK_AND_RELEASE_SQL =
-  'SAVEPOINT outbox_check; SET CONSTRAINTS ALL IMMEDIATE; ROLLBACK TO SAVEPOINT outbox_check; RELEASE SAVEPOINT outbox_event';
+const CHECK_AND_RELEASE_SQL = `${CHECK_DEFERRED_SQL}; RELEASE SAVEPOINT outbox_event`;
 
 /** Clients that carry our lifetime 'error' listener (see Consumer.checkout). */
 const guarded = new WeakSet<PoolClient>();

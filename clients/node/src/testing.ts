@@ -8,7 +8,7 @@ import type { ClientBase, PoolClient } from 'pg';
 import { typedError, sqlState } from './errors.js';
 import { isOutcome } from './outcomes.js';
 import type { Handler, HandlerResult, TransactionHandler } from './consumer.js';
-import { type ClaimRow, type OutboxEvent, interval, toEvent } from './types.js';
+import { CHECK_DEFERRED_SQL, type ClaimRow, type OutboxEvent, interval, toEvent } from './types.js';
 
 /** What the consumer would do with a handler's result. */
 export type SettledOutcome =
@@ -113,6 +113,8 @@ export async function drainOnce<P = unknown>(
         let o: SettledOutcome;
         try {
           o = outcomeOf(await (handler as TransactionHandler<P>)(event, signal, client as PoolClient));
+          // as the consumer does: the handler's deferred constraints are its own
+          if (savepoint) await client.query(CHECK_DEFERRED_SQL);
         } catch (err) {
           o = outcomeOf(undefined, err ?? new Error(String(err)));
           if (savepoint) await client.query('ROLLBACK TO SAVEPOINT outbox_drain');

@@ -50,3 +50,11 @@ export function interval(ms: number | null | undefined): string | null {
 export function quoteIdent(name: string): string {
   return '"' + name.replace(/"/g, '""') + '"';
 }
+
+/**
+ * A handler's deferred constraints checked now, inside its savepoint (see
+ * CHECK_AND_RELEASE_SQL in consumer.ts): SET CONSTRAINTS ALL IMMEDIATE in a
+ * savepoint rolled back at once, so the constraints' modes stay as they were.
+ */
+export const CHECK_DEFERRED_SQL =
+  'SAVEPOINT outbox_check; SET CONSTRAINTS ALL IMMEDIATE; ROLLBACK TO SAVEPOINT outbox_check; RELEASE SAVEPOINT outbox_check';

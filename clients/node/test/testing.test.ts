@@ -43,3 +43,23 @@ test('drainOnce runs in the caller transaction, with a savepoint per event, and 
   const r = await admin.query('SELECT attempt FROM outbox.claim($1, 10)', [sub]);
   assert.deepEqual(r.rows, [{ attempt: 1 }, { attempt: 1 }, { attempt: 1 }]);
 });
+
+test('drainOnce fails an event whose handler violates a deferred constraint, as the consumer does', async () => {
+  const { sub, topic } = await subscription('x_deferred');
+  await enqueueMany(admin, topic, [{ payload: { parent: 1 } }, { payload: { parent: 99 } }]);
+  const c = await admin.connect();
+  try {
+    await c.query('BEGIN');
+    await c.query('CREATE TEMP TABLE p (id int PRIMARY KEY) ON COMMIT DROP');
+    await c.query('CREATE TEMP TABLE ch (parent int REFERENCES p DEFERRABLE INITIALLY DEFERRED) ON COMMIT DROP');
+    await c.query('INSERT INTO p VALUES (1)');
+    const res = await drainOnce<{ parent: number }>(c, sub, async (event, _signal, tx) => {
+      await tx.query('INSERT INTO ch VALUES ($1)', [event.payload.parent]);
+    });
+    assert.deepEqual(res, { handled: 1, failed: 1, retried: 0, dead: 0, released: 0, stale: 0 });
+    assert.deepEqual((await c.query('SELECT parent FROM ch')).rows, [{ parent: 1 }]);
+    await c.query('ROLLBACK');
+  } finally {
+    c.release();
+  }
+});
