@@ -147,8 +147,7 @@ const RELEASE_SQL = 'SELECT outbox.release($1, $2, $3, $4::interval) AS state';
  */
 const CHECK_AND_RELEASE_SQL = `${CHECK_DEFERRED_SQL}; RELEASE SAVEPOINT outbox_event`;
 
-/** Clients that carry our lifetime 'error' listener (see Consumer.checkout). */
-const guarded = new WeakSet<PoolClient>();
+/** Our lifetime 'error' listener on every client we check out (see Consumer.checkout). */
 function ignoreError(): void {}
 
 function sleep(ms: number, signal?: AbortSignal): Promise<void> {
@@ -983,10 +982,7 @@ export class Consumer extends EventEmitter<ConsumerEvents> {
    */
   private async checkout(): Promise<PoolClient> {
     const c = await this.pool.connect();
-    if (!guarded.has(c)) {
-      guarded.add(c);
-      c.on('error', ignoreError);
-    }
+    if (!c.listeners('error').includes(ignoreError)) c.on('error', ignoreError);
     return c;
   }
 
