@@ -9,8 +9,9 @@
 //                      100 (each system's own batch call), then time its
 //                      consumer handling and settling all of them
 //   clients.js latency SYSTEM RATE SECONDS CONCURRENCY
-//                      a producer enqueues RATE jobs/s, one per transaction,
-//                      while the consumer runs; commit -> handler p50/p99
+//                      a producer process enqueues RATE jobs/s, one per
+//                      transaction, while the consumer runs in this one;
+//                      commit -> handler p50/p99
 //
 // SYSTEM: outbox | pgboss | graphile.  Each consumer runs as its README
 // recommends for speed: outbox-client with concurrency and batch; pg-boss
@@ -21,6 +22,7 @@
 'use strict';
 
 const path = require('path');
+const { fork } = require('child_process');
 const pg = require('pg');
 const PgBoss = require('pg-boss');
 const { run, runMigrations, Logger } = require('graphile-worker');
@@ -156,21 +158,15 @@ function pct(sorted, p) {
   return sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))];
 }
 
-async function latency(system, rate, seconds, concurrency) {
-  const committed = new Map();	// seq -> hrtime when its enqueue's commit returned
-  const lat = [];
-  let handled = 0;
-  const stop = await startConsumer(system, concurrency, (p) => {
-    const t = hr();
-    const c = committed.get(p.seq);
-    handled++;
-    if (c !== undefined) lat.push(Math.max(0, secs(t - c) * 1000));
-  });
-  // the producer: one job per transaction, evenly spaced
+// The producer, in a process of its own as an application would be: one job
+// per transaction, evenly spaced; on 'go' it starts, and it sends back when
+// each commit returned.
+async function produce(system, rate, total) {
+  await new Promise((r) => process.once('message', r));
   const pool = newPool(2);
   const b = system === 'pgboss' ? newBoss(2) : null;
   if (b) await b.start();
-  const total = Math.round(rate * seconds);
+  const committed = [];
   const start = hr();
   for (let seq = 0; seq < total; seq++) {
     const due = start + BigInt(Math.round((seq / rate) * 1e9));
@@ -179,18 +175,42 @@ async function latency(system, rate, seconds, concurrency) {
     if (system === 'outbox') await outbox.enqueue(pool, SUB, payload(seq));
     else if (system === 'pgboss') await b.send(QUEUE, payload(seq));
     else await pool.query('SELECT graphile_worker.add_job($1, $2::json)', [TASK, JSON.stringify(payload(seq))]);
-    committed.set(seq, hr());
+    committed.push(String(hr()));
   }
   const produced = secs(hr() - start);
-  // let the last ones arrive (pg-boss polls every 0.5 s)
-  const deadline = hr() + 10n * 1000000000n;
-  while (handled < total && hr() < deadline) await new Promise((r) => setTimeout(r, 20));
-  await stop();
   if (b) await b.stop({ graceful: false, wait: true });
   await pool.end();
+  await new Promise((r) => process.send({ committed, produced }, r));
+}
+
+// Commit -> handler latency.  process.hrtime is CLOCK_MONOTONIC on Linux, one
+// clock for every process of the machine, so the producer's commit times and
+// the consumer's handler times compare directly.
+async function latency(system, rate, seconds, concurrency) {
+  const total = Math.round(rate * seconds);
+  const seenAt = new Map();	// seq -> hrtime when its handler ran
+  const stop = await startConsumer(system, concurrency, (p) => {
+    if (!seenAt.has(p.seq)) seenAt.set(p.seq, hr());
+  });
+  const child = fork(__filename, ['produce', system, String(rate), String(total)]);
+  const result = new Promise((resolve, reject) => {
+    child.once('message', resolve);
+    child.once('exit', (code) => reject(new Error(`producer exited with ${code}`)));
+  });
+  child.send('go');
+  const { committed, produced } = await result;
+  // let the last ones arrive (pg-boss polls every 0.5 s)
+  const deadline = hr() + 10n * 1000000000n;
+  while (seenAt.size < total && hr() < deadline) await new Promise((r) => setTimeout(r, 20));
+  await stop();
+  const lat = [];
+  committed.forEach((c, seq) => {
+    const t = seenAt.get(seq);
+    if (t !== undefined) lat.push(Math.max(0, secs(t - BigInt(c)) * 1000));
+  });
   lat.sort((x, y) => x - y);
   console.log(`jobs=${total}`);
-  console.log(`handled=${handled}`);
+  console.log(`handled=${seenAt.size}`);
   console.log(`produce_rate=${(total / produced).toFixed(1)}`);
   console.log(`p50_ms=${pct(lat, 0.5).toFixed(3)}`);
   console.log(`p99_ms=${pct(lat, 0.99).toFixed(3)}`);
@@ -203,6 +223,7 @@ async function main() {
     case 'setup': return setup();
     case 'drain': return drain(system, Number(a), Number(b));
     case 'latency': return latency(system, Number(a), Number(b), Number(c));
+    case 'produce': return produce(system, Number(a), Number(b));
     default:
       console.error('usage: clients.js setup | drain SYSTEM N CONCURRENCY | latency SYSTEM RATE SECONDS CONCURRENCY');
       process.exit(2);

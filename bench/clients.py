@@ -7,8 +7,9 @@ one database.  Called by bench/clients.sh; prints "key=value" lines.
                        100 (each system's own batch call), then time its
                        consumer handling and settling all of them
     clients.py latency SYSTEM RATE SECONDS CONCURRENCY
-                       a producer enqueues RATE jobs/s, one per transaction,
-                       while the consumer runs; commit -> handler p50/p99
+                       a producer process enqueues RATE jobs/s, one per
+                       transaction, while the consumer runs in this one;
+                       commit -> handler p50/p99
 
 SYSTEM: outbox | procrastinate.  outbox-client runs with concurrency and
 batch; procrastinate's worker with the same concurrency, LISTEN/NOTIFY on.
@@ -16,6 +17,7 @@ batch; procrastinate's worker with the same concurrency, LISTEN/NOTIFY on.
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import os
 import sys
 import time
@@ -115,22 +117,46 @@ def pct(v: list[float], p: float) -> float:
     return v[min(len(v) - 1, int(p * len(v)))] if v else float("nan")
 
 
+def produce(system: str, rate: float, total: int, go: Any, out: Any) -> None:
+    """The producer, in a process of its own as an application would be: one job
+    per transaction, evenly spaced; sends back when each commit returned."""
+    async def run() -> None:
+        committed: dict[int, float] = {}
+        go.wait()
+        async with await psycopg.AsyncConnection.connect(CONNINFO, autocommit=True) as conn:
+            async with app.open_async():
+                start = time.monotonic()
+                for seq in range(total):
+                    delay = start + seq / rate - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    if system == "outbox":
+                        await ob.enqueue(conn, SUB, payload(seq))
+                    else:
+                        await noop.defer_async(doc=payload(seq))
+                    committed[seq] = time.monotonic()
+                produced = time.monotonic() - start
+        out.put((committed, produced))
+
+    asyncio.run(run())
+
+
 async def latency(system: str, rate: float, seconds: float, concurrency: int) -> None:
+    """Commit -> handler latency.  time.monotonic() is CLOCK_MONOTONIC, one
+    clock for every process of the machine, so the producer's commit times and
+    the consumer's handler times compare directly."""
     global on_job
-    committed: dict[int, float] = {}
-    lat: list[float] = []
-    handled = 0
+    total = round(rate * seconds)
+    ctx = multiprocessing.get_context("spawn")
+    go, out = ctx.Event(), ctx.Queue()
+    producer = ctx.Process(target=produce, args=(system, rate, total, go, out))
+    producer.start()
+    seen_at: dict[int, float] = {}
 
     def seen(doc: dict[str, Any]) -> None:
-        nonlocal handled
-        t = time.perf_counter()
-        handled += 1
-        c = committed.get(doc["seq"])
-        if c is not None:
-            lat.append(max(0.0, (t - c) * 1000))
+        seen_at.setdefault(doc["seq"], time.monotonic())
 
     on_job = seen
-    total = round(rate * seconds)
     async with psycopg_pool.AsyncConnectionPool(CONNINFO, min_size=concurrency + 2,
                                                 max_size=concurrency + 4, open=False) as pool:
         async with app.open_async():
@@ -145,20 +171,11 @@ async def latency(system: str, rate: float, seconds: float, concurrency: int) ->
                     queues=[QUEUE], concurrency=concurrency, wait=True,
                     install_signal_handlers=False))
                 await asyncio.sleep(1)
-            async with await psycopg.AsyncConnection.connect(CONNINFO, autocommit=True) as conn:
-                start = time.perf_counter()
-                for seq in range(total):
-                    delay = start + seq / rate - time.perf_counter()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-                    if system == "outbox":
-                        await ob.enqueue(conn, SUB, payload(seq))
-                    else:
-                        await noop.defer_async(doc=payload(seq))
-                    committed[seq] = time.perf_counter()
-                produced = time.perf_counter() - start
-            end = time.perf_counter() + 10
-            while handled < total and time.perf_counter() < end:
+            go.set()
+            committed, produced = await asyncio.get_running_loop().run_in_executor(None, out.get)
+            producer.join()
+            end = time.monotonic() + 10
+            while len(seen_at) < total and time.monotonic() < end:
                 await asyncio.sleep(0.02)
             if system == "outbox":
                 await c.stop()
@@ -168,9 +185,10 @@ async def latency(system: str, rate: float, seconds: float, concurrency: int) ->
                     await worker
                 except (asyncio.CancelledError, Exception):
                     pass
-    lat.sort()
+    lat = sorted(max(0.0, (seen_at[s] - t) * 1000) for s, t in committed.items()
+                 if s in seen_at)
     print(f"jobs={total}")
-    print(f"handled={handled}")
+    print(f"handled={len(seen_at)}")
     print(f"produce_rate={total / produced:.1f}")
     print(f"p50_ms={pct(lat, 0.5):.3f}")
     print(f"p99_ms={pct(lat, 0.99):.3f}")

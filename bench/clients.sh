@@ -6,8 +6,11 @@
 #
 #   drain    N jobs enqueued in batches of 100, then the consumer's time to
 #            handle and settle all of them (jobs/s)
-#   latency  RATE jobs/s for SECONDS, one per transaction, while the consumer
-#            runs: commit -> handler p50/p99
+#   latency  RATE jobs/s for SECONDS, one per transaction, from a producer
+#            process of its own (as the application would be) while the
+#            consumer runs: commit -> handler p50/p99
+#
+# Python runs on psycopg[binary], as the client's README installs it.
 #
 # Rounds rotate the order of the systems.  Not part of bench/run (it needs
 # the client libraries built and the peers installed); results go to
@@ -41,7 +44,8 @@ make -s PG_CONFIG="$PG_CONFIG" install
 (cd bench && npm ci --silent --no-audit --no-fund)
 venv=$bench/.venv
 if [ ! -x "$venv/bin/python" ]; then python3 -m venv "$venv"; fi
-"$venv/bin/pip" install -q --disable-pip-version-check ./clients/python 'procrastinate>=3,<4'
+"$venv/bin/pip" install -q --disable-pip-version-check ./clients/python 'psycopg[binary]' \
+	'procrastinate>=3,<4'
 
 out=$bench/results/$(date -u +%Y%m%d-%H%M%S)-$suffix
 mkdir -p "$out"

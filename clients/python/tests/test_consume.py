@@ -105,3 +105,18 @@ async def test_concurrency_cap_and_no_prefetch(sub: Any, apool: Any) -> None:
         await until(lambda: c.stats.handled == 20, "20 acks")
     assert peak == 3 and over == []
     assert c.stats.claimed == 20
+
+
+async def test_single_statements_run_outside_a_transaction_block(apool: Any) -> None:
+    # A pool left at psycopg's default (autocommit off) would wrap each claim
+    # and ack in BEGIN ... COMMIT: three round trips instead of one.  In a
+    # statement of its own, now() is that statement's start.
+    from outbox_client._backend import AsyncBackend
+
+    async def nothing(ev: ob.Event) -> None:
+        pass
+
+    b = AsyncBackend(apool, "unused", nothing, False)
+    assert await b._one("SELECT now() = statement_timestamp()", ()) is True
+    async with apool.connection() as conn:
+        assert conn.autocommit is False  # the pool's own setting is back

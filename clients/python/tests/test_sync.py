@@ -102,3 +102,17 @@ def test_sync_a_violated_deferred_constraint_fails_its_event(make_sub: Any, spoo
         assert sub.status(ids[1])["state"] == "dead"
     finally:
         sub.admin.execute(f"DROP TABLE {child}, {parent}")
+
+
+def test_sync_single_statements_run_outside_a_transaction_block(spool: Any) -> None:
+    import asyncio
+
+    from outbox_client._backend import SyncBackend
+
+    b = SyncBackend(spool, "unused", lambda ev: None, False, 1)
+    try:
+        assert asyncio.run(b._one("SELECT now() = statement_timestamp()", ())) is True
+    finally:
+        asyncio.run(b.close())
+    with spool.connection() as conn:
+        assert conn.autocommit is False

@@ -8,10 +8,11 @@ run in a thread pool of ``concurrency`` threads.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, Sequence
 
 from psycopg.rows import TupleRow
 
@@ -121,21 +122,37 @@ class AsyncBackend(_Backend):
         self.handler = handler
         self.tx = transaction_mode
 
-    async def _one(self, query: str, params: tuple[Any, ...]) -> Any:
+    @contextlib.asynccontextmanager
+    async def _autocommit(self) -> AsyncIterator[Any]:
+        """A pool connection in autocommit mode for one statement: one round trip
+        instead of BEGIN, the statement and the pool's COMMIT on return.  The
+        pool's own setting is restored before the connection goes back."""
         async with self.pool.connection() as conn:
+            if conn.autocommit:
+                yield conn
+                return
+            await conn.set_autocommit(True)
+            try:
+                yield conn
+            finally:
+                if not conn.closed:
+                    await conn.set_autocommit(False)
+
+    async def _one(self, query: str, params: tuple[Any, ...]) -> Any:
+        async with self._autocommit() as conn:
             cur = await conn.execute(query, params)
             row = await cur.fetchone()
             return None if row is None else row[0]
 
     async def schema(self) -> tuple[bool, bool]:
-        async with self.pool.connection() as conn:
+        async with self._autocommit() as conn:
             cur = await conn.execute(SCHEMA)
             row = await cur.fetchone()
             assert row is not None
             return bool(row[0]), bool(row[1])
 
     async def claim(self, n: int, lease: timedelta, wait: timedelta | None) -> list[Event]:
-        async with self.pool.connection() as conn:
+        async with self._autocommit() as conn:
             if wait is None:
                 cur = await conn.execute(CLAIM, (self.sub, n, lease))
             else:
@@ -200,8 +217,22 @@ class SyncBackend(_Backend):
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._db, fn, *args)
 
-    def _one_sync(self, query: str, params: tuple[Any, ...]) -> Any:
+    @contextlib.contextmanager
+    def _autocommit(self) -> Iterator[Any]:
+        """As AsyncBackend._autocommit."""
         with self.pool.connection() as conn:
+            if conn.autocommit:
+                yield conn
+                return
+            conn.autocommit = True
+            try:
+                yield conn
+            finally:
+                if not conn.closed:
+                    conn.autocommit = False
+
+    def _one_sync(self, query: str, params: tuple[Any, ...]) -> Any:
+        with self._autocommit() as conn:
             row: TupleRow | None = conn.execute(query, params).fetchone()
             return None if row is None else row[0]
 
@@ -209,7 +240,7 @@ class SyncBackend(_Backend):
         return await self._run(self._one_sync, query, params)
 
     def _schema_sync(self) -> tuple[bool, bool]:
-        with self.pool.connection() as conn:
+        with self._autocommit() as conn:
             row = conn.execute(SCHEMA).fetchone()
             assert row is not None
             return bool(row[0]), bool(row[1])
@@ -219,7 +250,7 @@ class SyncBackend(_Backend):
         return r
 
     def _claim_sync(self, n: int, lease: timedelta, wait: timedelta | None) -> list[Event]:
-        with self.pool.connection() as conn:
+        with self._autocommit() as conn:
             if wait is None:
                 rows = conn.execute(CLAIM, (self.sub, n, lease)).fetchall()
             else:
