@@ -392,7 +392,17 @@ typedef struct EventInserter
 	EState	   *estate;
 	ResultRelInfo *rri;
 	TupleTableSlot *slot;
+	/* enqueue_many's rows not written yet (inserter_buffer) */
+	TupleTableSlot **buffered;
+	int			nbuffered;
 } EventInserter;
+
+/*
+ * Rows enqueue_many writes with one table_multi_insert call, as COPY does
+ * (its MAX_BUFFERED_TUPLES): one WAL record per heap page instead of one
+ * per row.
+ */
+#define INSERTER_MAX_BUFFERED 1000
 
 static void
 inserter_open(EventInserter *ins, int bucket)
@@ -408,6 +418,8 @@ inserter_open(EventInserter *ins, int bucket)
 	ExecOpenIndices(ins->rri, false);
 	ins->slot = ExecInitExtraTupleSlot(ins->estate, RelationGetDescr(ins->rel),
 									   &TTSOpsHeapTuple);
+	ins->buffered = NULL;
+	ins->nbuffered = 0;
 }
 
 static void
@@ -421,9 +433,58 @@ inserter_put(EventInserter *ins, Datum *values, bool *nulls)
 	ResetPerTupleExprContext(ins->estate);
 }
 
+/* Write the buffered rows, then their index entries. */
+static void
+inserter_flush(EventInserter *ins)
+{
+	int			i;
+
+	if (ins->nbuffered == 0)
+		return;
+	table_multi_insert(ins->rel, ins->buffered, ins->nbuffered,
+					   GetCurrentCommandId(true), 0, NULL);
+	for (i = 0; i < ins->nbuffered; i++)
+	{
+		(void) outbox_insert_index_tuples(ins->rri, ins->buffered[i], ins->estate);
+		ExecClearTuple(ins->buffered[i]);
+		ResetPerTupleExprContext(ins->estate);
+	}
+	ins->nbuffered = 0;
+}
+
+/*
+ * Buffer a row for inserter_flush.  The values are referenced, not copied,
+ * until table_multi_insert materializes them: they must live until the
+ * flush (enqueue_many's arguments do).
+ */
+static void
+inserter_buffer(EventInserter *ins, Datum *values, bool *nulls)
+{
+	TupleTableSlot *slot;
+	int			natts = RelationGetDescr(ins->rel)->natts;
+
+	if (ins->buffered == NULL)
+		ins->buffered = palloc0(sizeof(TupleTableSlot *) * INSERTER_MAX_BUFFERED);
+	if (ins->buffered[ins->nbuffered] == NULL)
+		ins->buffered[ins->nbuffered] = table_slot_create(ins->rel, NULL);
+	slot = ins->buffered[ins->nbuffered++];
+	ExecClearTuple(slot);
+	memcpy(slot->tts_values, values, sizeof(Datum) * natts);
+	memcpy(slot->tts_isnull, nulls, sizeof(bool) * natts);
+	ExecStoreVirtualTuple(slot);
+	if (ins->nbuffered == INSERTER_MAX_BUFFERED)
+		inserter_flush(ins);
+}
+
 static void
 inserter_close(EventInserter *ins)
 {
+	int			i;
+
+	inserter_flush(ins);
+	for (i = 0; ins->buffered != NULL && i < INSERTER_MAX_BUFFERED; i++)
+		if (ins->buffered[i] != NULL)
+			ExecDropSingleTupleTableSlot(ins->buffered[i]);
 	ExecDropSingleTupleTableSlot(ins->slot);
 	ExecCloseIndices(ins->rri);
 	FreeExecutorState(ins->estate);
@@ -565,7 +626,8 @@ array_arg(FunctionCallInfo fcinfo, int argno, const char *what, Oid elemtype,
 /*
  * outbox.enqueue_many(topic, payloads, keys, headers, deliver_at,
  * dedup_keys) RETURNS bigint[]: enqueue once per element, in order, with
- * the relation, its indexes and the caches opened once for all of them.
+ * the relation, its indexes and the caches opened once for all of them and
+ * the rows written by table_multi_insert.
  */
 Datum
 outbox_enqueue_many(PG_FUNCTION_ARGS)
@@ -712,7 +774,7 @@ outbox_enqueue_many(PG_FUNCTION_ARGS)
 		values[6] = PG_ARGISNULL(4) ? (Datum) 0 : PG_GETARG_DATUM(4);
 		nulls[6] = PG_ARGISNULL(4);
 		values[7] = TimestampTzGetDatum(now);
-		inserter_put(&ins, values, nulls);
+		inserter_buffer(&ins, values, nulls);
 	}
 	inserter_close(&ins);
 

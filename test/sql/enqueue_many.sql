@@ -48,6 +48,26 @@ SELECT cardinality(outbox.enqueue_many('em.o', ARRAY['{"k": 1}', '{"k": 2}', '{"
                                        keys => ARRAY['k1', 'k1', 'k2'])) AS n;
 SELECT payload, key FROM outbox.claim('em_o', 10) ORDER BY event_id;
 
+-- More rows than one multi-insert buffer holds (1,000), some large enough to
+-- be toasted: every row stored once, in order, and reachable through the
+-- id index.
+CREATE TEMP TABLE em_big AS
+SELECT outbox.enqueue_many('em.t',
+	ARRAY(SELECT jsonb_build_object('i', i, 'pad', repeat(md5(i::text), CASE WHEN i % 700 = 0 THEN 400 ELSE 1 END))
+		  FROM generate_series(1, 2500) i),
+	keys => ARRAY(SELECT i::text FROM generate_series(1, 2500) i)) AS ids;
+SET enable_seqscan = off;
+SET enable_bitmapscan = off;
+SELECT count(*) AS found, count(*) FILTER (WHERE e.key = (e.payload->>'i')) AS keyed,
+	   count(*) FILTER (WHERE length(e.payload->>'pad') = 12800) AS toasted
+  FROM em_big b, unnest(b.ids) WITH ORDINALITY AS u(id, n)
+  JOIN outbox.event e ON e.id = u.id
+ WHERE (e.payload->>'i')::int = u.n;
+RESET enable_seqscan;
+RESET enable_bitmapscan;
+SELECT count(*) FROM outbox.claim('em', 3000, '1 min');
+DROP TABLE em_big;
+
 -- errors
 \set VERBOSITY terse
 SELECT outbox.enqueue_many('em.t', NULL);
