@@ -467,8 +467,8 @@ inserter_buffer(EventInserter *ins, Datum *values, bool *nulls)
 		ins->buffered = palloc0(sizeof(TupleTableSlot *) * INSERTER_MAX_BUFFERED);
 	if (ins->buffered[ins->nbuffered] == NULL)
 		ins->buffered[ins->nbuffered] = table_slot_create(ins->rel, NULL);
+	/* empty: new, or cleared by the last flush */
 	slot = ins->buffered[ins->nbuffered++];
-	ExecClearTuple(slot);
 	memcpy(slot->tts_values, values, sizeof(Datum) * natts);
 	memcpy(slot->tts_isnull, nulls, sizeof(bool) * natts);
 	ExecStoreVirtualTuple(slot);
