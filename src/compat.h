@@ -51,6 +51,16 @@
 #define MyProcNumber (MyProc->pgprocno)
 #endif
 
+/*
+ * A function that never returns: pg_noreturn, before the declaration, from
+ * PostgreSQL 18 on (C11's _Noreturn, c.h); before, pg_attribute_noreturn(),
+ * after it, which 18 no longer has.  GCC and Clang take the attribute at
+ * the start of a declaration as well.
+ */
+#if PG_VERSION_NUM < 180000
+#define pg_noreturn pg_attribute_noreturn()
+#endif
+
 /* c.h has no Abs() from PostgreSQL 17 on. */
 #ifndef Abs
 #define Abs(x)	((x) >= 0 ? (x) : -(x))

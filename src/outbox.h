@@ -125,7 +125,7 @@ extern void outbox_check_columns(Relation rel, const char *const *names, int n, 
 extern void outbox_check_type_fields(Oid typid, const char *const *names, int n);
 extern void outbox_layout_forget(void);
 extern Oid	outbox_part_index(Relation rel, const char *parent_index);
-extern void outbox_schema_mismatch(const char *detail) pg_attribute_noreturn();
+pg_noreturn extern void outbox_schema_mismatch(const char *detail);
 extern bool outbox_snap_visible(const OutboxSnap *snap, uint64 xid);
 extern bool outbox_snap_equal(const OutboxSnap *a, const OutboxSnap *b);
 extern OutboxSnap *outbox_snap_copy(const OutboxSnap *snap);

@@ -40,12 +40,18 @@ matrix_release() {
 	esac
 }
 
+# This machine's apt sources, one-line and deb822, without comments (a
+# deb822 file may name in a comment the snapshot it was made from, which
+# is not where apt fetches).
+matrix_apt_sources() {
+	cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list \
+		/etc/apt/sources.list.d/*.sources 2>/dev/null | grep -vE '^[[:space:]]*#' || true
+}
+
 # The Debian mirror of this machine's apt sources (deb822 or one-line).
 matrix_mirror() {
 	local m
-	m=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list \
-		/etc/apt/sources.list.d/*.sources 2>/dev/null |
-		grep -oE 'https?://[^ ]+/debian/?( |$)' | grep -v security | head -n 1 | tr -d ' ')
+	m=$(matrix_apt_sources | grep -oE 'https?://[^ ]+/debian/?( |$)' | grep -v security | head -n 1 | tr -d ' ')
 	echo "${m:-http://deb.debian.org/debian}"
 }
 
@@ -56,9 +62,7 @@ matrix_sources() {
 	m=$(matrix_mirror)
 	case $release in
 	bookworm | trixie)
-		sec=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list \
-			/etc/apt/sources.list.d/*.sources 2>/dev/null |
-			grep -oE 'https?://[^ ]+/debian-security/?' | head -n 1)
+		sec=$(matrix_apt_sources | grep -oE 'https?://[^ ]+/debian-security/?' | head -n 1)
 		echo "deb $m $release $release-updates main"
 		echo "deb ${sec:-http://deb.debian.org/debian-security} $release-security main"
 		;;
