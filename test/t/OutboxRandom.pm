@@ -1760,6 +1760,14 @@ sub behind_far
 		my $ftx = $self->{txs}{ $f->{tx} };
 		return 1 if !$self->always_ordered($S) || $d->{replayed}
 		  || ($ftx == $etx ? $f->{seq} < $e->{seq} : ($ftx->{t_commit_hi} // 0) < ($etx->{t_commit_lo} // 0));
+		# a transaction already open when the subscribe committed has no
+		# recorded commit order: its events go first, in id order among
+		# those of other such transactions (README, "Per-key ordering")
+		my $sub_commit = $S->{t_commit} // 9**9**9;
+		if ($ftx != $etx && $ftx->{t_begin} <= $sub_commit)
+		{
+			return 1 if $etx->{t_begin} > $sub_commit || $fid < $id;
+		}
 	}
 	return 0;
 }
