@@ -259,12 +259,20 @@ outbox_lock_sub(int32 sub_id)
 					   ExclusiveLock);
 }
 
-/* The claim lock if nobody holds it; for the worker, which can come back. */
+/*
+ * The claim lock if nobody holds it; for the worker, which can come back.
+ * Spelled with LockAcquire() because ConditionalLockDatabaseObject() came
+ * with minor releases (16.2 lacks it).  No catalog state hangs on this
+ * lock, so there are no invalidation messages to take as it is granted.
+ */
 bool
 outbox_try_lock_sub(int32 sub_id)
 {
-	return ConditionalLockDatabaseObject(outbox_relid("subscription"),
-										 (Oid) sub_id, 0, ExclusiveLock);
+	LOCKTAG		tag;
+
+	SET_LOCKTAG_OBJECT(tag, MyDatabaseId, outbox_relid("subscription"),
+					   (Oid) sub_id, 0);
+	return LockAcquire(&tag, ExclusiveLock, false, true) != LOCKACQUIRE_NOT_AVAIL;
 }
 
 void

@@ -127,11 +127,17 @@ sub drain
 			  FROM c, LATERAL (SELECT outbox.ack('$sub', c.event_id)) a});
 		push @ids, split / /, $got if $got ne '';
 		next if $got ne '';
+		# Two statements, stats first.  In one, the delivery rows would be
+		# read as of the statement's snapshot, older than the one stats
+		# takes: a lease that expired in between (a stream lease or a
+		# leased row becoming a scheduled retry) would be in neither count.
+		# Read after stats, every row a lease became is in the second.
 		my $left = $node->safe_psql($db, qq{
-			SELECT (SELECT ready + leased FROM outbox.stats WHERE subscription = '$sub')
-			     + (SELECT count(*) FROM outbox.delivery d JOIN outbox.subscription s ON s.id = d.sub_id
-			         WHERE s.name = '$sub' AND d.state IN ('scheduled', 'waiting')
-			           AND (d.visible_at IS NULL OR d.visible_at < now() + interval '10 minutes'))});
+			SELECT ready + leased FROM outbox.stats WHERE subscription = '$sub'});
+		$left += $node->safe_psql($db, qq{
+			SELECT count(*) FROM outbox.delivery d JOIN outbox.subscription s ON s.id = d.sub_id
+			 WHERE s.name = '$sub' AND d.state IN ('ready', 'leased', 'scheduled', 'waiting')
+			   AND (d.visible_at IS NULL OR d.visible_at < now() + interval '10 minutes')});
 		last if $left == 0;
 		select(undef, undef, undef, 0.25);
 	}
