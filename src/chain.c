@@ -97,7 +97,7 @@ enum
 	CHAIN_STATE_GEN
 };
 
-/* columns of outbox.settle */
+/* columns of outbox.settle read here (then comes "at", which is not) */
 enum
 {
 	SETTLE_GEN = 1,
@@ -220,6 +220,38 @@ check_part_columns(Relation rel, const char *table)
 		outbox_check_columns(rel, settle_columns, lengthof(settle_columns), false);
 	else
 		elog(ERROR, "unknown outbox bookkeeping table \"%s\"", table);
+}
+
+/*
+ * heap_deform_tuple() of the first n columns of a bookkeeping table into
+ * arrays of n.  The column check takes tables with more columns than are
+ * read here (settle has "at"; a later version may add others), and
+ * heap_deform_tuple() fills an entry for every column of the table: into
+ * arrays of n it would write past their end, on the stack.  Those rows are
+ * deformed into arrays of the table's width instead.
+ */
+static void
+deform_columns(HeapTuple tup, TupleDesc desc, Datum *values, bool *nulls,
+			   int n)
+{
+	Datum	   *all_values;
+	bool	   *all_nulls;
+
+	if (desc->natts < n)
+		elog(ERROR, "outbox bookkeeping row has %d columns, %d expected",
+			 desc->natts, n);
+	if (desc->natts == n)
+	{
+		heap_deform_tuple(tup, desc, values, nulls);
+		return;
+	}
+	all_values = palloc(sizeof(Datum) * desc->natts);
+	all_nulls = palloc(sizeof(bool) * desc->natts);
+	heap_deform_tuple(tup, desc, all_values, all_nulls);
+	memcpy(values, all_values, sizeof(Datum) * n);
+	memcpy(nulls, all_nulls, sizeof(bool) * n);
+	pfree(all_values);
+	pfree(all_nulls);
 }
 
 /*
@@ -389,7 +421,7 @@ read_settles(int32 sub_id, int64 from, bool exact, int64 first, int64 last,
 					palloc(sizeof(SettleRow) * max);
 			}
 			r = &rows[n++];
-			heap_deform_tuple(tup, RelationGetDescr(rel), values, nulls);
+			deform_columns(tup, RelationGetDescr(rel), values, nulls, SETTLE_NATTS);
 			r->batch_no = DatumGetInt64(values[SETTLE_BATCH_NO - 1]);
 			r->committed = !TransactionIdIsValid(dirty.xmin) &&
 				!TransactionIdIsCurrentTransactionId(HeapTupleHeaderGetXmin(tup->t_data));
@@ -438,7 +470,7 @@ slice_from_tuple(OutboxSlice *sp, Relation rel, HeapTuple tup,
 		 !HEAP_XMAX_IS_LOCKED_ONLY(th->t_infomask) &&
 		 xid_active(HeapTupleHeaderGetUpdateXid(th)));
 
-	heap_deform_tuple(tup, RelationGetDescr(rel), values, nulls);
+	deform_columns(tup, RelationGetDescr(rel), values, nulls, BATCH_NATTS);
 	memset(&s, 0, sizeof(s));
 	s.gen = DatumGetInt64(values[BATCH_GEN - 1]);
 	s.batch_no = DatumGetInt64(values[BATCH_NO - 1]);
@@ -719,7 +751,7 @@ read_cursor_part(OutboxChain *chain, int64 g, Snapshot snapshot)
 		Datum		values[CURSOR_NATTS];
 		bool		nulls[CURSOR_NATTS];
 
-		heap_deform_tuple(tup, RelationGetDescr(rel), values, nulls);
+		deform_columns(tup, RelationGetDescr(rel), values, nulls, CURSOR_NATTS);
 		chain->cursor_gen = DatumGetInt64(values[CURSOR_GEN - 1]);
 		chain->fold_no = DatumGetInt64(values[CURSOR_FOLD_NO - 1]);
 		chain->delta = DatumGetInt64(values[CURSOR_DELTA - 1]);

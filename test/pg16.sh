@@ -18,7 +18,7 @@ PG16_WHEEL_SHA256=d595789b47624a3d963aa9aa6359da9be31beb7e61f1a45541953242068b88
 
 pg16_prepare() {
 	local dir="$MATRIX_CACHE/pg16-$PG16_WHEEL_VERSION" tmp
-	if [ ! -x "$dir/pginstall/bin/pg_config" ]; then
+	if [ ! -x "$dir/pgserver/pginstall/bin/pg_config" ]; then
 		echo "== fetching PostgreSQL 16 (PyPI pgserver $PG16_WHEEL_VERSION) into $dir" >&2
 		tmp=$(mktemp -d /tmp/outbox-pg16.XXXXXX)
 		# a venv's pip: Debian's python3 may come without one of its own
@@ -33,15 +33,17 @@ pg16_prepare() {
 		}
 		rm -rf "$dir"
 		mkdir -p "$dir"
-		mv "$tmp/x/pgserver/pginstall" "$dir/"
+		# the programs find libpq in pgserver.libs, beside (their rpath)
+		mv "$tmp/x/pgserver" "$tmp/x/pgserver.libs" "$dir/"
 		rm -rf "$tmp"
 		# a zip keeps no file modes: the programs must be executable and
 		# the whole tree readable by the clusters' unprivileged owner
 		chmod -R a+rX "$dir"
-		chmod a+x "$dir"/pginstall/bin/* \
-			"$dir"/pginstall/lib/postgresql/pgxs/src/test/regress/pg_regress \
-			"$dir"/pginstall/lib/postgresql/pgxs/src/test/isolation/* \
-			"$dir"/pginstall/lib/postgresql/pgxs/config/*
+		local p="$dir/pgserver/pginstall"
+		chmod a+x "$p"/bin/* \
+			"$p"/lib/postgresql/pgxs/src/test/regress/pg_regress \
+			"$p"/lib/postgresql/pgxs/src/test/isolation/* \
+			"$p"/lib/postgresql/pgxs/config/*
 	fi
-	echo "$dir/pginstall/bin/pg_config"
+	echo "$dir/pgserver/pginstall/bin/pg_config"
 }
