@@ -10,9 +10,10 @@
 #                              a fresh copy of the source tree in the
 #                              chroot's DIR (/build/outbox)
 #   chroot_run RELEASE CMD...  run CMD as root inside the chroot, with
-#                              /proc and /dev mounted for it alone, one at
-#                              a time; any process it leaves running there
-#                              (a cluster of a killed test) is killed
+#                              /proc and /dev mounted for it alone (and,
+#                              read-only, the host's cache of t/150's jars),
+#                              one at a time; any process it leaves running
+#                              there (a cluster of a killed test) is killed
 #
 # The chroots come from the Debian mirror that apt uses here.  Each command
 # runs in a private mount namespace, so its mounts vanish with it whatever
@@ -24,8 +25,10 @@ MATRIX_CACHE=${OUTBOX_MATRIX_CACHE:-/var/cache/outbox-matrix}
 # what the suite and the package build need inside a chroot
 matrix_packages() {
 	local v=$1 extra=
-	# Debian 12's libldap, which test/upgrade/run brings in, needs gnutls
-	[ "$v" = 15 ] || extra=" libgnutls30t64"
+	# Debian 12's libldap, which test/upgrade/run brings in, needs gnutls;
+	# Java runs t/150 in the suite's chroots (the jars are the host's, lent
+	# by chroot_run: no Maven there)
+	[ "$v" = 15 ] || extra=" libgnutls30t64 default-jre-headless"
 	echo "postgresql-$v postgresql-server-dev-$v postgresql-server-dev-all" \
 		"build-essential libipc-run-perl libdbd-pg-perl" \
 		"debhelper dpkg-dev fakeroot$extra"
@@ -149,11 +152,17 @@ chroot_run() {
 		flock 9
 		rc=0
 		unshare --mount --propagation private -- /bin/bash -c '
-			root=$1; shift
+			root=$1 cdc=$2; shift 2
 			mount -t proc proc "$root/proc"
 			mount --rbind /dev "$root/dev"
+			# the jars of t/150 that test/run fetched here, read-only
+			if [ -d "$cdc" ]; then
+				mkdir -p "$root/var/cache/outbox-cdc"
+				mount --bind "$cdc" "$root/var/cache/outbox-cdc"
+				mount -o remount,bind,ro "$root/var/cache/outbox-cdc"
+			fi
 			exec chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin \
-				HOME=/root LANG=C.UTF-8 TERM=dumb "$@"' _ "$root" "$@" 9>&- || rc=$?
+				HOME=/root LANG=C.UTF-8 TERM=dumb "$@"' _ "$root" "${OUTBOX_CDC_CACHE:-/var/cache/outbox-cdc}" "$@" 9>&- || rc=$?
 		chroot_kill_leftovers "$root"
 		exit $rc
 	)
