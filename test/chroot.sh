@@ -6,9 +6,9 @@
 #                              bootstrap the release once into
 #                              $MATRIX_CACHE/RELEASE and install what the
 #                              suite needs; kept and reused between runs
+#   copy_tree DEST             a fresh copy of the source tree in DEST
 #   chroot_copy_tree RELEASE [DIR]
-#                              a fresh copy of the source tree in the
-#                              chroot's DIR (/build/outbox)
+#                              the same in the chroot's DIR (/build/outbox)
 #   chroot_run RELEASE CMD...  run CMD as root inside the chroot, with
 #                              /proc and /dev mounted for it alone (and,
 #                              read-only, the host's cache of t/150's jars),
@@ -130,16 +130,19 @@ chroot_prepare() {
 	fi
 }
 
-# A copy of the files of the source tree (tracked and new, not ignored), so
-# that no build product of another major is reused.
-chroot_copy_tree() {
-	local root dir=${2:-/build/outbox}
-	root=$(chroot_root "$1")
-	rm -rf "$root$dir"
-	mkdir -p "$root$dir"
+# A copy of the files of the source tree (tracked and new, not ignored) in
+# DEST, emptied first, so that no build product of another major is reused.
+copy_tree() {
+	local dest=$1
+	rm -rf "$dest"
+	mkdir -p "$dest"
 	(cd "$top" && git ls-files -co --exclude-standard -z 2>/dev/null ||
 		find . -path ./.git -prune -o -type f -print0) |
-		(cd "$top" && tar --null -T - -c) | tar -x -C "$root$dir"
+		(cd "$top" && tar --null -T - -c) | tar -x -C "$dest"
+}
+
+chroot_copy_tree() {
+	copy_tree "$(chroot_root "$1")${2:-/build/outbox}"
 }
 
 chroot_run() {
