@@ -135,6 +135,7 @@ extern void outbox_check_name(const char *name);
 extern char *outbox_sub_name_arg(FunctionCallInfo fcinfo);
 extern OutboxSub *outbox_lookup_sub(const char *name);
 extern OutboxSub *outbox_find_sub(const char *name);
+extern OutboxSub **outbox_find_subs(int *nsubs);
 extern void outbox_check_consume(OutboxSub *sub, Oid caller);
 extern OutboxSub *outbox_consumer_begin(FunctionCallInfo fcinfo, Oid *save_user,
 										int *save_sec);

@@ -217,7 +217,11 @@ typedef struct StreamSub
 	OutboxSegment **segs;
 	int64	   *seg_lo;			/* ids > seg_lo[i] ... */
 	int64	   *seg_hi;			/* ... and <= seg_hi[i] */
+	int64		span_lo;		/* the ids of all segments: > span_lo ... */
+	int64		span_hi;		/* ... and <= span_hi */
 	HTAB	   *rows;			/* int64 ids with a delivery row, or NULL */
+	int			nleased;		/* ids of committed slices no committed */
+	int64	   *leased;			/* settlement took (count_leased) */
 } StreamSub;
 
 /*
@@ -233,20 +237,19 @@ typedef struct TopicSubs
 
 /*
  * The segments of a subscription's chain that may hold events of its
- * topics, and the ids of delivery rows in their span.
+ * topics, and the span of their ids.
  */
 static void
 stream_sub_prepare(StreamSub *ss)
 {
-	static SPIPlanPtr plan = NULL;
 	List	   *segs = outbox_chain_segments(ss->chain);
 	ListCell   *lc;
-	int64		span_lo = PG_INT64_MAX;
-	int64		span_hi = PG_INT64_MIN;
 
 	ss->segs = palloc(sizeof(OutboxSegment *) * Max(list_length(segs), 1));
 	ss->seg_lo = palloc(sizeof(int64) * Max(list_length(segs), 1));
 	ss->seg_hi = palloc(sizeof(int64) * Max(list_length(segs), 1));
+	ss->span_lo = PG_INT64_MAX;
+	ss->span_hi = PG_INT64_MIN;
 	foreach(lc, segs)
 	{
 		OutboxSegment *seg = lfirst(lc);
@@ -258,50 +261,27 @@ stream_sub_prepare(StreamSub *ss)
 		ss->segs[ss->nsegs] = seg;
 		ss->seg_lo[ss->nsegs] = lo_id;
 		ss->seg_hi[ss->nsegs++] = hi_id;
-		span_lo = Min(span_lo, lo_id);
-		span_hi = Max(span_hi, hi_id);
+		ss->span_lo = Min(ss->span_lo, lo_id);
+		ss->span_hi = Max(ss->span_hi, hi_id);
 	}
-	if (ss->nsegs == 0)
-		return;
+}
 
-	if (plan == NULL)
+/* Note that a delivery row of the subscription exists for this event. */
+static void
+stream_sub_row(StreamSub *ss, int64 id)
+{
+	if (ss->rows == NULL)
 	{
-		Oid			types[3] = {INT4OID, INT8OID, INT8OID};
+		HASHCTL		ctl;
 
-		plan = outbox_prepare("SELECT event_id FROM outbox.delivery"
-							  " WHERE sub_id OPERATOR(pg_catalog.=) $1"
-							  " AND event_id OPERATOR(pg_catalog.>) $2"
-							  " AND event_id OPERATOR(pg_catalog.<=) $3", 3, types);
+		memset(&ctl, 0, sizeof(ctl));
+		ctl.keysize = sizeof(int64);
+		ctl.entrysize = sizeof(int64);
+		ctl.hcxt = CurrentMemoryContext;
+		ss->rows = hash_create("outbox stats rows", 16, &ctl,
+							   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	}
-	{
-		Datum		args[3] = {Int32GetDatum(ss->sub->id), Int64GetDatum(span_lo),
-		Int64GetDatum(span_hi)};
-		uint64		i;
-
-		if (SPI_execute_snapshot(plan, args, NULL, ss->chain->snapshot, InvalidSnapshot,
-								 true, false, 0) != SPI_OK_SELECT)
-			elog(ERROR, "delivery lookup failed");
-		if (SPI_processed > 0)
-		{
-			HASHCTL		ctl;
-
-			memset(&ctl, 0, sizeof(ctl));
-			ctl.keysize = sizeof(int64);
-			ctl.entrysize = sizeof(int64);
-			ctl.hcxt = CurrentMemoryContext;
-			ss->rows = hash_create("outbox stats rows", Max(SPI_processed, 16), &ctl,
-								   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-		}
-		for (i = 0; i < SPI_processed; i++)
-		{
-			bool		isnull;
-			int64		id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
-														 SPI_tuptable->tupdesc, 1, &isnull));
-
-			(void) hash_search(ss->rows, &id, HASH_ENTER, NULL);
-		}
-		SPI_freetuptable(SPI_tuptable);
-	}
+	(void) hash_search(ss->rows, &id, HASH_ENTER, NULL);
 }
 
 /* Count one event of the stream for a subscription that reads its topic. */
@@ -518,22 +498,88 @@ count_batches(OutboxSub *sub, OutboxChain *chain, Counts *c)
 	c->leased += leased;
 }
 
+/*
+ * The unordered subscriptions' counts that do not come from the stream, for
+ * all of them at once (a query per subscription cost an executor start
+ * each, most of the view's time at a small backlog).  Read with one
+ * snapshot taken after every chain was read, which keeps each delivery
+ * counted once (see count_batches): the slices were read before it, and
+ * the stream's ids that have a delivery row at it are left out of the
+ * stream (stream_rows).
+ *
+ * First the ids of committed slices that no committed settlement took:
+ * leased, unless a hand-over, fail or lease expiry has given them a
+ * delivery row since.  Those of a claim still in progress count as ready.
+ */
 static void
-count_rows(OutboxSub *sub, OutboxChain *chain, Counts *c, TimestampTz now)
+collect_leased(StreamSub *ss)
 {
-	static SPIPlanPtr dplan = NULL;
-	Datum		args[2] = {Int32GetDatum(sub->id), TimestampTzGetDatum(now)};
-	HeapTuple	tup;
-	TupleDesc	desc;
-	bool		isnull;
-	Datum		d;
+	OutboxChain *chain = ss->chain;
+	int			n = 0,
+				j,
+				k;
 
-	if (dplan == NULL)
+	for (j = 0; j < chain->nslices; j++)
 	{
-		Oid			types[2] = {INT4OID, TIMESTAMPTZOID};
+		if (chain->slices[j].visible)
+			n += chain->slices[j].nlive;
+		else
+			ss->c.ready += chain->slices[j].nlive;
+	}
+	ss->leased = palloc(sizeof(int64) * Max(n, 1));
+	for (j = 0; j < chain->nslices; j++)
+		if (chain->slices[j].visible)
+			for (k = 0; k < chain->slices[j].nlive; k++)
+				ss->leased[ss->nleased++] = chain->slices[j].live_ids[k];
+}
 
-		dplan = outbox_prepare(
-			"SELECT"
+/* sub_id -> StreamSub of the unordered subscriptions */
+typedef struct SubEntry
+{
+	int32		sub_id;
+	StreamSub  *ss;
+} SubEntry;
+
+static StreamSub *
+sub_entry(HTAB *by_id, HeapTuple tup, TupleDesc desc)
+{
+	bool		isnull;
+	int32		id = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
+	SubEntry   *e = hash_search(by_id, &id, HASH_FIND, NULL);
+
+	if (e == NULL)
+		elog(ERROR, "stats row of unknown subscription %d", id);
+	return e->ss;
+}
+
+static Datum
+int4_array(Datum *d, int n)
+{
+	return PointerGetDatum(construct_array(d, n, INT4OID, 4, true, TYPALIGN_INT));
+}
+
+static Datum
+int8_array(Datum *d, int n)
+{
+	return PointerGetDatum(construct_array(d, n, INT8OID, 8, FLOAT8PASSBYVAL,
+										   TYPALIGN_DOUBLE));
+}
+
+/* outbox.delivery, counted by state for every unordered subscription */
+static void
+count_rows(HTAB *by_id, Datum *sub_ids, int nsubs, Snapshot snap,
+		   TimestampTz now)
+{
+	static SPIPlanPtr plan = NULL;
+	Datum		args[2];
+	uint64		i;
+
+	if (plan == NULL)
+	{
+		Oid			types[2] = {INT4ARRAYOID, TIMESTAMPTZOID};
+
+		plan = outbox_prepare(
+			"SELECT sub_id,"
 			" pg_catalog.count(*) FILTER (WHERE state OPERATOR(pg_catalog.=) 'ready'"
 			"  OR (state OPERATOR(pg_catalog.=) 'scheduled' AND visible_at OPERATOR(pg_catalog.<=) $2)),"
 			" pg_catalog.count(*) FILTER (WHERE state OPERATOR(pg_catalog.=) 'waiting'"
@@ -542,22 +588,182 @@ count_rows(OutboxSub *sub, OutboxChain *chain, Counts *c, TimestampTz now)
 			" pg_catalog.count(*) FILTER (WHERE state OPERATOR(pg_catalog.=) 'dead'),"
 			" pg_catalog.min(visible_at) FILTER (WHERE state OPERATOR(pg_catalog.=) 'ready'"
 			"  OR (state OPERATOR(pg_catalog.=) 'scheduled' AND visible_at OPERATOR(pg_catalog.<=) $2))"
-			" FROM outbox.delivery WHERE sub_id OPERATOR(pg_catalog.=) $1", 2, types);
+			" FROM outbox.delivery WHERE sub_id OPERATOR(pg_catalog.=) ANY ($1)"
+			" AND state OPERATOR(pg_catalog.<>) 'done'"
+			" GROUP BY sub_id", 2, types);
 	}
-	if (SPI_execute_snapshot(dplan, args, NULL, chain->snapshot, InvalidSnapshot,
+	args[0] = int4_array(sub_ids, nsubs);
+	args[1] = TimestampTzGetDatum(now);
+	if (SPI_execute_snapshot(plan, args, NULL, snap, InvalidSnapshot,
 							 true, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "delivery count failed");
-	tup = SPI_tuptable->vals[0];
-	desc = SPI_tuptable->tupdesc;
-	c->ready += DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
-	c->scheduled += DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
-	c->leased += DatumGetInt64(SPI_getbinval(tup, desc, 3, &isnull));
-	c->dead += DatumGetInt64(SPI_getbinval(tup, desc, 4, &isnull));
-	d = SPI_getbinval(tup, desc, 5, &isnull);
-	if (!isnull && (c->oldest == 0 || DatumGetTimestampTz(d) < c->oldest))
-		c->oldest = DatumGetTimestampTz(d);
+	for (i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		Counts	   *c = &sub_entry(by_id, tup, desc)->c;
+		bool		isnull;
+		Datum		d;
 
-	count_batches(sub, chain, c);
+		c->ready += DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
+		c->scheduled += DatumGetInt64(SPI_getbinval(tup, desc, 3, &isnull));
+		c->leased += DatumGetInt64(SPI_getbinval(tup, desc, 4, &isnull));
+		c->dead += DatumGetInt64(SPI_getbinval(tup, desc, 5, &isnull));
+		d = SPI_getbinval(tup, desc, 6, &isnull);
+		if (!isnull && (c->oldest == 0 || DatumGetTimestampTz(d) < c->oldest))
+			c->oldest = DatumGetTimestampTz(d);
+	}
+	SPI_freetuptable(SPI_tuptable);
+}
+
+/* The slices' ids: leased, less those with a delivery row (counted there). */
+static void
+count_leased(HTAB *by_id, StreamSub *subs, int nsubs, Snapshot snap)
+{
+	static SPIPlanPtr plan = NULL;
+	Datum	   *sub_ids;
+	Datum	   *ids;
+	Datum		args[2];
+	int			n = 0,
+				i,
+				k;
+	uint64		r;
+
+	for (i = 0; i < nsubs; i++)
+		if (!subs[i].sub->ordered)
+		{
+			subs[i].c.leased += subs[i].nleased;
+			n += subs[i].nleased;
+		}
+	if (n == 0)
+		return;
+	sub_ids = palloc(sizeof(Datum) * n);
+	ids = palloc(sizeof(Datum) * n);
+	n = 0;
+	for (i = 0; i < nsubs; i++)
+		if (!subs[i].sub->ordered)
+			for (k = 0; k < subs[i].nleased; k++)
+			{
+				sub_ids[n] = Int32GetDatum(subs[i].sub->id);
+				ids[n++] = Int64GetDatum(subs[i].leased[k]);
+			}
+	if (plan == NULL)
+	{
+		Oid			types[2] = {INT4ARRAYOID, INT8ARRAYOID};
+
+		plan = outbox_prepare("SELECT d.sub_id, pg_catalog.count(*)"
+							  " FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS s(sub_id, event_id)"
+							  " JOIN outbox.delivery d"
+							  " ON d.sub_id OPERATOR(pg_catalog.=) s.sub_id"
+							  " AND d.event_id OPERATOR(pg_catalog.=) s.event_id"
+							  " GROUP BY d.sub_id", 2, types);
+	}
+	args[0] = int4_array(sub_ids, n);
+	args[1] = int8_array(ids, n);
+	if (SPI_execute_snapshot(plan, args, NULL, snap, InvalidSnapshot,
+							 true, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "delivery count failed");
+	for (r = 0; r < SPI_processed; r++)
+	{
+		bool		isnull;
+		HeapTuple	tup = SPI_tuptable->vals[r];
+
+		sub_entry(by_id, tup, SPI_tuptable->tupdesc)->c.leased -=
+			DatumGetInt64(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull));
+	}
+	SPI_freetuptable(SPI_tuptable);
+}
+
+/*
+ * The ids in each unordered subscription's stream span that have a
+ * delivery row: counted from the row, if at all, not from the stream.
+ */
+static void
+stream_rows(HTAB *by_id, StreamSub *subs, int nsubs, Snapshot snap)
+{
+	static SPIPlanPtr plan = NULL;
+	Datum	   *sub_ids = palloc(sizeof(Datum) * Max(nsubs, 1));
+	Datum	   *los = palloc(sizeof(Datum) * Max(nsubs, 1));
+	Datum	   *his = palloc(sizeof(Datum) * Max(nsubs, 1));
+	Datum		args[3];
+	int			n = 0,
+				i;
+	uint64		r;
+
+	for (i = 0; i < nsubs; i++)
+		if (!subs[i].sub->ordered && subs[i].nsegs > 0)
+		{
+			sub_ids[n] = Int32GetDatum(subs[i].sub->id);
+			los[n] = Int64GetDatum(subs[i].span_lo);
+			his[n++] = Int64GetDatum(subs[i].span_hi);
+		}
+	if (n == 0)
+		return;
+	if (plan == NULL)
+	{
+		Oid			types[3] = {INT4ARRAYOID, INT8ARRAYOID, INT8ARRAYOID};
+
+		plan = outbox_prepare("SELECT d.sub_id, d.event_id"
+							  " FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3)) AS s(sub_id, lo, hi)"
+							  " JOIN outbox.delivery d"
+							  " ON d.sub_id OPERATOR(pg_catalog.=) s.sub_id"
+							  " AND d.event_id OPERATOR(pg_catalog.>) s.lo"
+							  " AND d.event_id OPERATOR(pg_catalog.<=) s.hi", 3, types);
+	}
+	args[0] = int4_array(sub_ids, n);
+	args[1] = int8_array(los, n);
+	args[2] = int8_array(his, n);
+	if (SPI_execute_snapshot(plan, args, NULL, snap, InvalidSnapshot,
+							 true, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "delivery lookup failed");
+	for (r = 0; r < SPI_processed; r++)
+	{
+		bool		isnull;
+		HeapTuple	tup = SPI_tuptable->vals[r];
+
+		stream_sub_row(sub_entry(by_id, tup, SPI_tuptable->tupdesc),
+					   DatumGetInt64(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull)));
+	}
+	SPI_freetuptable(SPI_tuptable);
+}
+
+/*
+ * Everything of the unordered subscriptions but their stream, with one
+ * snapshot taken now, after every chain was read.
+ */
+static void
+count_unordered(StreamSub *subs, int nsubs, TimestampTz now)
+{
+	HASHCTL		ctl;
+	HTAB	   *by_id;
+	Datum	   *sub_ids = palloc(sizeof(Datum) * Max(nsubs, 1));
+	int			n = 0,
+				i;
+	Snapshot	snap;
+
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = sizeof(int32);
+	ctl.entrysize = sizeof(SubEntry);
+	ctl.hcxt = CurrentMemoryContext;
+	by_id = hash_create("outbox stats subscriptions", Max(nsubs, 16), &ctl,
+						HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	for (i = 0; i < nsubs; i++)
+	{
+		SubEntry   *e;
+
+		if (subs[i].sub->ordered)
+			continue;
+		e = hash_search(by_id, &subs[i].sub->id, HASH_ENTER, NULL);
+		e->ss = &subs[i];
+		sub_ids[n++] = Int32GetDatum(subs[i].sub->id);
+	}
+	if (n == 0)
+		return;
+	snap = RegisterSnapshot(GetLatestSnapshot());
+	count_rows(by_id, sub_ids, n, snap, now);
+	count_leased(by_id, subs, nsubs, snap);
+	stream_rows(by_id, subs, nsubs, snap);
+	UnregisterSnapshot(snap);
 }
 
 /*
@@ -663,9 +869,25 @@ stats_begin(StreamSub *ss, OutboxSub *sub, TimestampTz now)
 	}
 	else
 	{
-		count_rows(sub, ss->chain, &ss->c, now);
+		collect_leased(ss);
 		stream_sub_prepare(ss);
+		/* the segments keep what they need of the chain */
+		outbox_chain_release(ss->chain);
 	}
+}
+
+/* OutboxSub pointers by name, in bytes */
+static int
+cmp_subs(const void *a, const void *b)
+{
+	return strcmp((*(OutboxSub *const *) a)->name, (*(OutboxSub *const *) b)->name);
+}
+
+/* bsearch's: a name (a char **) against an OutboxSub pointer */
+static int
+cmp_sub_name(const void *a, const void *b)
+{
+	return strcmp(*(char *const *) a, (*(OutboxSub *const *) b)->name);
 }
 
 /* The subscription's row of the stats. */
@@ -675,7 +897,8 @@ stats_end(ReturnSetInfo *rsinfo, StreamSub *ss)
 	Datum		values[7];
 	bool		nulls[7] = {false, false, false, false, false, false, false};
 
-	outbox_chain_release(ss->chain);
+	if (ss->chain != NULL)
+		outbox_chain_release(ss->chain);
 	ss->chain = NULL;
 	values[0] = CStringGetTextDatum(ss->sub->name);
 	values[1] = Int64GetDatum(ss->c.ready);
@@ -727,26 +950,36 @@ outbox_stats(PG_FUNCTION_ARGS)
 	}
 	else
 	{
+		OutboxSub **now_subs;
+		int			nnow;
+
 		if (plan == NULL)
 			plan = outbox_prepare("SELECT name FROM outbox.subscription ORDER BY name", 0, NULL);
 		if (SPI_execute_plan(plan, NULL, NULL, true, 0) != SPI_OK_SELECT)
 			elog(ERROR, "subscription list failed");
 		tab = SPI_tuptable;
 		n = SPI_processed;
+		/* each as it is now; one that is gone was unsubscribed since */
+		now_subs = outbox_find_subs(&nnow);
+		qsort(now_subs, nnow, sizeof(OutboxSub *), cmp_subs);
 		subs = palloc(sizeof(StreamSub) * Max(n, 1));
 		for (i = 0; i < n; i++)
 		{
 			bool		isnull;
 			char	   *name = TextDatumGetCString(SPI_getbinval(tab->vals[i], tab->tupdesc, 1, &isnull));
-			OutboxSub  *sub = outbox_find_sub(name);
+			OutboxSub  *sub = NULL;
+			OutboxSub **found = bsearch(&name, now_subs, nnow, sizeof(OutboxSub *),
+										cmp_sub_name);
 
 			CHECK_FOR_INTERRUPTS();
-			/* unsubscribed since the list was read */
+			if (found != NULL)
+				sub = *found;
 			if (sub == NULL || !outbox_role_may_consume(caller, sub->id))
 				continue;
 			stats_begin(&subs[nsubs++], sub, now);
 		}
 	}
+	count_unordered(subs, nsubs, now);
 	shared_scan(subs, nsubs, now);
 	for (i = 0; i < (uint64) nsubs; i++)
 		stats_end(rsinfo, &subs[i]);

@@ -339,46 +339,18 @@ outbox_lookup_sub(const char *name)
 	return sub;
 }
 
-/*
- * The same, NULL when there is none: for the readers of every subscription
- * (stats, event_status), which list them with the statement's snapshot and
- * must skip one that an unsubscribe has removed since.
- */
-OutboxSub *
-outbox_find_sub(const char *name)
+#define SUB_COLUMNS "id, topics, max_attempts, lease, backoff_base, backoff_max," \
+	" ordered, paused, origin, name"
+
+/* An OutboxSub from a row of SUB_COLUMNS, in the current memory context. */
+static OutboxSub *
+sub_from_row(HeapTuple tup, TupleDesc desc)
 {
-	static SPIPlanPtr plan = NULL;
-	Datum		arg = CStringGetTextDatum(name);
-	OutboxSub  *sub;
-	HeapTuple	tup;
-	TupleDesc	desc;
+	OutboxSub  *sub = palloc0(sizeof(OutboxSub));
 	bool		isnull;
 	Datum		d;
 
-	if (plan == NULL)
-	{
-		Oid			types[1] = {TEXTOID};
-
-		plan = outbox_prepare(
-			"SELECT id, topics, max_attempts, lease, backoff_base, backoff_max,"
-			" ordered, paused, origin FROM outbox.subscription"
-			" WHERE name OPERATOR(pg_catalog.=) $1", 1, types);
-	}
-	/*
-	 * As it is now, not as an older transaction snapshot shows it: callers
-	 * hold its lifetime lock (lifecycle.c), so it stays so until they end.
-	 */
-	if (SPI_execute_snapshot(plan, &arg, NULL, GetLatestSnapshot(),
-							 InvalidSnapshot, true, false, 1) != SPI_OK_SELECT)
-		elog(ERROR, "subscription lookup failed");
-	if (SPI_processed == 0)
-		return NULL;
-
-	tup = SPI_tuptable->vals[0];
-	desc = SPI_tuptable->tupdesc;
-	sub = palloc0(sizeof(OutboxSub));
 	sub->id = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
-	sub->name = pstrdup(name);
 	d = SPI_getbinval(tup, desc, 2, &isnull);
 	sub->topics = isnull ? NULL : DatumGetArrayTypePCopy(d);
 	sub->max_attempts = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
@@ -389,7 +361,64 @@ outbox_find_sub(const char *name)
 	sub->paused = DatumGetBool(SPI_getbinval(tup, desc, 8, &isnull));
 	sub->origin = outbox_snap_copy((OutboxSnap *)
 								   PG_DETOAST_DATUM(SPI_getbinval(tup, desc, 9, &isnull)));
+	sub->name = TextDatumGetCString(SPI_getbinval(tup, desc, 10, &isnull));
 	return sub;
+}
+
+/*
+ * The same, NULL when there is none: for the readers of every subscription
+ * (stats, event_status), which list them with the statement's snapshot and
+ * must skip one that an unsubscribe has removed since.
+ */
+OutboxSub *
+outbox_find_sub(const char *name)
+{
+	static SPIPlanPtr plan = NULL;
+	Datum		arg = CStringGetTextDatum(name);
+
+	if (plan == NULL)
+	{
+		Oid			types[1] = {TEXTOID};
+
+		plan = outbox_prepare("SELECT " SUB_COLUMNS " FROM outbox.subscription"
+							  " WHERE name OPERATOR(pg_catalog.=) $1", 1, types);
+	}
+	/*
+	 * As it is now, not as an older transaction snapshot shows it: callers
+	 * hold its lifetime lock (lifecycle.c), so it stays so until they end.
+	 */
+	if (SPI_execute_snapshot(plan, &arg, NULL, GetLatestSnapshot(),
+							 InvalidSnapshot, true, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "subscription lookup failed");
+	if (SPI_processed == 0)
+		return NULL;
+	return sub_from_row(SPI_tuptable->vals[0], SPI_tuptable->tupdesc);
+}
+
+/*
+ * Every subscription as it is now, by name (outbox_find_sub for all of
+ * them in one query: a reader of every subscription looked each one up,
+ * an executor start per subscription).  Sets *nsubs.
+ */
+OutboxSub **
+outbox_find_subs(int *nsubs)
+{
+	static SPIPlanPtr plan = NULL;
+	OutboxSub **subs;
+	uint64		i;
+
+	if (plan == NULL)
+		plan = outbox_prepare("SELECT " SUB_COLUMNS " FROM outbox.subscription"
+							  " ORDER BY name", 0, NULL);
+	if (SPI_execute_snapshot(plan, NULL, NULL, GetLatestSnapshot(),
+							 InvalidSnapshot, true, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "subscription list failed");
+	subs = palloc(sizeof(OutboxSub *) * Max(SPI_processed, 1));
+	for (i = 0; i < SPI_processed; i++)
+		subs[i] = sub_from_row(SPI_tuptable->vals[i], SPI_tuptable->tupdesc);
+	*nsubs = (int) SPI_processed;
+	SPI_freetuptable(SPI_tuptable);
+	return subs;
 }
 
 /*
