@@ -16,6 +16,7 @@ OBJS = \
 	src/notify.o \
 	src/lease.o \
 	src/retention.o \
+	src/tally.o \
 	src/lifecycle.o \
 	src/restore.o \
 	src/layout.o \

@@ -827,8 +827,8 @@ outbox_cursor_read(OutboxChain *chain, Snapshot snapshot)
  * with: retention, which only tries its lock, then waits for them, or has
  * committed before the snapshot is taken.
  */
-static void
-lock_event_tables(void)
+void
+outbox_lock_event_tables(void)
 {
 	char		name[NAMEDATALEN];
 	int			b;
@@ -859,7 +859,7 @@ outbox_chain_read(int32 sub_id)
 	int64		fold_no;
 
 	chain->sub_id = sub_id;
-	lock_event_tables();
+	outbox_lock_event_tables();
 	/* the claim's batch row and a fold's cursor row go into this generation */
 	do
 	{

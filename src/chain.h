@@ -138,6 +138,7 @@ extern void outbox_chain_add(OutboxChain *chain, OutboxSlice *slice);
 extern void outbox_chain_fold(OutboxChain *chain, int min_slices);
 extern void outbox_chain_hand_over_all(OutboxChain *chain, bool unkeyed_only);
 extern bool outbox_try_lock_sub(int32 sub_id);
+extern void outbox_lock_event_tables(void);
 
 /* claims fold once this many settled slices lead the chain */
 #define OUTBOX_FOLD_MIN_SLICES 8

@@ -372,7 +372,7 @@ dedup_claim(Datum topic, Datum dedup_key, int64 new_id)
 }
 
 /* the columns of the event tables, as insert_event forms their rows */
-static const char *const event_columns[] = {
+const char *const outbox_event_columns[OUTBOX_EVENT_NCOLUMNS] = {
 	"id", "bucket", "topic", "key", "payload", "headers", "deliver_at", "enqueued_at"
 };
 
@@ -411,7 +411,7 @@ inserter_open(EventInserter *ins, int bucket)
 
 	snprintf(relname, sizeof(relname), "event_%d", bucket);
 	ins->rel = table_open(outbox_relid(relname), RowExclusiveLock);
-	outbox_check_columns(ins->rel, event_columns, lengthof(event_columns), true);
+	outbox_check_columns(ins->rel, outbox_event_columns, OUTBOX_EVENT_NCOLUMNS, true);
 	ins->estate = CreateExecutorState();
 	ins->rri = makeNode(ResultRelInfo);
 	InitResultRelInfo(ins->rri, ins->rel, 1, NULL, 0);

@@ -16,6 +16,7 @@
 #include "chain.h"
 #include "shmem.h"
 #include "maintain.h"
+#include "tally.h"
 
 #include "access/xact.h"
 #include "catalog/pg_type.h"
@@ -474,6 +475,7 @@ outbox_maintain(OutboxDbSlot *slot, uint32 activity)
 	}
 	last = now;
 	advance_subscriptions(slot, activity);
+	outbox_tally(slot, activity);
 	outbox_clean_up();
 	outbox_notify_between();
 	outbox_rotate_and_truncate();

@@ -34,6 +34,7 @@ extern bool outbox_no_failures(void);
 #define OUTBOX_SUB_ADVANCE	0
 #define OUTBOX_SUB_EXPIRE	1
 #define OUTBOX_DB_CLEAN_UP	2
+#define OUTBOX_DB_TALLY		5
 #define OUTBOX_DB_RETENTION 3
 #define OUTBOX_DB_ROTATE	4
 

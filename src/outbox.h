@@ -122,6 +122,10 @@ extern void outbox_state_forget(void);
 
 /* layout.c: columns read by number, checked against the catalog */
 extern void outbox_check_columns(Relation rel, const char *const *names, int n, bool whole);
+
+/* enqueue.c: outbox.event's columns, in order */
+#define OUTBOX_EVENT_NCOLUMNS 8
+extern const char *const outbox_event_columns[OUTBOX_EVENT_NCOLUMNS];
 extern void outbox_check_type_fields(Oid typid, const char *const *names, int n);
 extern void outbox_layout_forget(void);
 extern Oid	outbox_part_index(Relation rel, const char *parent_index);

@@ -82,6 +82,7 @@ clean_up_unit(void *arg)
 	static SPIPlanPtr done_plan = NULL;
 	static SPIPlanPtr keys_plan = NULL;
 	static SPIPlanPtr kept_plan = NULL;
+	static SPIPlanPtr tally_plan = NULL;
 	static int64 kept_pos = 0;
 	Datum		pos;
 	Datum		max_id;
@@ -105,6 +106,20 @@ clean_up_unit(void *arg)
 			"  (SELECT min(pg_snapshot_xmin(lo)) FROM outbox.cursor_floor),"
 			"  pg_snapshot_xmin(outbox._latest_snapshot()))"
 			" LIMIT " CppAsString2(STEP_ROWS) ")", 0, NULL);
+		/*
+		 * Stretches of the tally (tally.c) that every chain has passed,
+		 * whole stretches at a time (a reader counts from the oldest one
+		 * left), never the newest (where the next one starts).
+		 */
+		tally_plan = outbox_prepare(
+			"DELETE FROM outbox.tally WHERE upto IN ("
+			" SELECT upto FROM outbox.tally WHERE topic = ''"
+			" AND upto < (SELECT max(upto) FROM outbox.tally WHERE topic = '')"
+			" AND upto < (COALESCE("
+			"  (SELECT min(pg_snapshot_xmin(lo)) FROM outbox.cursor_floor),"
+			"  pg_snapshot_xmin(outbox._latest_snapshot()))::text::bigint"
+			"  << " CppAsString2(OUTBOX_SEQ_BITS) ")"
+			" ORDER BY upto LIMIT 10)", 0, NULL);
 		kept_plan = outbox_prepare(
 			"WITH c AS MATERIALIZED " CURSORS("") ","
 			" floor AS MATERIALIZED (SELECT t.topic,"
@@ -126,7 +141,8 @@ clean_up_unit(void *arg)
 			" SELECT pg_catalog.max(id) FROM win", 1, t1);
 	}
 	if (SPI_execute_plan(done_plan, NULL, NULL, false, 0) != SPI_OK_DELETE ||
-		SPI_execute_plan(keys_plan, NULL, NULL, false, 0) != SPI_OK_DELETE)
+		SPI_execute_plan(keys_plan, NULL, NULL, false, 0) != SPI_OK_DELETE ||
+		SPI_execute_plan(tally_plan, NULL, NULL, false, 0) != SPI_OK_DELETE)
 		elog(ERROR, "clean-up failed");
 	pos = Int64GetDatum(kept_pos);
 	if (SPI_execute_plan(kept_plan, &pos, NULL, false, 0) != SPI_OK_SELECT)

@@ -22,7 +22,11 @@
  */
 #include "chain.h"
 #include "shmem.h"
+#include "tally.h"
 
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
 #include "catalog/pg_type.h"
 #include "funcapi.h"
 #include "miscadmin.h"
@@ -217,9 +221,13 @@ typedef struct StreamSub
 	OutboxSegment **segs;
 	int64	   *seg_lo;			/* ids > seg_lo[i] ... */
 	int64	   *seg_hi;			/* ... and <= seg_hi[i] */
+	int		   *nmids;			/* of which the tally counts nmids[i] ranges */
+	OutboxRange **mids;			/* mids[i], sorted, disjoint */
+	int		   *nscans;			/* and the stream is read in nscans[i] */
+	OutboxRange **scans;		/* scans[i] (count_tallied) */
 	int64		span_lo;		/* the ids of all segments: > span_lo ... */
 	int64		span_hi;		/* ... and <= span_hi */
-	HTAB	   *rows;			/* int64 ids with a delivery row, or NULL */
+	HTAB	   *rows;			/* ids with a delivery row (RowId), or NULL */
 	int			nleased;		/* ids of committed slices no committed */
 	int64	   *leased;			/* settlement took (count_leased) */
 } StreamSub;
@@ -248,6 +256,10 @@ stream_sub_prepare(StreamSub *ss)
 	ss->segs = palloc(sizeof(OutboxSegment *) * Max(list_length(segs), 1));
 	ss->seg_lo = palloc(sizeof(int64) * Max(list_length(segs), 1));
 	ss->seg_hi = palloc(sizeof(int64) * Max(list_length(segs), 1));
+	ss->nmids = palloc0(sizeof(int) * Max(list_length(segs), 1));
+	ss->mids = palloc0(sizeof(OutboxRange *) * Max(list_length(segs), 1));
+	ss->nscans = palloc0(sizeof(int) * Max(list_length(segs), 1));
+	ss->scans = palloc0(sizeof(OutboxRange *) * Max(list_length(segs), 1));
 	ss->span_lo = PG_INT64_MAX;
 	ss->span_hi = PG_INT64_MIN;
 	foreach(lc, segs)
@@ -266,33 +278,86 @@ stream_sub_prepare(StreamSub *ss)
 	}
 }
 
+/*
+ * An event of the stream with a delivery row: counted from the row, if at
+ * all.  tallied: the tally counts it for this subscription (committed, of
+ * its topics, without deliver_at), so a tallied range must subtract it.
+ */
+typedef struct RowId
+{
+	int64		id;				/* the hash key */
+	bool		tallied;
+} RowId;
+
 /* Note that a delivery row of the subscription exists for this event. */
 static void
-stream_sub_row(StreamSub *ss, int64 id)
+stream_sub_row(StreamSub *ss, int64 id, bool tallied)
 {
+	RowId	   *r;
+
 	if (ss->rows == NULL)
 	{
 		HASHCTL		ctl;
 
 		memset(&ctl, 0, sizeof(ctl));
 		ctl.keysize = sizeof(int64);
-		ctl.entrysize = sizeof(int64);
+		ctl.entrysize = sizeof(RowId);
 		ctl.hcxt = CurrentMemoryContext;
 		ss->rows = hash_create("outbox stats rows", 16, &ctl,
 							   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	}
-	(void) hash_search(ss->rows, &id, HASH_ENTER, NULL);
+	r = hash_search(ss->rows, &id, HASH_ENTER, NULL);
+	r->tallied = tallied;
 }
 
-/* Count one event of the stream for a subscription that reads its topic. */
+/* Does the subscription read this topic? */
+static bool
+sub_reads(OutboxSub *sub, const char *topic)
+{
+	Datum	   *elems;
+	int			n,
+				i;
+
+	if (sub->topics == NULL)
+		return true;
+	deconstruct_array(sub->topics, TEXTOID, -1, false, TYPALIGN_INT, &elems, NULL, &n);
+	for (i = 0; i < n; i++)
+	{
+		char	   *t = TextDatumGetCString(elems[i]);
+
+		if (strcmp(t, topic) == 0)
+			return true;
+	}
+	return false;
+}
+
+/* Is the id in one of the segment's ranges that the tally counts? */
+static bool
+in_mids(StreamSub *ss, int i, int64 id)
+{
+	int			k;
+
+	for (k = 0; k < ss->nmids[i]; k++)
+		if (id > ss->mids[i][k].from && id <= ss->mids[i][k].to)
+			return true;
+	return false;
+}
+
+/*
+ * Count one event of the stream for a subscription that reads its topic.
+ * tallied: the event was read among those with deliver_at, for the ranges
+ * the tally counts (which leaves them out); otherwise, it was read for the
+ * ranges the tally does not count.
+ */
 static void
 stream_sub_count(StreamSub *ss, int64 id, Datum deliver_at, bool da_null,
-				 Datum enqueued_at, TimestampTz now)
+				 Datum enqueued_at, TimestampTz now, bool tallied)
 {
 	int			i;
 
 	for (i = 0; i < ss->nsegs; i++)
 		if (id > ss->seg_lo[i] && id <= ss->seg_hi[i] &&
+			in_mids(ss, i, id) == tallied &&
 			outbox_segment_contains(ss->segs[i], id))
 			break;
 	if (i == ss->nsegs)
@@ -312,31 +377,91 @@ typedef struct SharedScan
 	HTAB	   *by_topic;
 	List	   *every;
 	TimestampTz now;
+	bool		tallied;		/* reading delayed events of tallied ranges */
 } SharedScan;
 
-/* Hand an event of the shared scan to the subscriptions of its topic. */
+/* Hand an event to the subscriptions of its topic. */
+static void
+shared_scan_event(SharedScan *sh, int64 id, char *topic, Datum da, bool da_null,
+				  Datum ea)
+{
+	TopicSubs  *ts;
+	ListCell   *lc;
+
+	foreach(lc, sh->every)
+		stream_sub_count(lfirst(lc), id, da, da_null, ea, sh->now, sh->tallied);
+	ts = hash_search(sh->by_topic, topic, HASH_FIND, NULL);
+	if (ts != NULL)
+	{
+		foreach(lc, ts->subs)
+			stream_sub_count(lfirst(lc), id, da, da_null, ea, sh->now, sh->tallied);
+	}
+}
+
+/* An event of the shared scan's query. */
 static void
 shared_scan_row(HeapTuple tup, TupleDesc desc, void *arg)
 {
-	SharedScan *sh = arg;
 	bool		isnull,
 				da_null;
 	int64		id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
 	char	   *topic = TextDatumGetCString(SPI_getbinval(tup, desc, 2, &isnull));
 	Datum		da = SPI_getbinval(tup, desc, 3, &da_null);
 	Datum		ea = SPI_getbinval(tup, desc, 4, &isnull);
-	TopicSubs  *ts;
-	ListCell   *lc;
 
-	foreach(lc, sh->every)
-		stream_sub_count(lfirst(lc), id, da, da_null, ea, sh->now);
-	ts = hash_search(sh->by_topic, topic, HASH_FIND, NULL);
-	if (ts != NULL)
-	{
-		foreach(lc, ts->subs)
-			stream_sub_count(lfirst(lc), id, da, da_null, ea, sh->now);
-	}
+	shared_scan_event(arg, id, topic, da, da_null, ea);
 	pfree(topic);
+}
+
+/* outbox.event's columns read here (outbox_event_columns) */
+#define EVENT_ID		1
+#define EVENT_TOPIC		3
+#define EVENT_DELIVER_AT 7
+#define EVENT_ENQUEUED_AT 8
+
+/*
+ * The events with deliver_at, which the tally leaves out, through their
+ * partial index in each bucket (a query's plan could read the buckets
+ * whole when it takes most events for delayed), for the ranges the tally
+ * counts.
+ */
+static void
+shared_scan_delayed(SharedScan *sh, Snapshot snap)
+{
+	char		name[NAMEDATALEN];
+	int			b;
+
+	for (b = 0; b <= OUTBOX_BUCKETS; b++)
+	{
+		Relation	rel;
+		SysScanDesc scan;
+		HeapTuple	tup;
+
+		if (b < OUTBOX_BUCKETS)
+			snprintf(name, sizeof(name), "event_%d", b);
+		else
+			strlcpy(name, "event_kept", sizeof(name));
+		rel = table_open(outbox_relid(name), AccessShareLock);
+		outbox_check_columns(rel, outbox_event_columns, OUTBOX_EVENT_NCOLUMNS, true);
+		scan = systable_beginscan(rel, outbox_part_index(rel, "event_deliver_at_idx"),
+								  true, snap, 0, NULL);
+		while (HeapTupleIsValid(tup = systable_getnext(scan)))
+		{
+			TupleDesc	desc = RelationGetDescr(rel);
+			bool		isnull,
+						da_null;
+			Datum		id = heap_getattr(tup, EVENT_ID, desc, &isnull);
+			char	   *topic = TextDatumGetCString(heap_getattr(tup, EVENT_TOPIC, desc, &isnull));
+			Datum		da = heap_getattr(tup, EVENT_DELIVER_AT, desc, &da_null);
+			Datum		ea = heap_getattr(tup, EVENT_ENQUEUED_AT, desc, &isnull);
+
+			CHECK_FOR_INTERRUPTS();
+			shared_scan_event(sh, DatumGetInt64(id), topic, da, da_null, ea);
+			pfree(topic);
+		}
+		systable_endscan(scan);
+		table_close(rel, AccessShareLock);
+	}
 }
 
 /*
@@ -350,11 +475,13 @@ static void
 shared_scan(StreamSub *subs, int nsubs, TimestampTz now)
 {
 	static SPIPlanPtr plan = NULL;
+	bool		any_tallied = false;
 	HASHCTL		ctl;
 	SharedScan	sh;
 	OutboxRange *ranges;
 	int			nranges = 0;
 	int			i,
+				j,
 				r;
 	Snapshot	snap;
 
@@ -366,23 +493,27 @@ shared_scan(StreamSub *subs, int nsubs, TimestampTz now)
 							  HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
 	sh.every = NIL;
 	sh.now = now;
+	sh.tallied = false;
 	for (i = 0; i < nsubs; i++)
-		nranges += subs[i].nsegs;
+		for (j = 0; j < subs[i].nsegs; j++)
+			nranges += subs[i].nscans[j];
 	ranges = palloc(sizeof(OutboxRange) * Max(nranges, 1));
 	nranges = 0;
 	for (i = 0; i < nsubs; i++)
 	{
 		StreamSub  *ss = &subs[i];
 		Datum	   *elems;
-		int			n,
-					j;
+		int			n;
 
 		if (ss->nsegs == 0)
 			continue;
+		/* what the tally does not count */
 		for (j = 0; j < ss->nsegs; j++)
 		{
-			ranges[nranges].from = ss->seg_lo[j];
-			ranges[nranges++].to = ss->seg_hi[j];
+			if (ss->nmids[j] > 0)
+				any_tallied = true;
+			memcpy(&ranges[nranges], ss->scans[j], sizeof(OutboxRange) * ss->nscans[j]);
+			nranges += ss->nscans[j];
 		}
 		if (ss->sub->topics == NULL)
 		{
@@ -403,7 +534,7 @@ shared_scan(StreamSub *subs, int nsubs, TimestampTz now)
 			ts->subs = lappend(ts->subs, ss);
 		}
 	}
-	if (nranges == 0)
+	if (nranges == 0 && !any_tallied)
 		return;
 	qsort(ranges, nranges, sizeof(OutboxRange), outbox_cmp_range);
 
@@ -436,6 +567,16 @@ shared_scan(StreamSub *subs, int nsubs, TimestampTz now)
 		PopActiveSnapshot();
 		each_row(portal, shared_scan_row, &sh);
 		SPI_cursor_close(portal);
+	}
+	/*
+	 * The tally leaves out events with deliver_at (whether one is ready or
+	 * scheduled depends on when stats run): all of them are read, and
+	 * counted where they fall in a range the tally counts.
+	 */
+	if (any_tallied)
+	{
+		sh.tallied = true;
+		shared_scan_delayed(&sh, snap);
 	}
 	UnregisterSnapshot(snap);
 }
@@ -703,12 +844,15 @@ stream_rows(HTAB *by_id, StreamSub *subs, int nsubs, Snapshot snap)
 	{
 		Oid			types[3] = {INT4ARRAYOID, INT8ARRAYOID, INT8ARRAYOID};
 
-		plan = outbox_prepare("SELECT d.sub_id, d.event_id"
+		plan = outbox_prepare("SELECT d.sub_id, d.event_id, e.topic, e.plain"
 							  " FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3)) AS s(sub_id, lo, hi)"
 							  " JOIN outbox.delivery d"
 							  " ON d.sub_id OPERATOR(pg_catalog.=) s.sub_id"
 							  " AND d.event_id OPERATOR(pg_catalog.>) s.lo"
-							  " AND d.event_id OPERATOR(pg_catalog.<=) s.hi", 3, types);
+							  " AND d.event_id OPERATOR(pg_catalog.<=) s.hi"
+							  " LEFT JOIN LATERAL (SELECT e.topic, e.deliver_at IS NULL AS plain"
+							  "  FROM outbox.event e WHERE e.id OPERATOR(pg_catalog.=) d.event_id"
+							  "  LIMIT 1) e ON true", 3, types);
 	}
 	args[0] = int4_array(sub_ids, n);
 	args[1] = int8_array(los, n);
@@ -718,13 +862,277 @@ stream_rows(HTAB *by_id, StreamSub *subs, int nsubs, Snapshot snap)
 		elog(ERROR, "delivery lookup failed");
 	for (r = 0; r < SPI_processed; r++)
 	{
-		bool		isnull;
+		bool		isnull,
+					topic_null;
 		HeapTuple	tup = SPI_tuptable->vals[r];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		StreamSub  *ss = sub_entry(by_id, tup, desc);
+		Datum		topic = SPI_getbinval(tup, desc, 3, &topic_null);
+		bool		plain = !topic_null &&
+			DatumGetBool(SPI_getbinval(tup, desc, 4, &isnull));
 
-		stream_sub_row(sub_entry(by_id, tup, SPI_tuptable->tupdesc),
-					   DatumGetInt64(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull)));
+		stream_sub_row(ss, DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull)),
+					   plain && sub_reads(ss->sub, TextDatumGetCString(topic)));
 	}
 	SPI_freetuptable(SPI_tuptable);
+}
+
+/* most ranges of a segment told apart; past that, all of it is read */
+#define MAX_RANGES 32
+
+static int
+cmp_uint64(const void *a, const void *b)
+{
+	uint64		x = *(const uint64 *) a;
+	uint64		y = *(const uint64 *) b;
+
+	return x < y ? -1 : x > y ? 1 : 0;
+}
+
+/*
+ * The ranges of ids in (lo_id, hi_id] whose events are all in the
+ * segment's delta if they committed: those of transactions its first
+ * snapshot does not see and its last one sees as ended; the ids of the
+ * others (running at the end, or seen by the first snapshot) are not in
+ * it, and need no reading.  Visibility changes only at a snapshot's xmin,
+ * xmax and the xids it lists (and the next xid after each), so each
+ * stretch between two such points is in or out as a whole.  Returns how
+ * many (at most MAX_RANGES: past that, the whole span as one).
+ */
+static int
+contained_ranges(OutboxSegment *seg, int64 lo_id, int64 hi_id, OutboxRange *out)
+{
+	const OutboxSnap *f = seg->lo;
+	const OutboxSnap *s = seg->hi;
+	int			npts = 0,
+				n = 0,
+				i;
+	uint64	   *pts = palloc(sizeof(uint64) * (4 + 2 * (f->nxip + s->nxip)));
+
+	pts[npts++] = U64FromFullTransactionId(f->xmin);
+	pts[npts++] = U64FromFullTransactionId(f->xmax);
+	pts[npts++] = U64FromFullTransactionId(s->xmin);
+	pts[npts++] = U64FromFullTransactionId(s->xmax);
+	for (i = 0; i < (int) f->nxip; i++)
+	{
+		pts[npts++] = U64FromFullTransactionId(f->xip[i]);
+		pts[npts++] = U64FromFullTransactionId(f->xip[i]) + 1;
+	}
+	for (i = 0; i < (int) s->nxip; i++)
+	{
+		pts[npts++] = U64FromFullTransactionId(s->xip[i]);
+		pts[npts++] = U64FromFullTransactionId(s->xip[i]) + 1;
+	}
+	qsort(pts, npts, sizeof(uint64), cmp_uint64);
+	/* below the first point and from the last on, nothing is in a delta */
+	for (i = 0; i + 1 < npts; i++)
+	{
+		uint64		x = pts[i];
+		int64		from,
+					to;
+
+		if (pts[i + 1] == x ||
+			outbox_snap_visible(f, x) || !outbox_snap_visible(s, x))
+			continue;
+		from = Max(OUTBOX_XID_FIRST_ID(x) - 1, lo_id);
+		to = Min(OUTBOX_XID_FIRST_ID(pts[i + 1]) - 1, hi_id);
+		if (from >= to)
+			continue;
+		if (n > 0 && out[n - 1].to == from)
+			out[n - 1].to = to;
+		else if (n == MAX_RANGES)
+		{
+			out[0].from = lo_id;
+			out[0].to = hi_id;
+			return 1;
+		}
+		else
+		{
+			out[n].from = from;
+			out[n++].to = to;
+		}
+	}
+	pfree(pts);
+	return n;
+}
+
+/* Append range (from, to] to a list, if it is not empty. */
+static void
+add_range(OutboxRange *list, int *n, int64 from, int64 to)
+{
+	if (from >= to)
+		return;
+	list[*n].from = from;
+	list[(*n)++].to = to;
+}
+
+/*
+ * The ranges of the unordered subscriptions' segments that the tally
+ * counts (tally.c), so that the stream is read only around them (mostly
+ * what the tally has not reached yet).  Delivery rows there (counted from
+ * the row) are taken off, and left out of the oldest.
+ */
+static void
+count_tallied(StreamSub *subs, int nsubs)
+{
+	Snapshot	snap = RegisterSnapshot(GetLatestSnapshot());
+	int64		t_start,
+				t_upto;
+	OutboxTallyProbe *probes;
+	StreamSub **owners;
+	int64	   *open;
+	int			nopen;
+	OutboxRange contained[MAX_RANGES];
+	OutboxRange *mids;
+	OutboxRange *scans;
+	int			nprobes = 0,
+				max = 16,
+				i,
+				j,
+				k,
+				m;
+
+	/* no tally: everything is read */
+	if (!outbox_tally_bounds(snap, &t_start, &t_upto, &open, &nopen))
+		t_start = t_upto = 0;
+	if (nopen > 1)
+		qsort(open, nopen, sizeof(int64), outbox_cmp_int64);
+	probes = palloc(sizeof(OutboxTallyProbe) * max);
+	owners = palloc(sizeof(StreamSub *) * max);
+	for (i = 0; i < nsubs; i++)
+	{
+		StreamSub  *ss = &subs[i];
+		Datum	   *elems = NULL;
+		int			ntopics = 1;
+		int			nall = 0;
+		OutboxRange *all;
+
+		if (ss->sub->ordered || ss->nsegs == 0)
+			continue;
+		if (ss->sub->topics != NULL)
+			deconstruct_array(ss->sub->topics, TEXTOID, -1, false, TYPALIGN_INT,
+							  &elems, NULL, &ntopics);
+		for (j = 0; j < ss->nsegs; j++)
+		{
+			int			ncontained = contained_ranges(ss->segs[j], ss->seg_lo[j],
+													  ss->seg_hi[j], contained);
+			int			nmids = 0,
+						nscans = 0,
+						o_first = 0,
+						o_end;
+
+			/* the open transactions whose ids meet the segment's */
+			while (o_first < nopen &&
+				   OUTBOX_XID_FIRST_ID(open[o_first] + 1) - 1 <= ss->seg_lo[j])
+				o_first++;
+			for (o_end = o_first; o_end < nopen &&
+				 OUTBOX_XID_FIRST_ID(open[o_end]) - 1 < ss->seg_hi[j]; o_end++)
+				;
+			mids = palloc(sizeof(OutboxRange) * (ncontained + (o_end - o_first) + 1));
+			scans = palloc(sizeof(OutboxRange) * (2 * ncontained + (o_end - o_first) + 1));
+
+			/* each part of a contained range is counted or read */
+			for (m = 0; m < ncontained; m++)
+			{
+				int64		from = contained[m].from;
+				int64		to = contained[m].to;
+				int64		mid_from = Max(from, t_start);
+				int64		mid_to = Min(to, t_upto);
+
+				if (mid_from < mid_to)
+				{
+					int			o;
+
+					add_range(scans, &nscans, from, mid_from);
+					/* the ids of transactions the tally found running are read */
+					for (o = o_first; o < o_end; o++)
+					{
+						int64		x_from = OUTBOX_XID_FIRST_ID(open[o]) - 1;
+						int64		x_to = OUTBOX_XID_FIRST_ID(open[o] + 1) - 1;
+
+						if (x_to <= mid_from || x_from >= mid_to)
+							continue;
+						x_from = Max(x_from, mid_from);
+						x_to = Min(x_to, mid_to);
+						add_range(mids, &nmids, mid_from, x_from);
+						add_range(scans, &nscans, x_from, x_to);
+						mid_from = x_to;
+					}
+					add_range(mids, &nmids, mid_from, mid_to);
+					add_range(scans, &nscans, mid_to, to);
+				}
+				else
+					add_range(scans, &nscans, from, to);
+			}
+			ss->nscans[j] = nscans;
+			ss->scans[j] = scans;
+			if (nmids == 0)
+				continue;
+			ss->nmids[j] = nmids;
+			ss->mids[j] = mids;
+			nall += nmids;
+			/* the delivery rows of events the tally counts there */
+			if (ss->rows != NULL)
+			{
+				HASH_SEQ_STATUS seq;
+				RowId	   *r;
+
+				hash_seq_init(&seq, ss->rows);
+				while ((r = hash_seq_search(&seq)) != NULL)
+					if (r->tallied && in_mids(ss, j, r->id))
+						ss->c.ready--;
+			}
+		}
+		if (nall == 0)
+			continue;
+
+		/*
+		 * One count per topic over all the segments' ranges: they are
+		 * disjoint (an event is in one delta, a delta's segments are
+		 * disjoint ranges), and where they touch they make one.
+		 */
+		all = palloc(sizeof(OutboxRange) * nall);
+		nall = 0;
+		for (j = 0; j < ss->nsegs; j++)
+		{
+			memcpy(&all[nall], ss->mids[j], sizeof(OutboxRange) * ss->nmids[j]);
+			nall += ss->nmids[j];
+		}
+		qsort(all, nall, sizeof(OutboxRange), outbox_cmp_range);
+		for (m = 0, j = 1; j < nall; j++)
+		{
+			if (all[j].from == all[m].to)
+				all[m].to = all[j].to;
+			else
+				all[++m] = all[j];
+		}
+		nall = m + 1;
+		for (m = 0; m < nall; m++)
+			for (k = 0; k < ntopics; k++)
+			{
+				if (nprobes == max)
+				{
+					max *= 2;
+					probes = repalloc(probes, sizeof(OutboxTallyProbe) * max);
+					owners = repalloc(owners, sizeof(StreamSub *) * max);
+				}
+				probes[nprobes].topic = elems ? TextDatumGetCString(elems[k]) : "";
+				probes[nprobes].a = all[m].from;
+				probes[nprobes].b = all[m].to;
+				probes[nprobes].skip = ss->rows;
+				owners[nprobes++] = ss;
+			}
+	}
+	outbox_tally_count(probes, nprobes, snap);
+	UnregisterSnapshot(snap);
+	for (i = 0; i < nprobes; i++)
+	{
+		Counts	   *c = &owners[i]->c;
+
+		c->ready += probes[i].count;
+		if (probes[i].oldest != 0 && (c->oldest == 0 || probes[i].oldest < c->oldest))
+			c->oldest = probes[i].oldest;
+	}
 }
 
 /*
@@ -980,6 +1388,7 @@ outbox_stats(PG_FUNCTION_ARGS)
 		}
 	}
 	count_unordered(subs, nsubs, now);
+	count_tallied(subs, nsubs);
 	shared_scan(subs, nsubs, now);
 	for (i = 0; i < (uint64) nsubs; i++)
 		stats_end(rsinfo, &subs[i]);

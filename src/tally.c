@@ -1,0 +1,619 @@
+/*-------------------------------------------------------------------------
+ *
+ * tally.c
+ *		Counts of the stream by topic (outbox.tally), kept by the worker
+ *		and read by outbox.stats, so that stats need not read the backlog.
+ *
+ * The worker reads the events of each new stretch of ids once: ids up to
+ * the first id of its snapshot's xmax, so every transaction that could
+ * still add an event to the stretch has ended but those the snapshot sees
+ * running, which the stretch's row of topic '' lists (open: stats read
+ * their events), and the stretch's rows never change.  For each topic with
+ * committed events (without deliver_at) in the stretch it writes one row:
+ * a running total, and the stretch's ids and enqueue times.  A count over ids (a, b] is then two running totals, less the ids
+ * of the two edge rows past a and b; the oldest event is found in the
+ * first rows past a, since a row also says before which time none of its
+ * events (or later ones) was enqueued (since).
+ *
+ * A transaction held open (a consumer working inside its claim) costs
+ * stats one lookup of its ids, not the stream after it.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "chain.h"
+#include "maintain.h"
+#include "tally.h"
+
+#include "access/transam.h"
+#include "catalog/pg_type.h"
+#include "miscadmin.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+/* events read by one unit at most; a longer stretch is split */
+#define TALLY_MAX_EVENTS 100000
+
+/* rounds remembered for the since bound */
+#define TALLY_RECENT 64
+
+/*
+ * Recent rounds of this worker: the next xid (shifted) read after "taken".
+ * Every xid at or past "next" was assigned after "taken", and enqueue
+ * assigns the xid before it reads the clock for enqueued_at.
+ */
+static struct
+{
+	uint64		next;
+	TimestampTz taken;
+}			recent[TALLY_RECENT];
+static int	nrecent = 0;
+
+/* the last unit stopped at TALLY_MAX_EVENTS */
+static bool tally_more = false;
+
+/* one topic's events of the stretch */
+typedef struct TopicTally
+{
+	char		topic[OUTBOX_MAX_TOPIC_LEN + 1];	/* the hash key */
+	int			n;
+	int			max;
+	Datum	   *ids;
+	Datum	   *ats;
+} TopicTally;
+
+static void
+tally_add(TopicTally *t, int64 id, TimestampTz at)
+{
+	if (t->n == t->max)
+	{
+		t->max = t->max == 0 ? 16 : t->max * 2;
+		t->ids = t->ids ? repalloc(t->ids, sizeof(Datum) * t->max) :
+			palloc(sizeof(Datum) * t->max);
+		t->ats = t->ats ? repalloc(t->ats, sizeof(Datum) * t->max) :
+			palloc(sizeof(Datum) * t->max);
+	}
+	t->ids[t->n] = Int64GetDatum(id);
+	t->ats[t->n++] = TimestampTzGetDatum(at);
+}
+
+/* The latest time before which no event with an id past "from" was enqueued. */
+static bool
+since_bound(int64 from, TimestampTz *since)
+{
+	uint64		xid = OUTBOX_ID_XID(from + 1);
+	bool		found = false;
+	int			i;
+
+	for (i = 0; i < nrecent; i++)
+		if (recent[i].next <= xid && (!found || recent[i].taken > *since))
+		{
+			*since = recent[i].taken;
+			found = true;
+		}
+	return found;
+}
+
+static void
+remember(uint64 next, TimestampTz taken)
+{
+	if (nrecent < TALLY_RECENT)
+		nrecent++;
+	else
+		memmove(&recent[0], &recent[1], sizeof(recent[0]) * (TALLY_RECENT - 1));
+	recent[nrecent - 1].next = next;
+	recent[nrecent - 1].taken = taken;
+}
+
+/* Write one row of the stretch (from, upto] for a topic. */
+static void
+write_row(const char *topic, int64 upto, int64 from, TopicTally *t,
+		  TimestampTz since, bool has_since, Datum open)
+{
+	static SPIPlanPtr total_plan = NULL;
+	static SPIPlanPtr insert_plan = NULL;
+	Datum		args[8];
+	char		nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	int64		total = 0;
+
+	if (insert_plan == NULL)
+	{
+		Oid			t1[1] = {TEXTOID};
+		Oid			t8[8] = {TEXTOID, INT8OID, INT8OID, INT8OID, INT8ARRAYOID,
+		TIMESTAMPTZARRAYOID, TIMESTAMPTZOID, INT8ARRAYOID};
+
+		total_plan = outbox_prepare("SELECT total FROM outbox.tally"
+									" WHERE topic OPERATOR(pg_catalog.=) $1"
+									" ORDER BY upto DESC LIMIT 1", 1, t1);
+		insert_plan = outbox_prepare("INSERT INTO outbox.tally"
+									 " (topic, upto, start, total, ids, enqueued_at, since, open)"
+									 " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)", 8, t8);
+	}
+	args[0] = CStringGetTextDatum(topic);
+	if (SPI_execute_plan(total_plan, args, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "tally lookup failed");
+	if (SPI_processed > 0)
+	{
+		bool		isnull;
+
+		total = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+											SPI_tuptable->tupdesc, 1, &isnull));
+	}
+	args[1] = Int64GetDatum(upto);
+	args[2] = Int64GetDatum(from);
+	args[3] = Int64GetDatum(total + t->n);
+	args[4] = PointerGetDatum(construct_array(t->ids, t->n, INT8OID, 8,
+											  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	args[5] = PointerGetDatum(construct_array(t->ats, t->n, TIMESTAMPTZOID, 8,
+											  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	args[6] = TimestampTzGetDatum(since);
+	nulls[6] = has_since ? ' ' : 'n';
+	args[7] = open;
+	nulls[7] = open == (Datum) 0 ? 'n' : ' ';
+	if (SPI_execute_plan(insert_plan, args, nulls, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "tally insert failed");
+}
+
+/*
+ * Count the next stretch: the events after the last row of topic '' (from
+ * id 0 when there is none: after an update, or a restore, the stream there
+ * is counted first) up to what no running transaction can add to.
+ */
+static void
+tally_unit(void *arg)
+{
+	static SPIPlanPtr last_plan = NULL;
+	static SPIPlanPtr events_plan = NULL;
+	TimestampTz taken = GetCurrentTimestamp();
+	uint64		next = U64FromFullTransactionId(outbox_shift_xid(ReadNextFullTransactionId()));
+	Snapshot	snap;
+	OutboxSnap *os;
+	int64		from = 0,
+				horizon,
+				upto,
+				prev = -1;
+	Datum		args[2];
+	Portal		portal;
+	HASHCTL		ctl;
+	HTAB	   *topics;
+	TopicTally	all;
+	int			nread = 0;
+	bool		any = false;
+	TimestampTz since = 0;
+	bool		has_since;
+	HASH_SEQ_STATUS seq;
+	TopicTally *t;
+
+	tally_more = false;
+	if (last_plan == NULL)
+	{
+		Oid			t2[2] = {INT8OID, INT8OID};
+
+		last_plan = outbox_prepare("SELECT upto FROM outbox.tally"
+								   " WHERE topic OPERATOR(pg_catalog.=) ''"
+								   " ORDER BY upto DESC LIMIT 1", 0, NULL);
+		events_plan = outbox_prepare("SELECT id, topic, enqueued_at, deliver_at IS NULL"
+									 " FROM outbox.event"
+									 " WHERE id OPERATOR(pg_catalog.>) $1"
+									 " AND id OPERATOR(pg_catalog.<=) $2 ORDER BY id", 2, t2);
+	}
+	/* retention's TRUNCATE is not MVCC-safe: as every reader of events */
+	outbox_lock_event_tables();
+	snap = RegisterSnapshot(GetLatestSnapshot());
+	os = outbox_snap_from_snapshot(snap);
+	horizon = OUTBOX_XID_FIRST_ID(U64FromFullTransactionId(os->xmax)) - 1;
+	remember(next, taken);
+
+	if (SPI_execute_plan(last_plan, NULL, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "tally lookup failed");
+	if (SPI_processed > 0)
+	{
+		bool		isnull;
+
+		from = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+										   SPI_tuptable->tupdesc, 1, &isnull));
+	}
+	if (horizon <= from)
+	{
+		UnregisterSnapshot(snap);
+		return;
+	}
+
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = sizeof(((TopicTally *) 0)->topic);
+	ctl.entrysize = sizeof(TopicTally);
+	ctl.hcxt = CurrentMemoryContext;
+	topics = hash_create("outbox tally topics", 256, &ctl,
+						 HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+	memset(&all, 0, sizeof(all));
+	upto = horizon;
+	args[0] = Int64GetDatum(from);
+	args[1] = Int64GetDatum(horizon);
+	PushActiveSnapshot(snap);
+	portal = SPI_cursor_open(NULL, events_plan, args, NULL, true);
+	PopActiveSnapshot();
+	for (;;)
+	{
+		uint64		i;
+
+		CHECK_FOR_INTERRUPTS();
+		SPI_cursor_fetch(portal, true, 1000);
+		if (SPI_processed == 0)
+			break;
+		for (i = 0; i < SPI_processed; i++)
+		{
+			HeapTuple	tup = SPI_tuptable->vals[i];
+			TupleDesc	desc = SPI_tuptable->tupdesc;
+			bool		isnull;
+			int64		id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+			char	   *topic;
+			TimestampTz at;
+			bool		found;
+
+			/* an event and its kept copy, while both exist */
+			if (id == prev)
+				continue;
+			if (nread == TALLY_MAX_EVENTS)
+			{
+				/* the rest in the next unit: this stretch ends before id */
+				upto = prev;
+				tally_more = true;
+				break;
+			}
+			prev = id;
+			nread++;
+			any = true;
+			if (!DatumGetBool(SPI_getbinval(tup, desc, 4, &isnull)))
+				continue;		/* deliver_at: stats read these by their index */
+			topic = TextDatumGetCString(SPI_getbinval(tup, desc, 2, &isnull));
+			at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 3, &isnull));
+			t = hash_search(topics, topic, HASH_ENTER, &found);
+			if (!found)
+			{
+				t->n = t->max = 0;
+				t->ids = t->ats = NULL;
+			}
+			tally_add(t, id, at);
+			tally_add(&all, id, at);
+			pfree(topic);
+		}
+		SPI_freetuptable(SPI_tuptable);
+		if (tally_more)
+			break;
+	}
+	SPI_cursor_close(portal);
+	UnregisterSnapshot(snap);
+	/* nothing committed there (yet, or ever): nothing to write */
+	if (!any)
+		return;
+
+	has_since = since_bound(from, &since);
+	hash_seq_init(&seq, topics);
+	while ((t = hash_seq_search(&seq)) != NULL)
+		write_row(t->topic, upto, from, t, since, has_since, (Datum) 0);
+
+	/*
+	 * The transactions of the stretch still running: their events, which
+	 * the snapshot did not show, are read by stats.  Every topic's row,
+	 * written last, is what marks the stretch as counted.
+	 */
+	{
+		Datum	   *open = palloc(sizeof(Datum) * Max(os->nxip, 1));
+		int			nopen = 0;
+		uint32		i;
+
+		for (i = 0; i < os->nxip; i++)
+		{
+			uint64		x = U64FromFullTransactionId(os->xip[i]);
+
+			if (OUTBOX_XID_FIRST_ID(x + 1) - 1 > from && OUTBOX_XID_FIRST_ID(x) <= upto)
+				open[nopen++] = Int64GetDatum((int64) x);
+		}
+		write_row("", upto, from, &all, since, has_since,
+				  PointerGetDatum(construct_array(open, nopen, INT8OID, 8,
+												  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE)));
+	}
+	if (tally_more)
+		outbox_round_busy();
+}
+
+/*
+ * Count what committed since the last round, while the database's activity
+ * count moves and twice after it stopped (as advance_subscriptions does: a
+ * transaction that ended after the last round may still have left events),
+ * and until a long stream is all counted.  slot NULL (no shared memory):
+ * every round.
+ */
+void
+outbox_tally(OutboxDbSlot *slot, uint32 activity)
+{
+	static uint32 tallied_activity = 0;
+	static int	rounds = 0;
+
+	if (slot != NULL && activity == tallied_activity && rounds > 2 && !tally_more)
+		return;
+	if (slot == NULL || activity != tallied_activity)
+		rounds = 0;
+	tallied_activity = activity;
+	rounds++;
+	(void) outbox_sub_unit("outbox: tally the stream", OUTBOX_DB_TALLY, 0, 0,
+						   tally_unit, NULL);
+}
+
+/*
+ * Reading the tally (stats.c).  The range it covers: (*start, *upto], from
+ * the start of its oldest stretch to the end of its newest, and the xids
+ * (sorted) whose events it does not count there, since they were running
+ * when it counted.  False if it has none.
+ */
+bool
+outbox_tally_bounds(Snapshot snap, int64 *start, int64 *upto, int64 **open,
+					int *nopen)
+{
+	static SPIPlanPtr plan = NULL;
+	static SPIPlanPtr open_plan = NULL;
+	bool		isnull1,
+				isnull2;
+	uint64		i;
+
+	if (plan == NULL)
+		plan = outbox_prepare("SELECT"
+							  " (SELECT start FROM outbox.tally WHERE topic OPERATOR(pg_catalog.=) ''"
+							  "  ORDER BY upto LIMIT 1),"
+							  " (SELECT upto FROM outbox.tally WHERE topic OPERATOR(pg_catalog.=) ''"
+							  "  ORDER BY upto DESC LIMIT 1)", 0, NULL);
+	if (SPI_execute_snapshot(plan, NULL, NULL, snap, InvalidSnapshot,
+							 true, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "tally lookup failed");
+	*start = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+										 1, &isnull1));
+	*upto = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+										2, &isnull2));
+	SPI_freetuptable(SPI_tuptable);
+	*nopen = 0;
+	*open = NULL;
+	if (isnull1 || isnull2 || *start >= *upto)
+		return false;
+
+	if (open_plan == NULL)
+		open_plan = outbox_prepare("SELECT x FROM (SELECT open FROM outbox.tally"
+								   "  WHERE open OPERATOR(pg_catalog.<>) '{}' ORDER BY upto) t,"
+								   " pg_catalog.unnest(t.open) x", 0, NULL);
+	if (SPI_execute_snapshot(open_plan, NULL, NULL, snap, InvalidSnapshot,
+							 true, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "tally lookup failed");
+	*open = palloc(sizeof(int64) * Max(SPI_processed, 1));
+	for (i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+
+		(*open)[(*nopen)++] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
+														  SPI_tuptable->tupdesc, 1, &isnull));
+	}
+	SPI_freetuptable(SPI_tuptable);
+	return true;
+}
+
+/* the ids and enqueue times of a row, and how many */
+typedef struct RowIds
+{
+	int			n;
+	int64	   *ids;
+	TimestampTz *ats;
+} RowIds;
+
+static void
+row_ids(HeapTuple tup, TupleDesc desc, int ids_col, int ats_col, RowIds *r)
+{
+	bool		isnull;
+	ArrayType  *a = DatumGetArrayTypePCopy(SPI_getbinval(tup, desc, ids_col, &isnull));
+
+	r->n = ArrayGetNItems(ARR_NDIM(a), ARR_DIMS(a));
+	r->ids = (int64 *) ARR_DATA_PTR(a);
+	r->ats = NULL;
+	if (ats_col > 0)
+	{
+		ArrayType  *t = DatumGetArrayTypePCopy(SPI_getbinval(tup, desc, ats_col, &isnull));
+
+		r->ats = (TimestampTz *) ARR_DATA_PTR(t);
+	}
+}
+
+/* how many of the row's ids (sorted) are greater than x */
+static int
+ids_after(RowIds *r, int64 x)
+{
+	int			lo = 0,
+				hi = r->n;
+
+	while (lo < hi)
+	{
+		int			mid = (lo + hi) / 2;
+
+		if (r->ids[mid] <= x)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return r->n - lo;
+}
+
+/* The oldest enqueue time of the row's ids in (a, b] that skip lacks. */
+static void
+row_oldest(OutboxTallyProbe *p, RowIds *r)
+{
+	int			i;
+
+	for (i = 0; i < r->n; i++)
+	{
+		if (r->ids[i] <= p->a)
+			continue;
+		if (r->ids[i] > p->b)
+			break;
+		if (p->skip != NULL && hash_search(p->skip, &r->ids[i], HASH_FIND, NULL) != NULL)
+			continue;
+		if (p->oldest == 0 || r->ats[i] < p->oldest)
+			p->oldest = r->ats[i];
+	}
+}
+
+/*
+ * For each probe: how many events of its topic without deliver_at the
+ * tally counts in ids (a, b], and the oldest enqueue time among them
+ * (leaving out the ids in skip).  a and b must lie within the bounds read
+ * with the same snapshot (outbox_tally_bounds).
+ */
+void
+outbox_tally_count(OutboxTallyProbe *probes, int n, Snapshot snap)
+{
+	static SPIPlanPtr count_plan = NULL;
+	static SPIPlanPtr next_plan = NULL;
+	Datum	   *nos = palloc(sizeof(Datum) * Max(n, 1));
+	Datum	   *topics = palloc(sizeof(Datum) * Max(n, 1));
+	Datum	   *as = palloc(sizeof(Datum) * Max(n, 1));
+	Datum	   *bs = palloc(sizeof(Datum) * Max(n, 1));
+	int64	   *after = palloc(sizeof(int64) * Max(n, 1));
+	Datum		args[4];
+	int			i,
+				m;
+	uint64		r;
+
+	if (n == 0)
+		return;
+	if (count_plan == NULL)
+	{
+		Oid			t4[4] = {INT4ARRAYOID, TEXTARRAYOID, INT8ARRAYOID, INT8ARRAYOID};
+		Oid			t3[3] = {INT4ARRAYOID, TEXTARRAYOID, INT8ARRAYOID};
+
+		count_plan = outbox_prepare(
+			"SELECT q.n, fa.upto, fa.total, fa.ids, fa.enqueued_at,"
+			" fb.total, fb.ids, lb.total"
+			" FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2),"
+			"  pg_catalog.unnest($3), pg_catalog.unnest($4)) AS q(n, topic, a, b)"
+			" LEFT JOIN LATERAL (SELECT t.upto, t.total, t.ids, t.enqueued_at"
+			"  FROM outbox.tally t WHERE t.topic OPERATOR(pg_catalog.=) q.topic"
+			"  AND t.upto OPERATOR(pg_catalog.>) q.a ORDER BY t.upto LIMIT 1) fa ON true"
+			" LEFT JOIN LATERAL (SELECT t.total, t.ids"
+			"  FROM outbox.tally t WHERE t.topic OPERATOR(pg_catalog.=) q.topic"
+			"  AND t.upto OPERATOR(pg_catalog.>) q.b ORDER BY t.upto LIMIT 1) fb ON true"
+			" LEFT JOIN LATERAL (SELECT t.total"
+			"  FROM outbox.tally t WHERE t.topic OPERATOR(pg_catalog.=) q.topic"
+			"  AND t.upto OPERATOR(pg_catalog.<=) q.b ORDER BY t.upto DESC LIMIT 1) lb ON true",
+			4, t4);
+		next_plan = outbox_prepare(
+			"SELECT q.n, t.upto, t.ids, t.enqueued_at, t.since"
+			" FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2),"
+			"  pg_catalog.unnest($3)) AS q(n, topic, after)"
+			" JOIN LATERAL (SELECT t.upto, t.ids, t.enqueued_at, t.since"
+			"  FROM outbox.tally t WHERE t.topic OPERATOR(pg_catalog.=) q.topic"
+			"  AND t.upto OPERATOR(pg_catalog.>) q.after ORDER BY t.upto LIMIT 1) t ON true",
+			3, t3);
+	}
+	for (i = 0; i < n; i++)
+	{
+		probes[i].count = 0;
+		probes[i].oldest = 0;
+		nos[i] = Int32GetDatum(i);
+		topics[i] = CStringGetTextDatum(probes[i].topic);
+		as[i] = Int64GetDatum(probes[i].a);
+		bs[i] = Int64GetDatum(probes[i].b);
+		after[i] = -1;			/* no more rows to read for the oldest */
+	}
+	args[0] = PointerGetDatum(construct_array(nos, n, INT4OID, 4, true, TYPALIGN_INT));
+	args[1] = PointerGetDatum(construct_array(topics, n, TEXTOID, -1, false, TYPALIGN_INT));
+	args[2] = PointerGetDatum(construct_array(as, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	args[3] = PointerGetDatum(construct_array(bs, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	if (SPI_execute_snapshot(count_plan, args, NULL, snap, InvalidSnapshot,
+							 true, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "tally count failed");
+	for (r = 0; r < SPI_processed; r++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[r];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		OutboxTallyProbe *p;
+		int64		upto,
+					cum_a,
+					cum_b;
+		RowIds		fa;
+
+		i = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
+		p = &probes[i];
+		upto = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
+		if (isnull)
+			continue;			/* no event of the topic past a */
+		row_ids(tup, desc, 4, 5, &fa);
+		cum_a = DatumGetInt64(SPI_getbinval(tup, desc, 3, &isnull)) - ids_after(&fa, p->a);
+		(void) SPI_getbinval(tup, desc, 6, &isnull);
+		if (!isnull)
+		{
+			RowIds		fb;
+
+			row_ids(tup, desc, 7, 0, &fb);
+			cum_b = DatumGetInt64(SPI_getbinval(tup, desc, 6, &isnull)) - ids_after(&fb, p->b);
+		}
+		else
+		{
+			cum_b = DatumGetInt64(SPI_getbinval(tup, desc, 8, &isnull));
+			if (isnull)
+				elog(ERROR, "tally of topic \"%s\" has no row up to " INT64_FORMAT,
+					 p->topic, p->b);
+		}
+		p->count = cum_b - cum_a;
+		if (p->count <= 0)
+			continue;
+		row_oldest(p, &fa);
+		if (upto < p->b)
+			after[i] = upto;
+	}
+	SPI_freetuptable(SPI_tuptable);
+
+	/* the oldest: row after row, until no later event can be older */
+	for (;;)
+	{
+		m = 0;
+		for (i = 0; i < n; i++)
+			if (after[i] >= 0)
+			{
+				nos[m] = Int32GetDatum(i);
+				topics[m] = CStringGetTextDatum(probes[i].topic);
+				as[m++] = Int64GetDatum(after[i]);
+				after[i] = -1;
+			}
+		if (m == 0)
+			break;
+		CHECK_FOR_INTERRUPTS();
+		args[0] = PointerGetDatum(construct_array(nos, m, INT4OID, 4, true, TYPALIGN_INT));
+		args[1] = PointerGetDatum(construct_array(topics, m, TEXTOID, -1, false, TYPALIGN_INT));
+		args[2] = PointerGetDatum(construct_array(as, m, INT8OID, 8, FLOAT8PASSBYVAL,
+												  TYPALIGN_DOUBLE));
+		if (SPI_execute_snapshot(next_plan, args, NULL, snap, InvalidSnapshot,
+								 true, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "tally lookup failed");
+		for (r = 0; r < SPI_processed; r++)
+		{
+			HeapTuple	tup = SPI_tuptable->vals[r];
+			TupleDesc	desc = SPI_tuptable->tupdesc;
+			bool		isnull;
+			OutboxTallyProbe *p;
+			int64		upto;
+			Datum		since;
+			RowIds		row;
+
+			i = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
+			p = &probes[i];
+			upto = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
+			since = SPI_getbinval(tup, desc, 5, &isnull);
+			/* nothing of this row on was enqueued before what was found */
+			if (p->oldest != 0 && !isnull && DatumGetTimestampTz(since) >= p->oldest)
+				continue;
+			row_ids(tup, desc, 3, 4, &row);
+			row_oldest(p, &row);
+			if (upto < p->b)
+				after[i] = upto;
+		}
+		SPI_freetuptable(SPI_tuptable);
+	}
+}
