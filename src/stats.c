@@ -1123,7 +1123,7 @@ count_tallied(StreamSub *subs, int nsubs)
 				owners[nprobes++] = ss;
 			}
 	}
-	outbox_tally_count(probes, nprobes, snap);
+	outbox_tally_count(probes, nprobes, t_upto, snap);
 	UnregisterSnapshot(snap);
 	for (i = 0; i < nprobes; i++)
 	{

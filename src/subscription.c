@@ -101,6 +101,28 @@ installed_version(void)
 }
 
 /*
+ * Oids of outbox's tables by name, as looked up since the last relcache
+ * invalidation: a reader of every subscription's chain looks up a dozen
+ * names per subscription (two catalog cache lookups each).  Any
+ * invalidation empties it, so a table dropped or renamed is looked up
+ * again, exactly when the catalog caches would see it.
+ */
+#define RELID_CACHE_SIZE 48
+
+static struct
+{
+	char		name[NAMEDATALEN];
+	Oid			relid;
+}			relid_cache[RELID_CACHE_SIZE];
+static int	relid_cached = 0;
+
+static void
+relid_invalidate(Datum arg, Oid relid)
+{
+	relid_cached = 0;
+}
+
+/*
  * The oid of a table of the outbox schema.  A table that is missing
  * because the schema is older than this library (ALTER EXTENSION UPDATE
  * not run yet) is a clear error with a hint, never a misread.
@@ -108,8 +130,21 @@ installed_version(void)
 Oid
 outbox_relid(const char *relname)
 {
-	Oid			nsp = get_namespace_oid("outbox", false);
-	Oid			relid = get_relname_relid(relname, nsp);
+	static bool registered = false;
+	Oid			nsp;
+	Oid			relid;
+	int			i;
+
+	for (i = 0; i < relid_cached; i++)
+		if (strcmp(relid_cache[i].name, relname) == 0)
+			return relid_cache[i].relid;
+	if (!registered)
+	{
+		CacheRegisterRelcacheCallback(relid_invalidate, (Datum) 0);
+		registered = true;
+	}
+	nsp = get_namespace_oid("outbox", false);
+	relid = get_relname_relid(relname, nsp);
 
 	if (!OidIsValid(relid))
 	{
@@ -122,6 +157,11 @@ outbox_relid(const char *relname)
 							OUTBOX_SCHEMA_VERSION, version),
 					 errhint("Run ALTER EXTENSION outbox UPDATE.")));
 		elog(ERROR, "outbox relation \"%s\" is missing", relname);
+	}
+	if (relid_cached < RELID_CACHE_SIZE && strlen(relname) < NAMEDATALEN)
+	{
+		strlcpy(relid_cache[relid_cached].name, relname, NAMEDATALEN);
+		relid_cache[relid_cached++].relid = relid;
 	}
 	return relid;
 }

@@ -463,10 +463,11 @@ row_oldest(OutboxTallyProbe *p, RowIds *r)
  * For each probe: how many events of its topic without deliver_at the
  * tally counts in ids (a, b], and the oldest enqueue time among them
  * (leaving out the ids in skip).  a and b must lie within the bounds read
- * with the same snapshot (outbox_tally_bounds).
+ * with the same snapshot (outbox_tally_bounds), newest the newest stretch's
+ * end.
  */
 void
-outbox_tally_count(OutboxTallyProbe *probes, int n, Snapshot snap)
+outbox_tally_count(OutboxTallyProbe *probes, int n, int64 newest, Snapshot snap)
 {
 	static SPIPlanPtr count_plan = NULL;
 	static SPIPlanPtr next_plan = NULL;
@@ -475,7 +476,7 @@ outbox_tally_count(OutboxTallyProbe *probes, int n, Snapshot snap)
 	Datum	   *as = palloc(sizeof(Datum) * Max(n, 1));
 	Datum	   *bs = palloc(sizeof(Datum) * Max(n, 1));
 	int64	   *after = palloc(sizeof(int64) * Max(n, 1));
-	Datum		args[4];
+	Datum		args[5];
 	int			i,
 				m;
 	uint64		r;
@@ -484,7 +485,7 @@ outbox_tally_count(OutboxTallyProbe *probes, int n, Snapshot snap)
 		return;
 	if (count_plan == NULL)
 	{
-		Oid			t4[4] = {INT4ARRAYOID, TEXTARRAYOID, INT8ARRAYOID, INT8ARRAYOID};
+		Oid			t5[5] = {INT4ARRAYOID, TEXTARRAYOID, INT8ARRAYOID, INT8ARRAYOID, INT8OID};
 		Oid			t3[3] = {INT4ARRAYOID, TEXTARRAYOID, INT8ARRAYOID};
 
 		count_plan = outbox_prepare(
@@ -495,13 +496,15 @@ outbox_tally_count(OutboxTallyProbe *probes, int n, Snapshot snap)
 			" LEFT JOIN LATERAL (SELECT t.upto, t.total, t.ids, t.enqueued_at"
 			"  FROM outbox.tally t WHERE t.topic OPERATOR(pg_catalog.=) q.topic"
 			"  AND t.upto OPERATOR(pg_catalog.>) q.a ORDER BY t.upto LIMIT 1) fa ON true"
+			/* none past the newest stretch ($5): no lookup */
 			" LEFT JOIN LATERAL (SELECT t.total, t.ids"
-			"  FROM outbox.tally t WHERE t.topic OPERATOR(pg_catalog.=) q.topic"
+			"  FROM outbox.tally t WHERE q.b OPERATOR(pg_catalog.<) $5"
+			"  AND t.topic OPERATOR(pg_catalog.=) q.topic"
 			"  AND t.upto OPERATOR(pg_catalog.>) q.b ORDER BY t.upto LIMIT 1) fb ON true"
 			" LEFT JOIN LATERAL (SELECT t.total"
 			"  FROM outbox.tally t WHERE t.topic OPERATOR(pg_catalog.=) q.topic"
 			"  AND t.upto OPERATOR(pg_catalog.<=) q.b ORDER BY t.upto DESC LIMIT 1) lb ON true",
-			4, t4);
+			5, t5);
 		next_plan = outbox_prepare(
 			"SELECT q.n, t.upto, t.ids, t.enqueued_at, t.since"
 			" FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2),"
@@ -525,6 +528,7 @@ outbox_tally_count(OutboxTallyProbe *probes, int n, Snapshot snap)
 	args[1] = PointerGetDatum(construct_array(topics, n, TEXTOID, -1, false, TYPALIGN_INT));
 	args[2] = PointerGetDatum(construct_array(as, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 	args[3] = PointerGetDatum(construct_array(bs, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	args[4] = Int64GetDatum(newest);
 	if (SPI_execute_snapshot(count_plan, args, NULL, snap, InvalidSnapshot,
 							 true, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "tally count failed");

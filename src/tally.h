@@ -28,6 +28,7 @@ typedef struct OutboxTallyProbe
 extern void outbox_tally(OutboxDbSlot *slot, uint32 activity);
 extern bool outbox_tally_bounds(Snapshot snap, int64 *start, int64 *upto,
 								int64 **open, int *nopen);
-extern void outbox_tally_count(OutboxTallyProbe *probes, int n, Snapshot snap);
+extern void outbox_tally_count(OutboxTallyProbe *probes, int n, int64 newest,
+							   Snapshot snap);
 
 #endif							/* OUTBOX_TALLY_H */
