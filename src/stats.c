@@ -6,17 +6,22 @@
  * Counts come from three places: outbox.delivery (exceptions), the ids
  * still listed in outbox.batch (leased from the stream), and the stream
  * itself past the subscription's chain (ready, or scheduled when delayed).
- * All three are read as of the chain's snapshot, so that a delivery moving
- * from one to another while stats runs (a hand-over, a fail, lease expiry)
- * is counted once; the statement's own snapshot, older, would miss it.
+ * The slices are read before the delivery rows, and the delivery rows with
+ * one snapshot for all unordered subscriptions (count_unordered), so that
+ * a delivery moving from one to another while stats runs (a hand-over, a
+ * fail, lease expiry) is counted once; the statement's own snapshot,
+ * older, would miss it.  Ordered subscriptions read theirs at the chain's
+ * snapshot, one by one.
  *
- * Counting the stream reads the backlog.  The stream holds every topic's
- * events, so reading it once per subscription cost subscriptions times the
- * whole backlog (1,000 subscriptions, 1M events: over 120 s).  The
- * unordered subscriptions share one pass instead (shared_scan): each event
- * is looked up by its topic among the subscriptions that read it.  Ordered
- * subscriptions, whose count depends on keys in stream order, read their
- * own segments.
+ * The stream: each segment of a chain is cut into the ranges of ids whose
+ * events are in its delta if they committed (contained_ranges).  What of
+ * them the worker has tallied (tally.c) is counted from the tally, two
+ * rows per topic and range, whatever the backlog (count_tallied); the rest
+ * (mostly what the tally has not reached yet, a second or so of traffic)
+ * is read in one pass shared by all unordered subscriptions (shared_scan),
+ * each event looked up by its topic among the subscriptions that read it.
+ * Ordered subscriptions, whose count depends on keys in stream order, read
+ * their own segments.
  *
  *-------------------------------------------------------------------------
  */

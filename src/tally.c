@@ -324,13 +324,18 @@ tally_unit(void *arg)
  * count moves and twice after it stopped (as advance_subscriptions does: a
  * transaction that ended after the last round may still have left events),
  * and until a long stream is all counted.  slot NULL (no shared memory):
- * every round.
+ * every round.  A long stream (a burst, or the stream there was before an
+ * update or a restore) takes units of TALLY_MAX_EVENTS for up to
+ * TALLY_ROUND_MS a round, with notifications sent between them.
  */
+#define TALLY_ROUND_MS 500
+
 void
 outbox_tally(OutboxDbSlot *slot, uint32 activity)
 {
 	static uint32 tallied_activity = 0;
 	static int	rounds = 0;
+	TimestampTz start = GetCurrentTimestamp();
 
 	if (slot != NULL && activity == tallied_activity && rounds > 2 && !tally_more)
 		return;
@@ -338,8 +343,15 @@ outbox_tally(OutboxDbSlot *slot, uint32 activity)
 		rounds = 0;
 	tallied_activity = activity;
 	rounds++;
-	(void) outbox_sub_unit("outbox: tally the stream", OUTBOX_DB_TALLY, 0, 0,
-						   tally_unit, NULL);
+	for (;;)
+	{
+		CHECK_FOR_INTERRUPTS();
+		if (!outbox_sub_unit("outbox: tally the stream", OUTBOX_DB_TALLY, 0, 0,
+							 tally_unit, NULL) || !tally_more ||
+			TimestampDifferenceExceeds(start, GetCurrentTimestamp(), TALLY_ROUND_MS))
+			break;
+		outbox_notify_between();
+	}
 }
 
 /*
