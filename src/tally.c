@@ -24,11 +24,14 @@
 #include "maintain.h"
 #include "tally.h"
 
+#include "access/genam.h"
+#include "access/table.h"
 #include "access/transam.h"
 #include "catalog/pg_type.h"
 #include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/hsearch.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
@@ -53,6 +56,80 @@ static int	nrecent = 0;
 
 /* the last unit stopped at TALLY_MAX_EVENTS */
 static bool tally_more = false;
+
+/*
+ * A stretch stops before a running transaction that has written events
+ * (stats would read all of them, each time, for as long as the backlog
+ * holds them), for up to TALLY_WAIT_ROUNDS rounds: a bulk enqueue ends
+ * soon.  Past that (a transaction held open) it is passed and listed as
+ * open.  One that has written nothing yet (a consumer's) is passed at once.
+ */
+#define TALLY_WAIT_ROUNDS 10
+
+static uint64 waited_xid = 0;	/* the transaction the last stretch stopped at */
+static int	waited_rounds = 0;
+
+/* Has transaction xid (shifted) inserted events, committed or not? */
+static bool
+has_events(uint64 xid)
+{
+	SnapshotData dirty;
+	char		name[NAMEDATALEN];
+	bool		found = false;
+	int			b;
+
+	InitDirtySnapshot(dirty);
+	for (b = 0; b <= OUTBOX_BUCKETS && !found; b++)
+	{
+		Relation	rel;
+		SysScanDesc scan;
+		ScanKeyData key[2];
+
+		if (b < OUTBOX_BUCKETS)
+			snprintf(name, sizeof(name), "event_%d", b);
+		else
+			strlcpy(name, "event_kept", sizeof(name));
+		rel = table_open(outbox_relid(name), AccessShareLock);
+		ScanKeyInit(&key[0], 1, BTGreaterEqualStrategyNumber, F_INT8GE,
+					Int64GetDatum(OUTBOX_XID_FIRST_ID(xid)));
+		ScanKeyInit(&key[1], 1, BTLessStrategyNumber, F_INT8LT,
+					Int64GetDatum(OUTBOX_XID_FIRST_ID(xid + 1)));
+		scan = systable_beginscan(rel, outbox_part_index(rel, "event_id_idx"), true,
+								  &dirty, 2, key);
+		found = HeapTupleIsValid(systable_getnext(scan));
+		systable_endscan(scan);
+		table_close(rel, AccessShareLock);
+	}
+	return found;
+}
+
+/*
+ * Where this stretch may end, at most: before the oldest running
+ * transaction after "from" that has written events, while it has not
+ * been waited for TALLY_WAIT_ROUNDS rounds.
+ */
+static int64
+stretch_end(OutboxSnap *os, int64 from, int64 horizon)
+{
+	uint32		i;
+
+	for (i = 0; i < os->nxip; i++)
+	{
+		uint64		x = U64FromFullTransactionId(os->xip[i]);
+
+		if (OUTBOX_XID_FIRST_ID(x + 1) - 1 <= from || !has_events(x))
+			continue;
+		if (x != waited_xid)
+		{
+			waited_xid = x;
+			waited_rounds = 0;
+		}
+		if (++waited_rounds > TALLY_WAIT_ROUNDS)
+			continue;
+		return Max(from, OUTBOX_XID_FIRST_ID(x) - 1);
+	}
+	return horizon;
+}
 
 /* one topic's events of the stretch */
 typedef struct TopicTally
@@ -215,6 +292,8 @@ tally_unit(void *arg)
 		from = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
 										   SPI_tuptable->tupdesc, 1, &isnull));
 	}
+	if (horizon > from)
+		horizon = stretch_end(os, from, horizon);
 	if (horizon <= from)
 	{
 		UnregisterSnapshot(snap);

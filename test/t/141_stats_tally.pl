@@ -135,9 +135,24 @@ for my $i (1 .. 5)
 		SELECT count(outbox.enqueue(t, '{}')) FROM generate_series(1, 50) g,
 			   unnest(ARRAY['a', 'b', 'c']) t});
 }
-# the tally stops at the open transaction: what follows it is read
+# the tally waits for a transaction that has written events (a bulk
+# enqueue ends soon): what follows it is read
 sleep(2);
-compare('a transaction open');
+compare('a transaction open, waited for');
+# ... for ten rounds while activity goes on; then it passes it, lists it
+# as open, and stats read its events
+my $xid = $open->query_safe('SELECT pg_current_xact_id()');
+my $passed = 0;
+for my $i (1 .. 60)
+{
+	$node->safe_psql('postgres', q{SELECT outbox.enqueue('b', '{"tick": 1}')});
+	$passed = $node->safe_psql('postgres', qq{
+		SELECT count(*) FROM outbox.tally WHERE topic = '' AND $xid = ANY (open)});
+	last if $passed;
+	sleep(1);
+}
+is($passed, '1', 'the tally passed the transaction held open and listed it');
+compare('a transaction open, passed');
 $open->query_safe(q{SELECT outbox.enqueue('b', '{"open": 2}'); COMMIT});
 $open->quit;
 wait_for_tally('after the open transaction');
