@@ -10,13 +10,15 @@
  * running, which the stretch's row of topic '' lists (open: stats read
  * their events), and the stretch's rows never change.  For each topic with
  * committed events (without deliver_at) in the stretch it writes one row:
- * a running total, and the stretch's ids and enqueue times.  A count over ids (a, b] is then two running totals, less the ids
- * of the two edge rows past a and b; the oldest event is found in the
- * first rows past a, since a row also says before which time none of its
- * events (or later ones) was enqueued (since).
+ * a running total, and the stretch's ids and enqueue times.  A count over
+ * ids (a, b] is then two running totals, less the ids of the two edge rows
+ * past a and b; the oldest event is found in the first rows past a, since
+ * a row also says before which time none of its events (or later ones) was
+ * enqueued (since).
  *
  * A transaction held open (a consumer working inside its claim) costs
- * stats one lookup of its ids, not the stream after it.
+ * stats one lookup of its ids, not the stream after it; one that is
+ * writing events is waited for a while (stretch_end).
  *
  *-------------------------------------------------------------------------
  */
