@@ -17,7 +17,7 @@
  * events are in its delta if they committed (contained_ranges).  What of
  * them the worker has tallied (tally.c) is counted from the tally, two
  * rows per topic and range, whatever the backlog (count_tallied); the rest
- * (mostly what the tally has not reached yet, a second or so of traffic)
+ * (mostly what the tally has not reached yet, a few seconds of traffic)
  * is read in one pass shared by all unordered subscriptions (shared_scan),
  * each event looked up by its topic among the subscriptions that read it.
  * Ordered subscriptions, whose count depends on keys in stream order, read
