@@ -1589,9 +1589,9 @@ outbox_chain_hand_over_all(OutboxChain *chain, bool unkeyed_only)
 	}
 }
 
-/* An array of n datums of a type, for the cursor insert. */
-static Datum
-make_array(Datum *elems, int n, Oid type)
+/* An array of n datums of a type, as an argument of a query. */
+Datum
+outbox_make_array(Datum *elems, int n, Oid type)
 {
 	int16		typlen;
 	bool		typbyval;
@@ -1862,14 +1862,14 @@ fold_insert(Fold *f, int64 fold_no, int64 scan_from, int64 scan_gen)
 		cols[6][i] = Int64GetDatum(f->out[i].pos_to);
 		cols[7][i] = BoolGetDatum(f->out[i].ended);
 	}
-	args[10] = make_array(cols[0], f->nout, INT8OID);
-	args[11] = make_array(cols[1], f->nout, INT8OID);
-	args[12] = make_array(cols[2], f->nout, INT8OID);
-	args[13] = make_array(cols[3], f->nout, PG_SNAPSHOTOID);
-	args[14] = make_array(cols[4], f->nout, PG_SNAPSHOTOID);
-	args[15] = make_array(cols[5], f->nout, INT8OID);
-	args[16] = make_array(cols[6], f->nout, INT8OID);
-	args[17] = make_array(cols[7], f->nout, BOOLOID);
+	args[10] = outbox_make_array(cols[0], f->nout, INT8OID);
+	args[11] = outbox_make_array(cols[1], f->nout, INT8OID);
+	args[12] = outbox_make_array(cols[2], f->nout, INT8OID);
+	args[13] = outbox_make_array(cols[3], f->nout, PG_SNAPSHOTOID);
+	args[14] = outbox_make_array(cols[4], f->nout, PG_SNAPSHOTOID);
+	args[15] = outbox_make_array(cols[5], f->nout, INT8OID);
+	args[16] = outbox_make_array(cols[6], f->nout, INT8OID);
+	args[17] = outbox_make_array(cols[7], f->nout, BOOLOID);
 	if (SPI_execute_plan(ins_plan, args, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "cursor insert failed");
 }

@@ -140,6 +140,7 @@ extern char *outbox_sub_name_arg(FunctionCallInfo fcinfo);
 extern OutboxSub *outbox_lookup_sub(const char *name);
 extern OutboxSub *outbox_find_sub(const char *name);
 extern OutboxSub **outbox_find_subs(int *nsubs);
+extern bool outbox_sub_receives(OutboxSub *sub, const char *topic);
 extern void outbox_check_consume(OutboxSub *sub, Oid caller);
 extern OutboxSub *outbox_consumer_begin(FunctionCallInfo fcinfo, Oid *save_user,
 										int *save_sec);
@@ -151,6 +152,7 @@ extern void outbox_restore_user(Oid save_userid, int save_sec);
 extern Oid	outbox_relid(const char *relname);
 extern bool outbox_lock_extension(bool missing_ok);
 extern SPIPlanPtr outbox_prepare(const char *sql, int nargs, Oid *argtypes);
+extern Datum outbox_make_array(Datum *elems, int n, Oid type);
 extern SPIPlanPtr outbox_prepare_generic(const char *sql, int nargs, Oid *argtypes);
 extern int64 outbox_interval_usecs(const Interval *iv);
 extern void outbox_check_interval(const Interval *iv, const char *what);

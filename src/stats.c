@@ -315,27 +315,6 @@ stream_sub_row(StreamSub *ss, int64 id, bool tallied)
 	r->tallied = tallied;
 }
 
-/* Does the subscription read this topic? */
-static bool
-sub_reads(OutboxSub *sub, const char *topic)
-{
-	Datum	   *elems;
-	int			n,
-				i;
-
-	if (sub->topics == NULL)
-		return true;
-	deconstruct_array(sub->topics, TEXTOID, -1, false, TYPALIGN_INT, &elems, NULL, &n);
-	for (i = 0; i < n; i++)
-	{
-		char	   *t = TextDatumGetCString(elems[i]);
-
-		if (strcmp(t, topic) == 0)
-			return true;
-	}
-	return false;
-}
-
 /* Is the id in one of the segment's ranges that the tally counts? */
 static bool
 in_mids(StreamSub *ss, int i, int64 id)
@@ -698,19 +677,6 @@ sub_entry(HTAB *by_id, HeapTuple tup, TupleDesc desc)
 	return e->ss;
 }
 
-static Datum
-int4_array(Datum *d, int n)
-{
-	return PointerGetDatum(construct_array(d, n, INT4OID, 4, true, TYPALIGN_INT));
-}
-
-static Datum
-int8_array(Datum *d, int n)
-{
-	return PointerGetDatum(construct_array(d, n, INT8OID, 8, FLOAT8PASSBYVAL,
-										   TYPALIGN_DOUBLE));
-}
-
 /* outbox.delivery, counted by state for every unordered subscription */
 static void
 count_rows(HTAB *by_id, Datum *sub_ids, int nsubs, Snapshot snap,
@@ -738,7 +704,7 @@ count_rows(HTAB *by_id, Datum *sub_ids, int nsubs, Snapshot snap,
 			" AND state OPERATOR(pg_catalog.<>) 'done'"
 			" GROUP BY sub_id", 2, types);
 	}
-	args[0] = int4_array(sub_ids, nsubs);
+	args[0] = outbox_make_array(sub_ids, nsubs, INT4OID);
 	args[1] = TimestampTzGetDatum(now);
 	if (SPI_execute_snapshot(plan, args, NULL, snap, InvalidSnapshot,
 							 true, false, 0) != SPI_OK_SELECT)
@@ -804,8 +770,8 @@ count_leased(HTAB *by_id, StreamSub *subs, int nsubs, Snapshot snap)
 							  " AND d.event_id OPERATOR(pg_catalog.=) s.event_id"
 							  " GROUP BY d.sub_id", 2, types);
 	}
-	args[0] = int4_array(sub_ids, n);
-	args[1] = int8_array(ids, n);
+	args[0] = outbox_make_array(sub_ids, n, INT4OID);
+	args[1] = outbox_make_array(ids, n, INT8OID);
 	if (SPI_execute_snapshot(plan, args, NULL, snap, InvalidSnapshot,
 							 true, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "delivery count failed");
@@ -859,9 +825,9 @@ stream_rows(HTAB *by_id, StreamSub *subs, int nsubs, Snapshot snap)
 							  "  FROM outbox.event e WHERE e.id OPERATOR(pg_catalog.=) d.event_id"
 							  "  LIMIT 1) e ON true", 3, types);
 	}
-	args[0] = int4_array(sub_ids, n);
-	args[1] = int8_array(los, n);
-	args[2] = int8_array(his, n);
+	args[0] = outbox_make_array(sub_ids, n, INT4OID);
+	args[1] = outbox_make_array(los, n, INT8OID);
+	args[2] = outbox_make_array(his, n, INT8OID);
 	if (SPI_execute_snapshot(plan, args, NULL, snap, InvalidSnapshot,
 							 true, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "delivery lookup failed");
@@ -877,7 +843,7 @@ stream_rows(HTAB *by_id, StreamSub *subs, int nsubs, Snapshot snap)
 			DatumGetBool(SPI_getbinval(tup, desc, 4, &isnull));
 
 		stream_sub_row(ss, DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull)),
-					   plain && sub_reads(ss->sub, TextDatumGetCString(topic)));
+					   plain && outbox_sub_receives(ss->sub, TextDatumGetCString(topic)));
 	}
 	SPI_freetuptable(SPI_tuptable);
 }

@@ -34,22 +34,6 @@ typedef struct StatusRow
 	TimestampTz done_at;
 } StatusRow;
 
-static bool
-receives_topic(OutboxSub *sub, const char *topic)
-{
-	Datum	   *topics;
-	int			n,
-				i;
-
-	if (sub->topics == NULL)
-		return true;
-	deconstruct_array(sub->topics, TEXTOID, -1, false, TYPALIGN_INT, &topics, NULL, &n);
-	for (i = 0; i < n; i++)
-		if (strcmp(TextDatumGetCString(topics[i]), topic) == 0)
-			return true;
-	return false;
-}
-
 /* Its delivery row, if it has one. */
 static bool
 from_delivery(OutboxSub *sub, int64 id, StatusRow *row)
@@ -234,7 +218,7 @@ outbox_event_status(PG_FUNCTION_ARGS)
 			OutboxChain *chain;
 			bool		pending;
 
-			if (!receives_topic(sub, topic) ||
+			if (!outbox_sub_receives(sub, topic) ||
 				outbox_snap_visible(sub->origin, OUTBOX_ID_XID(id)))
 				continue;
 			chain = outbox_chain_read(sub->id);

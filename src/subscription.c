@@ -435,6 +435,23 @@ outbox_find_sub(const char *name)
 	return sub_from_row(SPI_tuptable->vals[0], SPI_tuptable->tupdesc);
 }
 
+/* Does the subscription receive events of this topic? */
+bool
+outbox_sub_receives(OutboxSub *sub, const char *topic)
+{
+	Datum	   *topics;
+	int			n,
+				i;
+
+	if (sub->topics == NULL)
+		return true;
+	deconstruct_array(sub->topics, TEXTOID, -1, false, TYPALIGN_INT, &topics, NULL, &n);
+	for (i = 0; i < n; i++)
+		if (strcmp(TextDatumGetCString(topics[i]), topic) == 0)
+			return true;
+	return false;
+}
+
 /*
  * Every subscription as it is now, by name (outbox_find_sub for all of
  * them in one query: a reader of every subscription looked each one up,

@@ -62,14 +62,14 @@ static bool tally_more = false;
 /*
  * A stretch stops before a running transaction that has written events
  * (stats would read all of them, each time, for as long as the backlog
- * holds them), for up to TALLY_WAIT_ROUNDS rounds: a bulk enqueue ends
- * soon.  Past that (a transaction held open) it is passed and listed as
- * open.  One that has written nothing yet (a consumer's) is passed at once.
+ * holds them), for up to TALLY_WAIT_MS: a bulk enqueue ends soon.  Past
+ * that (a transaction held open) it is passed and listed as open.  One
+ * that has written nothing yet (a consumer's) is passed at once.
  */
-#define TALLY_WAIT_ROUNDS 10
+#define TALLY_WAIT_MS 10000
 
 static uint64 waited_xid = 0;	/* the transaction the last stretch stopped at */
-static int	waited_rounds = 0;
+static TimestampTz waited_since = 0;
 
 /* Has transaction xid (shifted) inserted events, committed or not? */
 static bool
@@ -108,7 +108,7 @@ has_events(uint64 xid)
 /*
  * Where this stretch may end, at most: before the oldest running
  * transaction after "from" that has written events, while it has not
- * been waited for TALLY_WAIT_ROUNDS rounds.
+ * been waited for TALLY_WAIT_MS.
  */
 static int64
 stretch_end(OutboxSnap *os, int64 from, int64 horizon)
@@ -124,9 +124,9 @@ stretch_end(OutboxSnap *os, int64 from, int64 horizon)
 		if (x != waited_xid)
 		{
 			waited_xid = x;
-			waited_rounds = 0;
+			waited_since = GetCurrentTimestamp();
 		}
-		if (++waited_rounds > TALLY_WAIT_ROUNDS)
+		if (TimestampDifferenceExceeds(waited_since, GetCurrentTimestamp(), TALLY_WAIT_MS))
 			continue;
 		return Max(from, OUTBOX_XID_FIRST_ID(x) - 1);
 	}
@@ -223,10 +223,8 @@ write_row(const char *topic, int64 upto, int64 from, TopicTally *t,
 	args[1] = Int64GetDatum(upto);
 	args[2] = Int64GetDatum(from);
 	args[3] = Int64GetDatum(total + t->n);
-	args[4] = PointerGetDatum(construct_array(t->ids, t->n, INT8OID, 8,
-											  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	args[5] = PointerGetDatum(construct_array(t->ats, t->n, TIMESTAMPTZOID, 8,
-											  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	args[4] = outbox_make_array(t->ids, t->n, INT8OID);
+	args[5] = outbox_make_array(t->ats, t->n, TIMESTAMPTZOID);
 	args[6] = TimestampTzGetDatum(since);
 	nulls[6] = has_since ? ' ' : 'n';
 	args[7] = open;
@@ -292,13 +290,11 @@ write_topic_rows(HTAB *topics, int nall, int64 upto, int64 from,
 	args[1] = Int64GetDatum(from);
 	args[2] = TimestampTzGetDatum(since);
 	nulls[2] = has_since ? ' ' : 'n';
-	args[3] = PointerGetDatum(construct_array(names, n, TEXTOID, -1, false, TYPALIGN_INT));
-	args[4] = PointerGetDatum(construct_array(los, n, INT4OID, 4, true, TYPALIGN_INT));
-	args[5] = PointerGetDatum(construct_array(his, n, INT4OID, 4, true, TYPALIGN_INT));
-	args[6] = PointerGetDatum(construct_array(ids, k, INT8OID, 8, FLOAT8PASSBYVAL,
-											  TYPALIGN_DOUBLE));
-	args[7] = PointerGetDatum(construct_array(ats, k, TIMESTAMPTZOID, 8, FLOAT8PASSBYVAL,
-											  TYPALIGN_DOUBLE));
+	args[3] = outbox_make_array(names, n, TEXTOID);
+	args[4] = outbox_make_array(los, n, INT4OID);
+	args[5] = outbox_make_array(his, n, INT4OID);
+	args[6] = outbox_make_array(ids, k, INT8OID);
+	args[7] = outbox_make_array(ats, k, TIMESTAMPTZOID);
 	if (SPI_execute_plan(plan, args, nulls, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "tally insert failed");
 }
@@ -458,8 +454,7 @@ tally_unit(void *arg)
 				open[nopen++] = Int64GetDatum((int64) x);
 		}
 		write_row("", upto, from, &all, since, has_since,
-				  PointerGetDatum(construct_array(open, nopen, INT8OID, 8,
-												  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE)));
+				  outbox_make_array(open, nopen, INT8OID));
 	}
 	if (tally_more)
 		outbox_round_busy();
@@ -701,10 +696,10 @@ outbox_tally_count(OutboxTallyProbe *probes, int n, int64 newest, Snapshot snap)
 		bs[i] = Int64GetDatum(probes[i].b);
 		after[i] = -1;			/* no more rows to read for the oldest */
 	}
-	args[0] = PointerGetDatum(construct_array(nos, n, INT4OID, 4, true, TYPALIGN_INT));
-	args[1] = PointerGetDatum(construct_array(topics, n, TEXTOID, -1, false, TYPALIGN_INT));
-	args[2] = PointerGetDatum(construct_array(as, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	args[3] = PointerGetDatum(construct_array(bs, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	args[0] = outbox_make_array(nos, n, INT4OID);
+	args[1] = outbox_make_array(topics, n, TEXTOID);
+	args[2] = outbox_make_array(as, n, INT8OID);
+	args[3] = outbox_make_array(bs, n, INT8OID);
 	args[4] = Int64GetDatum(newest);
 	if (SPI_execute_snapshot(count_plan, args, NULL, snap, InvalidSnapshot,
 							 true, false, 0) != SPI_OK_SELECT)
@@ -766,10 +761,9 @@ outbox_tally_count(OutboxTallyProbe *probes, int n, int64 newest, Snapshot snap)
 		if (m == 0)
 			break;
 		CHECK_FOR_INTERRUPTS();
-		args[0] = PointerGetDatum(construct_array(nos, m, INT4OID, 4, true, TYPALIGN_INT));
-		args[1] = PointerGetDatum(construct_array(topics, m, TEXTOID, -1, false, TYPALIGN_INT));
-		args[2] = PointerGetDatum(construct_array(as, m, INT8OID, 8, FLOAT8PASSBYVAL,
-												  TYPALIGN_DOUBLE));
+		args[0] = outbox_make_array(nos, m, INT4OID);
+		args[1] = outbox_make_array(topics, m, TEXTOID);
+		args[2] = outbox_make_array(as, m, INT8OID);
 		if (SPI_execute_snapshot(next_plan, args, NULL, snap, InvalidSnapshot,
 								 true, false, 0) != SPI_OK_SELECT)
 			elog(ERROR, "tally lookup failed");

@@ -139,7 +139,7 @@ for my $i (1 .. 5)
 # enqueue ends soon): what follows it is read
 sleep(2);
 compare('a transaction open, waited for');
-# ... for ten rounds while activity goes on; then it passes it, lists it
+# ... for ten seconds while activity goes on; then it passes it, lists it
 # as open, and stats read its events
 my $xid = $open->query_safe('SELECT pg_current_xact_id()');
 my $passed = 0;
