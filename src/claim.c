@@ -650,6 +650,9 @@ write_slice(ClaimState *st, OutboxSlice *s, Candidate *cands, int n)
 	args[10] = Int64GetDatum(st->chain->gen_now);
 	if (SPI_execute_plan(plan, args, nulls, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "batch insert failed");
+	/* the worker looks for this lease's end then (lease.c) */
+	if (n > 0)
+		outbox_lease_after_commit(st->sub->id, st->lease_until);
 }
 
 /*

@@ -276,33 +276,38 @@ typedef struct SubName
 
 typedef struct AdvanceArgs
 {
-	List	   *subs;			/* of SubName, in cxt */
+	bool		find_stale;		/* look up the chains that hold back rotation */
+	List	   *subs;			/* of SubName, in cxt, by id */
+	List	   *stale;			/* of their ids, in cxt, ascending */
 	MemoryContext cxt;
 } AdvanceArgs;
 
-/* The subscriptions to advance this round: all of them (see below). */
+/*
+ * The subscriptions to advance this round: all of them, and those whose
+ * chains hold back the next rotation (see below).
+ */
 static void
 list_subscriptions_unit(void *arg)
 {
 	static SPIPlanPtr plan = NULL;
 	AdvanceArgs *a = arg;
 	uint64		i;
+	MemoryContext old;
 
 	/*
-	 * Every subscription, in every timed round that follows activity (see
-	 * advance_subscriptions).  The selective list of branch idle9-listq
-	 * probed each subscription's slices and cursor delta for events of its
-	 * topics; with backlogs of 1.2M events (bench/run's latency phase) it
-	 * took 1.1 s a round, and notifications waited for it (p99 800 ms).
+	 * The selective list of branch idle9-listq probed each subscription's
+	 * slices and cursor delta for events of its topics; with backlogs of
+	 * 1.2M events (bench/run's latency phase) it took 1.1 s a round, and
+	 * notifications waited for it (p99 800 ms).
 	 */
 	if (plan == NULL)
 		plan = outbox_prepare("SELECT id, name FROM outbox.subscription ORDER BY id", 0, NULL);
 	if (SPI_execute_plan(plan, NULL, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "subscription list failed");
+	old = MemoryContextSwitchTo(a->cxt);
 	for (i = 0; i < SPI_processed; i++)
 	{
 		bool		isnull;
-		MemoryContext old = MemoryContextSwitchTo(a->cxt);
 		SubName    *sn = palloc(sizeof(SubName));
 
 		sn->id = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i],
@@ -310,6 +315,14 @@ list_subscriptions_unit(void *arg)
 		sn->name = TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[i],
 													 SPI_tuptable->tupdesc, 2, &isnull));
 		a->subs = lappend(a->subs, sn);
+	}
+	MemoryContextSwitchTo(old);
+	if (a->find_stale)
+	{
+		List	   *stale = outbox_chain_stale_subs();
+
+		old = MemoryContextSwitchTo(a->cxt);
+		a->stale = list_copy(stale);
 		MemoryContextSwitchTo(old);
 	}
 }
@@ -320,11 +333,7 @@ advance_unit(void *arg)
 	outbox_claim_advance(outbox_lookup_sub(((SubName *) arg)->name));
 }
 
-/*
- * When the worker last advanced each subscription, by id: a subscription
- * whose consumer keeps claiming is advanced only this often
- * (advance_subscriptions).
- */
+/* when the worker last advanced each subscription, by id */
 typedef struct AdvancedAt
 {
 	int32		sub_id;
@@ -349,37 +358,28 @@ static HTAB *advanced_at = NULL;
  * but the folded cursor still passes the consumers' last slices, and
  * retention keeps events back to the oldest snapshot a passed slice
  * starts at (cursor_floor); the second folds the first one's slice, which
- * starts after them.  So the round that sees the count moved advances,
- * then ADVANCES_AFTER_ACTIVITY more.  Further advances would only record a snapshot moved
- * past the worker's own transactions: a slice and a cursor row per
- * subscription, each round, for nothing (the WAL of an idle 1.0, and its
- * chain rotations).  Without a slot nothing is counted, and every round
- * advances every subscription.
+ * starts after them.  So the round that sees the count stopped advances
+ * all, then ADVANCES_AFTER_ACTIVITY - 1 more.  Further advances would only
+ * record a snapshot moved past the worker's own transactions: a slice and
+ * a cursor row per subscription, each round, for nothing (the WAL of an
+ * idle 1.0, and its chain rotations).  Without a slot nothing is counted,
+ * and every round advances every subscription.
  *
- * While activity goes on, a subscription is advanced only once every half
- * outbox.chain_rotation: that keeps its cursor rows in recent generations
- * (rotation empties one only when no chain needs it) and bounds what its
- * claims read again of other topics' events; a quiet topic's claims read
- * none (outbox_topics_quiet_since).  Its consumer's claims move it in
- * between.  Before, every subscription not claimed from or notified in the
- * last round was advanced each round: with 1,000 subscriptions on their own
- * topics at 1,000 events/s, some 370 transactions a second, each writing.
+ * While activity goes on, consumers move and fold their own chains, and
+ * the worker advances only the chains that hold back the next rotation of
+ * chain generations (outbox_chain_stale_subs): those nobody claimed from
+ * for two to three rotations, or held back by a slice.  That keeps every
+ * chain in the generations rotation keeps, and moves a quiet
+ * subscription's cursor (so retention can drop what it passed) every few
+ * rotations; a quiet topic's claims read none of the other topics' events
+ * in between (outbox_topics_quiet_since).  A chain that stays stale after
+ * its advance (a lease still running in its oldest slice) is advanced
+ * again at most every half rotation.  Before, every subscription was
+ * advanced every half rotation: with 1,000 subscriptions on their own
+ * topics at 1,000 events/s, 200 transactions a second, each writing, 45 %
+ * of the worker's time, while consumers moved the same chains anyway.
  */
 #define ADVANCES_AFTER_ACTIVITY 2
-
-/*
- * A time up to half a rotation before now, fixed per subscription, to count
- * its last advance from: the advances of a thousand subscriptions spread
- * over the half rotation, instead of all falling in one round, with
- * notifications waiting behind them.
- */
-static TimestampTz
-spread(int32 sub_id, TimestampTz now)
-{
-	int64		half = (int64) outbox_chain_rotation / 2 * 1000;
-
-	return now - (int64) (((uint32) sub_id * 2654435761U) % 1000) * half / 1000;
-}
 
 static void
 advance_subscriptions(OutboxDbSlot *slot, uint32 activity)
@@ -388,10 +388,11 @@ advance_subscriptions(OutboxDbSlot *slot, uint32 activity)
 	static uint32 advanced_activity = 0;
 	static uint32 round = 0;
 	int			advanced = 0;
-	bool		skip_recent;
+	bool		only_stale;
 	TimestampTz now = GetCurrentTimestamp();
 	AdvanceArgs a;
 	ListCell   *lc;
+	ListCell   *stale_lc;
 	HASH_SEQ_STATUS seq;
 	AdvancedAt *e;
 
@@ -409,34 +410,42 @@ advance_subscriptions(OutboxDbSlot *slot, uint32 activity)
 								  HASH_ELEM | HASH_BLOBS);
 	}
 
-	a.subs = NIL;
-	a.cxt = CurrentMemoryContext;
-	if (!outbox_unit("outbox: list subscriptions", 0, list_subscriptions_unit, &a))
-		return;
 	if (slot == NULL || activity != advanced_activity)
 		advances = 0;
+	/* once the count stopped, every chain is advanced: no claim moves them */
+	only_stale = slot != NULL && advances == 0;
+
+	memset(&a, 0, sizeof(a));
+	a.cxt = CurrentMemoryContext;
+	a.find_stale = only_stale;
+	if (!outbox_unit("outbox: list subscriptions", 0, list_subscriptions_unit, &a))
+		return;
 	advanced_activity = activity;
 	advances++;
-	/* once the count stopped, every chain is advanced: no claim moves them */
-	skip_recent = slot != NULL && advances == 1;
 	round++;
 
+	stale_lc = list_head(a.stale);
 	foreach(lc, a.subs)
 	{
 		SubName    *sn = lfirst(lc);
 		bool		found;
+		bool		stale = false;
 		char	   *what;
 
 		CHECK_FOR_INTERRUPTS();
 		e = hash_search(advanced_at, &sn->id, HASH_ENTER, &found);
 		if (!found)
-			e->at = spread(sn->id, now);
+			e->at = 0;
 		e->round = round;
-		if (skip_recent &&
-			!TimestampDifferenceExceeds(e->at, now, outbox_chain_rotation / 2))
+		/* both lists ascend by id */
+		while (stale_lc != NULL && lfirst_int(stale_lc) < sn->id)
+			stale_lc = lnext(a.stale, stale_lc);
+		if (stale_lc != NULL && lfirst_int(stale_lc) == sn->id)
+			stale = true;
+		if (only_stale &&
+			(!stale || !TimestampDifferenceExceeds(e->at, now, outbox_chain_rotation / 2)))
 			continue;
-		/* after a round that advanced all, the next advances spread out */
-		e->at = skip_recent ? now : spread(sn->id, now);
+		e->at = now;
 		advanced++;
 		elog(DEBUG2, "outbox advances subscription \"%s\"", sn->name);
 		what = psprintf("outbox: advance subscription \"%s\"", sn->name);

@@ -51,12 +51,13 @@ extern bool outbox_notify_round(const OutboxBits *bits, bool timed, TimestampTz 
 extern void outbox_notify_between(void);
 
 /* lease.c */
-extern TimestampTz outbox_expire_leases(void);
+extern TimestampTz outbox_expire_leases(OutboxDbSlot *slot);
 
 /* retention.c */
 extern void outbox_clean_up(void);
 extern void outbox_rotate_and_truncate(void);
 extern void outbox_rotate_chain(void);
+extern List *outbox_chain_stale_subs(void);
 
 /* The earlier of two times, 0 meaning none. */
 static inline TimestampTz

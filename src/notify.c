@@ -457,7 +457,7 @@ outbox_notify_round(const OutboxBits *bits, bool timed, TimestampTz *next)
 		due_seen = r.now;
 	*next = r.next;
 	if (timed)
-		*next = outbox_earliest(*next, outbox_expire_leases());
+		*next = outbox_earliest(*next, outbox_expire_leases(wake_slot));
 	return true;
 }
 

@@ -322,27 +322,63 @@ outbox_rotate_and_truncate(void)
 }
 
 /*
- * Is the partition of generation "old" still needed?  By a subscription
- * whose newest cursor row is in it, or whose unfolded batch rows start in it
- * or before, or whose cursor records a slice it passed there (if that row
- * went, the slice's claim would look rolled back); or by a batch row in it
- * that some cursor has not folded.
+ * SQL: the subscriptions whose chains still need generation "old" or an
+ * older one: whose newest cursor row is in it, or whose unfolded batch rows
+ * start in it or before, or whose cursor records a slice it passed there
+ * (if that row went, the slice's claim would look rolled back); or that
+ * have a batch row in it their cursor has not folded.  Older generations
+ * are empty: rotation emptied each before it started the next.
  */
+static char *
+chain_needers_sql(int64 old)
+{
+	return psprintf("SELECT c.sub_id FROM outbox.cursor_now c"
+					" JOIN outbox.subscription s ON s.id = c.sub_id"
+					" WHERE c.gen <= " INT64_FORMAT " OR c.scan_gen <= " INT64_FORMAT
+					" OR EXISTS (SELECT 1 FROM unnest(c.held) h"
+					"  WHERE h.batch_no >= 0 AND h.gen <= " INT64_FORMAT ")"
+					" UNION SELECT b.sub_id FROM outbox.batch_%d b"
+					" JOIN outbox.cursor_now c ON c.sub_id = b.sub_id"
+					" AND b.batch_no >= c.scan_from",
+					old, old, old, (int) (old % OUTBOX_CHAIN_PARTS));
+}
+
+/* Is the partition of generation "old" still needed? */
 static bool
 chain_part_needed(int64 old)
 {
-	int			part = (int) (old % OUTBOX_CHAIN_PARTS);
+	return int8_result(psprintf("SELECT count(*) FROM (%s LIMIT 1) x",
+								chain_needers_sql(old))) != 0;
+}
 
-	if (int8_result(psprintf("SELECT count(*) FROM outbox.cursor_now c"
-							 " JOIN outbox.subscription s ON s.id = c.sub_id"
-							 " WHERE c.gen <= " INT64_FORMAT " OR c.scan_gen <= " INT64_FORMAT
-							 " OR EXISTS (SELECT 1 FROM unnest(c.held) h"
-							 "  WHERE h.batch_no >= 0 AND h.gen <= " INT64_FORMAT ")",
-							 old, old, old)) != 0)
-		return true;
-	return int8_result(psprintf("SELECT count(*) FROM (SELECT 1 FROM outbox.batch_%d b"
-								" JOIN outbox.cursor_now c ON c.sub_id = b.sub_id"
-								" AND b.batch_no >= c.scan_from LIMIT 1) x", part)) != 0;
+/*
+ * The ids of the subscriptions that hold back the next rotation: whose
+ * chains need the oldest generation, which must be emptied before a new
+ * one starts (an advance gives each a fresh copy).  In ascending order.
+ * For the worker's advances (maintain.c); caller is connected to SPI.
+ */
+List *
+outbox_chain_stale_subs(void)
+{
+	int64		gen = outbox_chain_gen();
+	List	   *ids = NIL;
+	uint64		i;
+
+	if (gen < OUTBOX_CHAIN_PARTS - 1)
+		return NIL;				/* no generation was ever emptied yet */
+	if (SPI_execute(psprintf("%s ORDER BY 1",
+							 chain_needers_sql(gen - (OUTBOX_CHAIN_PARTS - 1))),
+					true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "stale chains lookup failed");
+	for (i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+
+		ids = lappend_int(ids, DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i],
+														   SPI_tuptable->tupdesc, 1,
+														   &isnull)));
+	}
+	return ids;
 }
 
 static bool

@@ -49,6 +49,9 @@ static OutboxBits pending_wake;
 static bool pending_wake_any = false;
 static bool pending_subs_change = false;
 static bool pending_activity = false;
+/* the earliest end of the slice leases it took, by bucket; 0: none */
+static uint64 pending_lease[OUTBOX_LEASE_BUCKETS];
+static bool pending_lease_any = false;
 static int	my_slot = -1;
 
 static Size
@@ -93,6 +96,8 @@ outbox_shmem_startup(void)
 			pg_atomic_init_u32(&outbox_shared->slots[i].activity, 0);
 			for (int t = 0; t < OUTBOX_TOPIC_XIDS; t++)
 				pg_atomic_init_u64(&outbox_shared->slots[i].topic_xid[t], 0);
+			for (int b = 0; b < OUTBOX_LEASE_BUCKETS; b++)
+				pg_atomic_init_u64(&outbox_shared->slots[i].lease_due[b], 0);
 		}
 	}
 	outbox_waiters_startup();
@@ -149,6 +154,9 @@ outbox_slot_get(Oid dboid)
 			pg_atomic_write_u32(&slot->activity, 0);
 			for (int t = 0; t < OUTBOX_TOPIC_XIDS; t++)
 				pg_atomic_write_u64(&slot->topic_xid[t], 0);
+			/* a new worker looks at every subscription's leases */
+			for (int b = 0; b < OUTBOX_LEASE_BUCKETS; b++)
+				pg_atomic_write_u64(&slot->lease_due[b], 0);
 
 			/*
 			 * After the slot can be found: a transaction that looked for it
@@ -202,9 +210,68 @@ outbox_bits_take(pg_atomic_uint64 *shared, OutboxBits *b)
 	return outbox_bits_any(b);
 }
 
+/*
+ * Note that this transaction's claim leased slices of a subscription until
+ * lease_until: when it commits, the worker is told to look at its bucket
+ * then.
+ */
+void
+outbox_lease_after_commit(int32 sub_id, TimestampTz lease_until)
+{
+	int			b = outbox_lease_bucket(sub_id);
+	uint64		t = (uint64) Max(lease_until, 1);	/* 0 is none */
+
+	if (pending_lease[b] == 0 || t < pending_lease[b])
+		pending_lease[b] = t;
+	pending_lease_any = true;
+}
+
+/* an atomic min */
+static void
+lease_publish(pg_atomic_uint64 *p, uint64 t)
+{
+	uint64		cur = pg_atomic_read_u64(p);
+
+	while (t < cur && !pg_atomic_compare_exchange_u64(p, &cur, t))
+		;
+}
+
+/*
+ * For the worker: take the buckets whose leases are due at "now" (due[b]
+ * set, the bucket's time cleared), and return the earliest time of the
+ * others (0: none).  A claim that publishes after the take is seen by the
+ * next one; what the taker reads afterwards sees every claim published
+ * before it.
+ */
+TimestampTz
+outbox_lease_take_due(OutboxDbSlot *slot, TimestampTz now, bool *due)
+{
+	TimestampTz next = 0;
+
+	for (int b = 0; b < OUTBOX_LEASE_BUCKETS; b++)
+	{
+		uint64		t = pg_atomic_read_u64(&slot->lease_due[b]);
+
+		due[b] = false;
+		if (t == OUTBOX_LEASE_NONE)
+			continue;
+		if (t <= (uint64) Max(now, 0))
+		{
+			(void) pg_atomic_exchange_u64(&slot->lease_due[b], OUTBOX_LEASE_NONE);
+			due[b] = true;
+		}
+		else if (next == 0 || (TimestampTz) t < next)
+			next = (TimestampTz) t;
+	}
+	return next;
+}
+
 static void
 forget_wake(void)
 {
+	if (pending_lease_any)
+		memset(pending_lease, 0, sizeof(pending_lease));
+	pending_lease_any = false;
 	if (pending_wake_any)
 		outbox_bits_clear(&pending_wake);
 	pending_wake_any = false;
@@ -397,6 +464,10 @@ wake_worker(bool committed)
 		pg_atomic_fetch_add_u32(&slot->subs_changes, 1);
 	if (pending_wake_any)
 		outbox_bits_publish(slot->wake, &pending_wake);
+	if (pending_lease_any)
+		for (int b = 0; b < OUTBOX_LEASE_BUCKETS; b++)
+			if (pending_lease[b] != 0)
+				lease_publish(&slot->lease_due[b], pending_lease[b]);
 	if (!pending_wake_any && !pending_subs_change)
 		return;
 	latch = slot->latch;
@@ -411,7 +482,8 @@ shmem_xact_callback(XactEvent event, void *arg)
 	{
 		case XACT_EVENT_COMMIT:
 			outbox_waiters_at_end(true);
-			if (pending_wake_any || pending_subs_change || pending_activity)
+			if (pending_wake_any || pending_subs_change || pending_activity ||
+				pending_lease_any)
 				wake_worker(true);
 			forget_wake();
 			pending_subs_change = false;
@@ -468,6 +540,10 @@ wake_utility_hook(PlannedStmt *pstmt, const char *queryString,
 	{
 		outbox_wake_all_after_commit();
 		outbox_subs_changed_after_commit();
+		/* and look at every lease: its claims' slices are visible now */
+		for (int b = 0; b < OUTBOX_LEASE_BUCKETS; b++)
+			pending_lease[b] = 1;
+		pending_lease_any = true;
 	}
 
 	/*

@@ -83,6 +83,24 @@ outbox_bits_any(const OutboxBits *b)
  */
 #define OUTBOX_TOPIC_XIDS		4096
 
+/*
+ * Leases of slices, by subscription id modulo OUTBOX_LEASE_BUCKETS: the
+ * earliest end of a lease that a claim of a subscription of that bucket
+ * committed since the worker last took the bucket (OUTBOX_LEASE_NONE: none;
+ * 0: due now, look at all).  Published after commit, so that whoever takes
+ * a bucket and then reads sees the slice (outbox_lease_after_commit).  The
+ * worker looks for expired slice leases only in buckets whose time came
+ * (lease.c), not in every subscription every round (issue 9).
+ */
+#define OUTBOX_LEASE_BUCKETS	256
+#define OUTBOX_LEASE_NONE		PG_UINT64_MAX
+
+static inline int
+outbox_lease_bucket(int32 sub_id)
+{
+	return (int) ((uint32) sub_id % OUTBOX_LEASE_BUCKETS);
+}
+
 /* What the launcher knows of one database. */
 typedef struct OutboxDbSlot
 {
@@ -106,6 +124,8 @@ typedef struct OutboxDbSlot
 											 * was made: older ones may
 											 * have enqueued unseen */
 	pg_atomic_uint64 topic_xid[OUTBOX_TOPIC_XIDS];	/* see OUTBOX_TOPIC_XIDS */
+	pg_atomic_uint64 lease_due[OUTBOX_LEASE_BUCKETS];	/* see
+														 * OUTBOX_LEASE_BUCKETS */
 } OutboxDbSlot;
 
 typedef struct OutboxShared
@@ -135,6 +155,8 @@ extern void outbox_subs_changed_after_commit(void);
 extern void outbox_activity_at_end(void);
 extern void outbox_bits_publish(pg_atomic_uint64 *shared, const OutboxBits *b);
 extern bool outbox_bits_take(pg_atomic_uint64 *shared, OutboxBits *b);
+extern void outbox_lease_after_commit(int32 sub_id, TimestampTz lease_until);
+extern TimestampTz outbox_lease_take_due(OutboxDbSlot *slot, TimestampTz now, bool *due);
 
 /* launcher.c */
 extern void outbox_launcher_register(void);

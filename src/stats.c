@@ -567,33 +567,51 @@ shared_scan(StreamSub *subs, int nsubs, TimestampTz now)
 
 /*
  * Ids leased from the stream that no committed settlement took (an ack in
- * progress may still roll back).  Those of a claim whose transaction is
- * still open are not leased as far as any committed state goes (a
- * rollback gives them back at once): they count as ready.  The slices are
- * read before the chain's snapshot is taken: an id that a hand-over, a
- * fail or lease expiry moved to a delivery row in between is counted from
- * that row, not twice.
+ * progress may still roll back), into *ids; returns how many.  Those of a
+ * claim whose transaction is still open are not leased as far as any
+ * committed state goes (a rollback gives them back at once): they count as
+ * ready, in c.  The slices are read before the snapshot the callers count
+ * delivery rows with: an id that a hand-over, a fail or lease expiry moved
+ * to a delivery row in between is counted from that row, not twice (the
+ * callers subtract ids that have one).
  */
-static void
-count_batches(OutboxSub *sub, OutboxChain *chain, Counts *c)
+static int
+slice_leases(OutboxChain *chain, Counts *c, int64 **ids)
 {
-	static SPIPlanPtr plan = NULL;
-	Datum	   *ids;
 	int			n = 0,
 				j,
 				k;
-	int64		leased = 0;
 
 	for (j = 0; j < chain->nslices; j++)
 	{
 		if (chain->slices[j].visible)
-			leased += chain->slices[j].nlive;
+			n += chain->slices[j].nlive;
 		else
 			c->ready += chain->slices[j].nlive;
 	}
-	if (leased == 0)
-		return;
+	*ids = palloc(sizeof(int64) * Max(n, 1));
+	n = 0;
+	for (j = 0; j < chain->nslices; j++)
+		if (chain->slices[j].visible)
+			for (k = 0; k < chain->slices[j].nlive; k++)
+				(*ids)[n++] = chain->slices[j].live_ids[k];
+	return n;
+}
 
+/* The leases of an ordered subscription's slices, read at its chain's snapshot. */
+static void
+count_batches(OutboxSub *sub, OutboxChain *chain, Counts *c)
+{
+	static SPIPlanPtr plan = NULL;
+	int64	   *leased_ids;
+	int			n = slice_leases(chain, c, &leased_ids);
+	Datum	   *ids;
+	Datum		args[2];
+	bool		isnull;
+	int			j;
+
+	if (n == 0)
+		return;
 	if (plan == NULL)
 	{
 		Oid			types[2] = {INT4OID, INT8ARRAYOID};
@@ -602,25 +620,16 @@ count_batches(OutboxSub *sub, OutboxChain *chain, Counts *c)
 							  " WHERE sub_id OPERATOR(pg_catalog.=) $1"
 							  " AND event_id OPERATOR(pg_catalog.=) ANY ($2)", 2, types);
 	}
-	ids = palloc(sizeof(Datum) * leased);
-	for (j = 0; j < chain->nslices; j++)
-		if (chain->slices[j].visible)
-			for (k = 0; k < chain->slices[j].nlive; k++)
-				ids[n++] = Int64GetDatum(chain->slices[j].live_ids[k]);
-	{
-		Datum		args[2];
-		bool		isnull;
-
-		args[0] = Int32GetDatum(sub->id);
-		args[1] = PointerGetDatum(construct_array(ids, n, INT8OID, 8,
-												  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-		if (SPI_execute_snapshot(plan, args, NULL, chain->snapshot, InvalidSnapshot,
-								 true, false, 0) != SPI_OK_SELECT)
-			elog(ERROR, "delivery count failed");
-		leased -= DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-											  SPI_tuptable->tupdesc, 1, &isnull));
-	}
-	c->leased += leased;
+	ids = palloc(sizeof(Datum) * n);
+	for (j = 0; j < n; j++)
+		ids[j] = Int64GetDatum(leased_ids[j]);
+	args[0] = Int32GetDatum(sub->id);
+	args[1] = outbox_make_array(ids, n, INT8OID);
+	if (SPI_execute_snapshot(plan, args, NULL, chain->snapshot, InvalidSnapshot,
+							 true, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "delivery count failed");
+	c->leased += n - DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+												 SPI_tuptable->tupdesc, 1, &isnull));
 }
 
 /*
@@ -628,7 +637,7 @@ count_batches(OutboxSub *sub, OutboxChain *chain, Counts *c)
  * all of them at once (a query per subscription cost an executor start
  * each, most of the view's time at a small backlog).  Read with one
  * snapshot taken after every chain was read, which keeps each delivery
- * counted once (see count_batches): the slices were read before it, and
+ * counted once (see slice_leases): the slices were read before it, and
  * the stream's ids that have a delivery row at it are left out of the
  * stream (stream_rows).
  *
@@ -639,23 +648,7 @@ count_batches(OutboxSub *sub, OutboxChain *chain, Counts *c)
 static void
 collect_leased(StreamSub *ss)
 {
-	OutboxChain *chain = ss->chain;
-	int			n = 0,
-				j,
-				k;
-
-	for (j = 0; j < chain->nslices; j++)
-	{
-		if (chain->slices[j].visible)
-			n += chain->slices[j].nlive;
-		else
-			ss->c.ready += chain->slices[j].nlive;
-	}
-	ss->leased = palloc(sizeof(int64) * Max(n, 1));
-	for (j = 0; j < chain->nslices; j++)
-		if (chain->slices[j].visible)
-			for (k = 0; k < chain->slices[j].nlive; k++)
-				ss->leased[ss->nleased++] = chain->slices[j].live_ids[k];
+	ss->nleased = slice_leases(ss->chain, &ss->c, &ss->leased);
 }
 
 /* sub_id -> StreamSub of the unordered subscriptions */
@@ -915,6 +908,7 @@ contained_ranges(OutboxSegment *seg, int64 lo_id, int64 hi_id, OutboxRange *out)
 		{
 			out[0].from = lo_id;
 			out[0].to = hi_id;
+			pfree(pts);
 			return 1;
 		}
 		else

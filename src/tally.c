@@ -186,99 +186,60 @@ remember(uint64 next, TimestampTz taken)
 	recent[nrecent - 1].taken = taken;
 }
 
-/* Write one row of the stretch (from, upto] for a topic. */
-static void
-write_row(const char *topic, int64 upto, int64 from, TopicTally *t,
-		  TimestampTz since, bool has_since, Datum open)
-{
-	static SPIPlanPtr total_plan = NULL;
-	static SPIPlanPtr insert_plan = NULL;
-	Datum		args[8];
-	char		nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
-	int64		total = 0;
-
-	if (insert_plan == NULL)
-	{
-		Oid			t1[1] = {TEXTOID};
-		Oid			t8[8] = {TEXTOID, INT8OID, INT8OID, INT8OID, INT8ARRAYOID,
-		TIMESTAMPTZARRAYOID, TIMESTAMPTZOID, INT8ARRAYOID};
-
-		total_plan = outbox_prepare("SELECT total FROM outbox.tally"
-									" WHERE topic OPERATOR(pg_catalog.=) $1"
-									" ORDER BY upto DESC LIMIT 1", 1, t1);
-		insert_plan = outbox_prepare("INSERT INTO outbox.tally"
-									 " (topic, upto, start, total, ids, enqueued_at, since, open)"
-									 " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)", 8, t8);
-	}
-	args[0] = CStringGetTextDatum(topic);
-	if (SPI_execute_plan(total_plan, args, NULL, false, 1) != SPI_OK_SELECT)
-		elog(ERROR, "tally lookup failed");
-	if (SPI_processed > 0)
-	{
-		bool		isnull;
-
-		total = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-											SPI_tuptable->tupdesc, 1, &isnull));
-	}
-	args[1] = Int64GetDatum(upto);
-	args[2] = Int64GetDatum(from);
-	args[3] = Int64GetDatum(total + t->n);
-	args[4] = outbox_make_array(t->ids, t->n, INT8OID);
-	args[5] = outbox_make_array(t->ats, t->n, TIMESTAMPTZOID);
-	args[6] = TimestampTzGetDatum(since);
-	nulls[6] = has_since ? ' ' : 'n';
-	args[7] = open;
-	nulls[7] = open == (Datum) 0 ? 'n' : ' ';
-	if (SPI_execute_plan(insert_plan, args, nulls, false, 0) != SPI_OK_INSERT)
-		elog(ERROR, "tally insert failed");
-}
-
 /*
- * The rows of every topic of the stretch, in one statement: a statement
- * per row (and one more for its running total) cost the worker a few
- * milliseconds a round with a thousand topics, while notifications
- * waited.  The ids and times of all topics go in two arrays, each row
- * taking its slice.
+ * The rows of the stretch, in one statement: one per topic, and the row of
+ * topic '' with every event and the transactions still running ("open").
+ * A statement per row (and one more for its running total) cost the worker
+ * a few milliseconds a round with a thousand topics, while notifications
+ * waited.  The ids and times of all rows go in two arrays, each row taking
+ * its slice.
  */
 static void
-write_topic_rows(HTAB *topics, int nall, int64 upto, int64 from,
-				 TimestampTz since, bool has_since)
+write_topic_rows(HTAB *topics, TopicTally *all, int64 upto, int64 from,
+				 TimestampTz since, bool has_since, Datum open)
 {
 	static SPIPlanPtr plan = NULL;
-	long		ntopics = hash_get_num_entries(topics);
-	Datum	   *names = palloc(sizeof(Datum) * Max(ntopics, 1));
-	Datum	   *los = palloc(sizeof(Datum) * Max(ntopics, 1));
-	Datum	   *his = palloc(sizeof(Datum) * Max(ntopics, 1));
-	Datum	   *ids = palloc(sizeof(Datum) * Max(nall, 1));
-	Datum	   *ats = palloc(sizeof(Datum) * Max(nall, 1));
-	Datum		args[8];
-	char		nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	long		nrows = hash_get_num_entries(topics) + 1;
+	Datum	   *names = palloc(sizeof(Datum) * nrows);
+	Datum	   *los = palloc(sizeof(Datum) * nrows);
+	Datum	   *his = palloc(sizeof(Datum) * nrows);
+	Datum	   *ids = palloc(sizeof(Datum) * Max(2 * all->n, 1));
+	Datum	   *ats = palloc(sizeof(Datum) * Max(2 * all->n, 1));
+	Datum		args[9];
+	char		nulls[9] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 	HASH_SEQ_STATUS seq;
 	TopicTally *t;
 	int			n = 0,
 				k = 0;
 
-	if (ntopics == 0)
-		return;
 	if (plan == NULL)
 	{
-		Oid			types[8] = {INT8OID, INT8OID, TIMESTAMPTZOID, TEXTARRAYOID,
-		INT4ARRAYOID, INT4ARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID};
+		Oid			types[9] = {INT8OID, INT8OID, TIMESTAMPTZOID, TEXTARRAYOID,
+			INT4ARRAYOID, INT4ARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID,
+		INT8ARRAYOID};
 
 		plan = outbox_prepare(
-			"INSERT INTO outbox.tally (topic, upto, start, total, ids, enqueued_at, since)"
+			"INSERT INTO outbox.tally (topic, upto, start, total, ids, enqueued_at, since, open)"
 			" SELECT s.topic, $1, $2,"
 			"  coalesce((SELECT t.total FROM outbox.tally t"
 			"   WHERE t.topic OPERATOR(pg_catalog.=) s.topic"
 			"   ORDER BY t.upto DESC LIMIT 1), 0)"
 			"  OPERATOR(pg_catalog.+) (s.hi OPERATOR(pg_catalog.-) s.lo OPERATOR(pg_catalog.+) 1),"
-			"  $7[s.lo:s.hi], $8[s.lo:s.hi], $3"
+			"  $7[s.lo:s.hi], $8[s.lo:s.hi], $3,"
+			"  CASE WHEN s.topic OPERATOR(pg_catalog.=) '' THEN $9 END"
 			" FROM ROWS FROM (pg_catalog.unnest($4), pg_catalog.unnest($5),"
-			"  pg_catalog.unnest($6)) AS s(topic, lo, hi)", 8, types);
+			"  pg_catalog.unnest($6)) AS s(topic, lo, hi)", 9, types);
 	}
+	/* every topic's rows, then the row of topic '' with all the events */
 	hash_seq_init(&seq, topics);
-	while ((t = hash_seq_search(&seq)) != NULL)
+	while (all != NULL)
 	{
+		/* the scan ends once, after which t is the '' row */
+		if ((t = hash_seq_search(&seq)) == NULL)
+		{
+			t = all;
+			all = NULL;
+		}
 		names[n] = CStringGetTextDatum(t->topic);
 		los[n] = Int32GetDatum(k + 1);
 		memcpy(&ids[k], t->ids, sizeof(Datum) * t->n);
@@ -295,6 +256,7 @@ write_topic_rows(HTAB *topics, int nall, int64 upto, int64 from,
 	args[5] = outbox_make_array(his, n, INT4OID);
 	args[6] = outbox_make_array(ids, k, INT8OID);
 	args[7] = outbox_make_array(ats, k, TIMESTAMPTZOID);
+	args[8] = open;
 	if (SPI_execute_plan(plan, args, nulls, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "tally insert failed");
 }
@@ -434,12 +396,11 @@ tally_unit(void *arg)
 		return;
 
 	has_since = since_bound(from, &since);
-	write_topic_rows(topics, all.n, upto, from, since, has_since);
 
 	/*
 	 * The transactions of the stretch still running: their events, which
-	 * the snapshot did not show, are read by stats.  Every topic's row,
-	 * written last, is what marks the stretch as counted.
+	 * the snapshot did not show, are read by stats.  They go in the row of
+	 * topic '', which marks the stretch as counted.
 	 */
 	{
 		Datum	   *open = palloc(sizeof(Datum) * Max(os->nxip, 1));
@@ -453,8 +414,8 @@ tally_unit(void *arg)
 			if (OUTBOX_XID_FIRST_ID(x + 1) - 1 > from && OUTBOX_XID_FIRST_ID(x) <= upto)
 				open[nopen++] = Int64GetDatum((int64) x);
 		}
-		write_row("", upto, from, &all, since, has_since,
-				  outbox_make_array(open, nopen, INT8OID));
+		write_topic_rows(topics, &all, upto, from, since, has_since,
+						 outbox_make_array(open, nopen, INT8OID));
 	}
 	if (tally_more)
 		outbox_round_busy();
