@@ -203,11 +203,10 @@ write_topic_rows(HTAB *topics, TopicTally *all, int64 upto, int64 from,
 	Datum	   *names = palloc(sizeof(Datum) * nrows);
 	Datum	   *los = palloc(sizeof(Datum) * nrows);
 	Datum	   *his = palloc(sizeof(Datum) * nrows);
-	Datum	   *oldest = palloc(sizeof(Datum) * nrows);
 	Datum	   *ids = palloc(sizeof(Datum) * Max(2 * all->n, 1));
 	Datum	   *ats = palloc(sizeof(Datum) * Max(2 * all->n, 1));
-	Datum		args[10];
-	char		nulls[10] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	Datum		args[9];
+	char		nulls[9] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 	HASH_SEQ_STATUS seq;
 	TopicTally *t;
 	int			n = 0,
@@ -215,25 +214,21 @@ write_topic_rows(HTAB *topics, TopicTally *all, int64 upto, int64 from,
 
 	if (plan == NULL)
 	{
-		Oid			types[10] = {INT8OID, INT8OID, TIMESTAMPTZOID, TEXTARRAYOID,
+		Oid			types[9] = {INT8OID, INT8OID, TIMESTAMPTZOID, TEXTARRAYOID,
 			INT4ARRAYOID, INT4ARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID,
-		INT8ARRAYOID, TIMESTAMPTZARRAYOID};
+		INT8ARRAYOID};
 
 		plan = outbox_prepare(
-			"INSERT INTO outbox.tally (topic, upto, start, total, ids, enqueued_at,"
-			" n, first_id, last_id, oldest_at, since, open)"
+			"INSERT INTO outbox.tally (topic, upto, start, total, ids, enqueued_at, since, open)"
 			" SELECT s.topic, $1, $2,"
 			"  coalesce((SELECT t.total FROM outbox.tally t"
 			"   WHERE t.topic OPERATOR(pg_catalog.=) s.topic"
 			"   ORDER BY t.upto DESC LIMIT 1), 0)"
 			"  OPERATOR(pg_catalog.+) (s.hi OPERATOR(pg_catalog.-) s.lo OPERATOR(pg_catalog.+) 1),"
-			"  $7[s.lo:s.hi], $8[s.lo:s.hi],"
-			"  s.hi OPERATOR(pg_catalog.-) s.lo OPERATOR(pg_catalog.+) 1, $7[s.lo], $7[s.hi],"
-			"  CASE WHEN s.hi OPERATOR(pg_catalog.>=) s.lo THEN s.oldest END, $3,"
+			"  $7[s.lo:s.hi], $8[s.lo:s.hi], $3,"
 			"  CASE WHEN s.topic OPERATOR(pg_catalog.=) '' THEN $9 END"
 			" FROM ROWS FROM (pg_catalog.unnest($4), pg_catalog.unnest($5),"
-			"  pg_catalog.unnest($6), pg_catalog.unnest($10)) AS s(topic, lo, hi, oldest)",
-			10, types);
+			"  pg_catalog.unnest($6)) AS s(topic, lo, hi)", 9, types);
 	}
 	/* every topic's rows, then the row of topic '' with all the events */
 	hash_seq_init(&seq, topics);
@@ -249,12 +244,6 @@ write_topic_rows(HTAB *topics, TopicTally *all, int64 upto, int64 from,
 		los[n] = Int32GetDatum(k + 1);
 		memcpy(&ids[k], t->ids, sizeof(Datum) * t->n);
 		memcpy(&ats[k], t->ats, sizeof(Datum) * t->n);
-		oldest[n] = TimestampTzGetDatum(0);	/* none: n = 0 */
-		if (t->n > 0)
-			oldest[n] = t->ats[0];
-		for (int i = 1; i < t->n; i++)
-			if (DatumGetTimestampTz(t->ats[i]) < DatumGetTimestampTz(oldest[n]))
-				oldest[n] = t->ats[i];
 		k += t->n;
 		his[n++] = Int32GetDatum(k);
 	}
@@ -268,7 +257,6 @@ write_topic_rows(HTAB *topics, TopicTally *all, int64 upto, int64 from,
 	args[6] = outbox_make_array(ids, k, INT8OID);
 	args[7] = outbox_make_array(ats, k, TIMESTAMPTZOID);
 	args[8] = open;
-	args[9] = outbox_make_array(oldest, n, TIMESTAMPTZOID);
 	if (SPI_execute_plan(plan, args, nulls, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "tally insert failed");
 }
@@ -541,61 +529,30 @@ outbox_tally_bounds(Snapshot snap, int64 *start, int64 *upto, int64 **open,
 	return true;
 }
 
-/*
- * A tally row as a count reads it: its summary, and its ids and enqueue
- * times only when a range ends inside it or some of its ids are to be
- * left out (ids NULL otherwise: reading every row's arrays was most of
- * what stats cost at 1,000 subscriptions).
- */
+/* the ids and enqueue times of a row, and how many */
 typedef struct RowIds
 {
 	int			n;
-	int64		first;			/* ids[0], ids[n - 1]; when n > 0 */
-	int64		last;
-	TimestampTz oldest_at;		/* the least of ats */
-	int64	   *ids;			/* or NULL */
+	int64	   *ids;
 	TimestampTz *ats;
 } RowIds;
 
-/*
- * Columns col .. col + 5 of tup: n, first_id, last_id, oldest_at, ids,
- * enqueued_at (these two may be NULL).
- */
 static void
-row_ids(HeapTuple tup, TupleDesc desc, int col, RowIds *r)
+row_ids(HeapTuple tup, TupleDesc desc, int ids_col, int ats_col, RowIds *r)
 {
 	bool		isnull;
-	Datum		d;
+	ArrayType  *a = DatumGetArrayTypePCopy(SPI_getbinval(tup, desc, ids_col, &isnull));
 
-	memset(r, 0, sizeof(*r));
-	r->n = DatumGetInt32(SPI_getbinval(tup, desc, col, &isnull));
-	if (r->n == 0)
-		return;
-	r->first = DatumGetInt64(SPI_getbinval(tup, desc, col + 1, &isnull));
-	r->last = DatumGetInt64(SPI_getbinval(tup, desc, col + 2, &isnull));
-	r->oldest_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, col + 3, &isnull));
-	d = SPI_getbinval(tup, desc, col + 4, &isnull);
-	if (!isnull)
-		r->ids = (int64 *) ARR_DATA_PTR(DatumGetArrayTypePCopy(d));
-	d = SPI_getbinval(tup, desc, col + 5, &isnull);
-	if (!isnull)
-		r->ats = (TimestampTz *) ARR_DATA_PTR(DatumGetArrayTypePCopy(d));
+	r->n = ArrayGetNItems(ARR_NDIM(a), ARR_DIMS(a));
+	r->ids = (int64 *) ARR_DATA_PTR(a);
+	r->ats = NULL;
+	if (ats_col > 0)
+	{
+		ArrayType  *t = DatumGetArrayTypePCopy(SPI_getbinval(tup, desc, ats_col, &isnull));
+
+		r->ats = (TimestampTz *) ARR_DATA_PTR(t);
+	}
 }
-
-/*
- * SQL: the columns row_ids reads of tally row t, its arrays only if one of
- * the probe's ends (q.a, q.b) falls inside it or the probe leaves ids out
- * (q.skip).
- */
-#define ROW_COLUMNS(t) \
-	t ".n, " t ".first_id, " t ".last_id, " t ".oldest_at," \
-	" CASE WHEN " ROW_NEEDS_ARRAYS(t) " THEN " t ".ids END," \
-	" CASE WHEN " ROW_NEEDS_ARRAYS(t) " THEN " t ".enqueued_at END"
-#define ROW_NEEDS_ARRAYS(t) \
-	"(q.skip OR (q.a OPERATOR(pg_catalog.>=) " t ".first_id" \
-	" AND q.a OPERATOR(pg_catalog.<) " t ".last_id)" \
-	" OR (q.b OPERATOR(pg_catalog.>=) " t ".first_id" \
-	" AND q.b OPERATOR(pg_catalog.<) " t ".last_id))"
 
 /* how many of the row's ids (sorted) are greater than x */
 static int
@@ -604,12 +561,6 @@ ids_after(RowIds *r, int64 x)
 	int			lo = 0,
 				hi = r->n;
 
-	if (r->n == 0 || x < r->first)
-		return r->n;
-	if (x >= r->last)
-		return 0;
-	if (r->ids == NULL)			/* ROW_NEEDS_ARRAYS says otherwise */
-		elog(ERROR, "tally row lacks the ids of a range that ends inside it");
 	while (lo < hi)
 	{
 		int			mid = (lo + hi) / 2;
@@ -628,15 +579,6 @@ row_oldest(OutboxTallyProbe *p, RowIds *r)
 {
 	int			i;
 
-	if (r->n == 0 || r->last <= p->a || r->first > p->b)
-		return;					/* none in (a, b] */
-	if (r->ids == NULL)
-	{
-		/* the whole row is in (a, b], none left out (ROW_NEEDS_ARRAYS) */
-		if (p->oldest == 0 || r->oldest_at < p->oldest)
-			p->oldest = r->oldest_at;
-		return;
-	}
 	for (i = 0; i < r->n; i++)
 	{
 		if (r->ids[i] <= p->a)
@@ -666,9 +608,8 @@ outbox_tally_count(OutboxTallyProbe *probes, int n, int64 newest, Snapshot snap)
 	Datum	   *topics = palloc(sizeof(Datum) * Max(n, 1));
 	Datum	   *as = palloc(sizeof(Datum) * Max(n, 1));
 	Datum	   *bs = palloc(sizeof(Datum) * Max(n, 1));
-	Datum	   *skips = palloc(sizeof(Datum) * Max(n, 1));
 	int64	   *after = palloc(sizeof(int64) * Max(n, 1));
-	Datum		args[6];
+	Datum		args[5];
 	int			i,
 				m;
 	uint64		r;
@@ -677,38 +618,34 @@ outbox_tally_count(OutboxTallyProbe *probes, int n, int64 newest, Snapshot snap)
 		return;
 	if (count_plan == NULL)
 	{
-		Oid			t6[6] = {INT4ARRAYOID, TEXTARRAYOID, INT8ARRAYOID, INT8ARRAYOID, INT8OID,
-		BOOLARRAYOID};
-		Oid			t5n[5] = {INT4ARRAYOID, TEXTARRAYOID, INT8ARRAYOID, INT8ARRAYOID,
-		BOOLARRAYOID};
+		Oid			t5[5] = {INT4ARRAYOID, TEXTARRAYOID, INT8ARRAYOID, INT8ARRAYOID, INT8OID};
+		Oid			t3[3] = {INT4ARRAYOID, TEXTARRAYOID, INT8ARRAYOID};
 
 		count_plan = outbox_prepare(
-			"SELECT q.n, fa.upto, fa.total, " ROW_COLUMNS("fa") ","
-			" fb.total, " ROW_COLUMNS("fb") ", lb.total"
+			"SELECT q.n, fa.upto, fa.total, fa.ids, fa.enqueued_at,"
+			" fb.total, fb.ids, lb.total"
 			" FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2),"
-			"  pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($6))"
-			"  AS q(n, topic, a, b, skip)"
-			" LEFT JOIN LATERAL (SELECT t.*"
+			"  pg_catalog.unnest($3), pg_catalog.unnest($4)) AS q(n, topic, a, b)"
+			" LEFT JOIN LATERAL (SELECT t.upto, t.total, t.ids, t.enqueued_at"
 			"  FROM outbox.tally t WHERE t.topic OPERATOR(pg_catalog.=) q.topic"
 			"  AND t.upto OPERATOR(pg_catalog.>) q.a ORDER BY t.upto LIMIT 1) fa ON true"
 			/* none past the newest stretch ($5): no lookup */
-			" LEFT JOIN LATERAL (SELECT t.*"
+			" LEFT JOIN LATERAL (SELECT t.total, t.ids"
 			"  FROM outbox.tally t WHERE q.b OPERATOR(pg_catalog.<) $5"
 			"  AND t.topic OPERATOR(pg_catalog.=) q.topic"
 			"  AND t.upto OPERATOR(pg_catalog.>) q.b ORDER BY t.upto LIMIT 1) fb ON true"
 			" LEFT JOIN LATERAL (SELECT t.total"
 			"  FROM outbox.tally t WHERE t.topic OPERATOR(pg_catalog.=) q.topic"
 			"  AND t.upto OPERATOR(pg_catalog.<=) q.b ORDER BY t.upto DESC LIMIT 1) lb ON true",
-			6, t6);
+			5, t5);
 		next_plan = outbox_prepare(
-			"SELECT q.n, t.upto, t.since, " ROW_COLUMNS("t")
+			"SELECT q.n, t.upto, t.ids, t.enqueued_at, t.since"
 			" FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2),"
-			"  pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5))"
-			"  AS q(n, topic, a, b, skip)"
-			" JOIN LATERAL (SELECT t.*"
+			"  pg_catalog.unnest($3)) AS q(n, topic, after)"
+			" JOIN LATERAL (SELECT t.upto, t.ids, t.enqueued_at, t.since"
 			"  FROM outbox.tally t WHERE t.topic OPERATOR(pg_catalog.=) q.topic"
-			"  AND t.upto OPERATOR(pg_catalog.>) q.a ORDER BY t.upto LIMIT 1) t ON true",
-			5, t5n);
+			"  AND t.upto OPERATOR(pg_catalog.>) q.after ORDER BY t.upto LIMIT 1) t ON true",
+			3, t3);
 	}
 	for (i = 0; i < n; i++)
 	{
@@ -718,7 +655,6 @@ outbox_tally_count(OutboxTallyProbe *probes, int n, int64 newest, Snapshot snap)
 		topics[i] = CStringGetTextDatum(probes[i].topic);
 		as[i] = Int64GetDatum(probes[i].a);
 		bs[i] = Int64GetDatum(probes[i].b);
-		skips[i] = BoolGetDatum(probes[i].skip != NULL);
 		after[i] = -1;			/* no more rows to read for the oldest */
 	}
 	args[0] = outbox_make_array(nos, n, INT4OID);
@@ -726,7 +662,6 @@ outbox_tally_count(OutboxTallyProbe *probes, int n, int64 newest, Snapshot snap)
 	args[2] = outbox_make_array(as, n, INT8OID);
 	args[3] = outbox_make_array(bs, n, INT8OID);
 	args[4] = Int64GetDatum(newest);
-	args[5] = outbox_make_array(skips, n, BOOLOID);
 	if (SPI_execute_snapshot(count_plan, args, NULL, snap, InvalidSnapshot,
 							 true, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "tally count failed");
@@ -746,19 +681,19 @@ outbox_tally_count(OutboxTallyProbe *probes, int n, int64 newest, Snapshot snap)
 		upto = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
 		if (isnull)
 			continue;			/* no event of the topic past a */
-		row_ids(tup, desc, 4, &fa);
+		row_ids(tup, desc, 4, 5, &fa);
 		cum_a = DatumGetInt64(SPI_getbinval(tup, desc, 3, &isnull)) - ids_after(&fa, p->a);
-		(void) SPI_getbinval(tup, desc, 10, &isnull);
+		(void) SPI_getbinval(tup, desc, 6, &isnull);
 		if (!isnull)
 		{
 			RowIds		fb;
 
-			row_ids(tup, desc, 11, &fb);
-			cum_b = DatumGetInt64(SPI_getbinval(tup, desc, 10, &isnull)) - ids_after(&fb, p->b);
+			row_ids(tup, desc, 7, 0, &fb);
+			cum_b = DatumGetInt64(SPI_getbinval(tup, desc, 6, &isnull)) - ids_after(&fb, p->b);
 		}
 		else
 		{
-			cum_b = DatumGetInt64(SPI_getbinval(tup, desc, 17, &isnull));
+			cum_b = DatumGetInt64(SPI_getbinval(tup, desc, 8, &isnull));
 			if (isnull)
 				elog(ERROR, "tally of topic \"%s\" has no row up to " INT64_FORMAT,
 					 p->topic, p->b);
@@ -781,9 +716,7 @@ outbox_tally_count(OutboxTallyProbe *probes, int n, int64 newest, Snapshot snap)
 			{
 				nos[m] = Int32GetDatum(i);
 				topics[m] = CStringGetTextDatum(probes[i].topic);
-				as[m] = Int64GetDatum(after[i]);
-				bs[m] = Int64GetDatum(probes[i].b);
-				skips[m++] = BoolGetDatum(probes[i].skip != NULL);
+				as[m++] = Int64GetDatum(after[i]);
 				after[i] = -1;
 			}
 		if (m == 0)
@@ -792,8 +725,6 @@ outbox_tally_count(OutboxTallyProbe *probes, int n, int64 newest, Snapshot snap)
 		args[0] = outbox_make_array(nos, m, INT4OID);
 		args[1] = outbox_make_array(topics, m, TEXTOID);
 		args[2] = outbox_make_array(as, m, INT8OID);
-		args[3] = outbox_make_array(bs, m, INT8OID);
-		args[4] = outbox_make_array(skips, m, BOOLOID);
 		if (SPI_execute_snapshot(next_plan, args, NULL, snap, InvalidSnapshot,
 								 true, false, 0) != SPI_OK_SELECT)
 			elog(ERROR, "tally lookup failed");
@@ -810,11 +741,11 @@ outbox_tally_count(OutboxTallyProbe *probes, int n, int64 newest, Snapshot snap)
 			i = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
 			p = &probes[i];
 			upto = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
-			since = SPI_getbinval(tup, desc, 3, &isnull);
+			since = SPI_getbinval(tup, desc, 5, &isnull);
 			/* nothing of this row on was enqueued before what was found */
 			if (p->oldest != 0 && !isnull && DatumGetTimestampTz(since) >= p->oldest)
 				continue;
-			row_ids(tup, desc, 4, &row);
+			row_ids(tup, desc, 3, 4, &row);
 			row_oldest(p, &row);
 			if (upto < p->b)
 				after[i] = upto;
