@@ -1737,12 +1737,18 @@ sub check_storage
 	}
 }
 
-# Is event $id held back behind a far-future (deliver_at a day ahead) event
-# of its key?  The README: a delayed event holds back the later events of
-# its key until it is delivered; a replayed dead letter queues behind its
-# key.  A subscription that was not always ordered may have put the far
-# event first whatever the commit order (when "ordered" is switched on, a
-# delivery row takes its place among the key's waiting ones as it is).
+# May event $id be held back behind a far-future (deliver_at a day ahead)
+# event of its key?  The README: a delayed event holds back the later
+# events of its key until it is delivered; a replayed dead letter queues
+# behind its key; the events of transactions that were already open when
+# the subscribe that made their topic ordered committed have no recorded
+# place and go first.  A far event held back the later ones unless the
+# model knows it went after them: it has a recorded place (it "must" reach
+# the subscription: its topic was read, ordered, from before its
+# transaction began to its commit) and its transaction certainly committed
+# after theirs.  A subscription that was not always ordered may have put
+# the far event first whatever the commit order (when "ordered" is switched
+# on, a delivery row takes its place among the key's waiting ones as it is).
 sub behind_far
 {
 	my ($self, $S, $id) = @_;
@@ -1755,21 +1761,42 @@ sub behind_far
 	{
 		my $f = $self->{events}{$fid};
 		next unless $f->{far} && $fid != $id;
-		next if $self->classify($S, $f) eq 'no';
+		my $cls = $self->classify($S, $f);
+		next if $cls eq 'no';
 		next if $self->deliv($S->{inc}, $fid)->{done};
+		return 1 if !$self->always_ordered($S) || $d->{replayed} || $cls ne 'must';
 		my $ftx = $self->{txs}{ $f->{tx} };
-		return 1 if !$self->always_ordered($S) || $d->{replayed}
-		  || ($ftx == $etx ? $f->{seq} < $e->{seq} : ($ftx->{t_commit_hi} // 0) < ($etx->{t_commit_lo} // 0));
-		# a transaction already open when the subscribe committed has no
-		# recorded commit order: its events go first, in id order among
-		# those of other such transactions (README, "Per-key ordering")
-		my $sub_commit = $S->{t_commit} // 9**9**9;
-		if ($ftx != $etx && $ftx->{t_begin} <= $sub_commit)
-		{
-			return 1 if $etx->{t_begin} > $sub_commit || $fid < $id;
-		}
+		if ($ftx == $etx) { return 1 if $f->{seq} < $e->{seq}; next; }
+		return 1 unless ($etx->{t_commit_hi} // 9**9**9) < ($ftx->{t_commit_lo} // 0);
 	}
 	return 0;
+}
+
+# For "events lost": what the model knows (times on its logical clock) of a
+# missing event's transaction and of the far-future events of its key, the
+# inputs of behind_far.
+sub far_detail
+{
+	my ($self, $S, $id) = @_;
+	my $e = $self->{events}{$id};
+	my $w = sub {
+		my ($tx) = @_;
+		return sprintf('tx %s %s begin %s commit %s..%s%s', $tx->{tag}, $tx->{state}, $tx->{t_begin},
+			map({ $_ // '-' } $tx->{t_commit_lo}, $tx->{t_commit_hi}),
+			$tx->{gid} ? " gid $tx->{gid}" : '');
+	};
+	my $out = "\n    its " . $w->($self->{txs}{ $e->{tx} }) . "; subscribed "
+	  . join(' ', map { "$_->{t_call}.." . ($_->{t_commit} // '-') . ($_->{ordered} ? ' ordered' : '') }
+		  @{ $S->{configs} });
+	return $out unless defined $e->{key};
+	for my $fid (@{ $self->{by_key}{ $e->{key} } // [] })
+	{
+		my $f = $self->{events}{$fid};
+		next unless $f->{far} && $fid != $id;
+		$out .= "\n    far event $fid of the key: " . $w->($self->{txs}{ $f->{tx} })
+		  . ', ' . $self->classify($S, $f) . ($self->deliv($S->{inc}, $fid)->{done} ? ', done' : '');
+	}
+	return $out;
 }
 
 # At the end: everything that must reach a subscription does, waiting for
@@ -1862,6 +1889,7 @@ sub drain
 				$detail .= "\n  $name (ordered " . ($self->always_ordered($S) ? 'always' : 'not always')
 				  . "): event $m[0] topic $e->{topic} key " . ($e->{key} // 'NULL')
 				  . ", delivery row: " . (@$r ? $r->[0][0] : 'none');
+				$detail .= $self->far_detail($S, $m[0]);
 			}
 			$self->dump_lost();
 			$self->violation("events lost: after $deadline s of draining, committed events never"
