@@ -841,8 +841,11 @@ REVOKE ALL ON FUNCTION outbox.cdc_resend(bigint, bigint) FROM PUBLIC;
 -- (start, upto] that no transaction could add to any more but those still
 -- running then (open), so the row never changes: total counts them and
 -- all earlier stretches' (a running count, so a range costs two rows),
--- ids and enqueued_at list them for the edges.  Topic '' (no topic is
--- empty) counts every topic, and its rows mark the stretches.  since:
+-- ids and enqueued_at list them for the edges, n, first_id, last_id and
+-- oldest_at sum them up, so that a range that covers a row whole reads no
+-- array.  Topic '' (no topic is empty) counts every topic, and its rows
+-- mark the stretches (one may have n = 0: a stretch of delayed events
+-- only).  since:
 -- every event after start was enqueued after it (NULL: not known), so that
 -- stats find the oldest event without reading every row.  Not dumped: a
 -- restore starts counting afresh.
@@ -854,6 +857,10 @@ CREATE TABLE outbox.tally (
 	total			bigint NOT NULL,
 	ids				bigint[] NOT NULL,
 	enqueued_at		timestamptz[] NOT NULL,
+	n				integer NOT NULL,	-- cardinality(ids)
+	first_id		bigint,				-- ids[1]; NULL when n = 0
+	last_id			bigint,				-- ids[n]
+	oldest_at		timestamptz,		-- min(enqueued_at)
 	since			timestamptz,
 	open			bigint[],			-- topic '': xids running when counted
 	PRIMARY KEY (topic, upto)

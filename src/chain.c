@@ -195,10 +195,24 @@ outbox_chain_gen_for_insert(const char *table)
 Oid
 outbox_chain_part(const char *table, int64 gen)
 {
-	char		name[NAMEDATALEN];
+	/* spelled out: stats look up a few per subscription, and printing them showed */
+	static const char *const names[3][OUTBOX_CHAIN_PARTS] = {
+		{"batch_0", "batch_1", "batch_2", "batch_3"},
+		{"cursor_0", "cursor_1", "cursor_2", "cursor_3"},
+		{"settle_0", "settle_1", "settle_2", "settle_3"},
+	};
+	int			t;
 
-	snprintf(name, sizeof(name), "%s_%d", table, (int) (gen % OUTBOX_CHAIN_PARTS));
-	return outbox_relid(name);
+	StaticAssertStmt(OUTBOX_CHAIN_PARTS == 4, "names of the chain partitions");
+	if (strcmp(table, "batch") == 0)
+		t = 0;
+	else if (strcmp(table, "cursor") == 0)
+		t = 1;
+	else if (strcmp(table, "settle") == 0)
+		t = 2;
+	else
+		elog(ERROR, "no chain table \"%s\"", table);
+	return outbox_relid(names[t][gen % OUTBOX_CHAIN_PARTS]);
 }
 
 /* The oldest generation a reader starting at "from" may have to look at. */
@@ -830,15 +844,13 @@ outbox_cursor_read(OutboxChain *chain, Snapshot snapshot)
 void
 outbox_lock_event_tables(void)
 {
-	char		name[NAMEDATALEN];
+	static const char *const buckets[OUTBOX_BUCKETS] = {"event_0", "event_1", "event_2", "event_3"};
 	int			b;
 
+	StaticAssertStmt(OUTBOX_BUCKETS == 4, "names of the event buckets");
 	LockRelationOid(outbox_relid("event"), AccessShareLock);
 	for (b = 0; b < OUTBOX_BUCKETS; b++)
-	{
-		snprintf(name, sizeof(name), "event_%d", b);
-		LockRelationOid(outbox_relid(name), AccessShareLock);
-	}
+		LockRelationOid(outbox_relid(buckets[b]), AccessShareLock);
 	LockRelationOid(outbox_relid("event_kept"), AccessShareLock);
 }
 

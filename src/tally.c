@@ -41,13 +41,23 @@
 /* events read by one unit at most; a longer stretch is split */
 #define TALLY_MAX_EVENTS 100000
 
-/* rounds remembered for the since bound */
-#define TALLY_RECENT 64
+/*
+ * Samples kept for the since bound, and how often the worker's rounds take
+ * one.  The tally's own units come every TALLY_EVERY_MS; a burst that
+ * commits several stretches between two of them would get, for all of
+ * them, the bound of the unit before it, and stats would read row after
+ * row of it for the oldest event.  Sampled at every round of the worker,
+ * a stretch's bound is about its first commit's time.
+ */
+#define TALLY_RECENT 256
+#define TALLY_SAMPLE_MS 100
 
 /*
- * Recent rounds of this worker: the next xid (shifted) read after "taken".
- * Every xid at or past "next" was assigned after "taken", and enqueue
- * assigns the xid before it reads the clock for enqueued_at.
+ * Samples, oldest first: the server's next xid read after "taken".  Every
+ * xid at or past "next" was assigned after "taken", and enqueue assigns the
+ * xid before it reads the clock for enqueued_at.  Outbox's xids are the
+ * server's plus samples_shift (a restore sets it, restore.c), which takes a
+ * transaction to read: the worker samples between its transactions.
  */
 static struct
 {
@@ -55,6 +65,7 @@ static struct
 	TimestampTz taken;
 }			recent[TALLY_RECENT];
 static int	nrecent = 0;
+static uint64 samples_shift = 0;
 
 /* the last unit stopped at TALLY_MAX_EVENTS */
 static bool tally_more = false;
@@ -158,32 +169,73 @@ tally_add(TopicTally *t, int64 id, TimestampTz at)
 	t->ats[t->n++] = TimestampTzGetDatum(at);
 }
 
+/*
+ * The since of the last stretch written, and where it started: it holds
+ * for every stretch after that one too.
+ */
+static TimestampTz last_since = 0;
+static int64 last_since_from = 0;
+
 /* The latest time before which no event with an id past "from" was enqueued. */
 static bool
 since_bound(int64 from, TimestampTz *since)
 {
 	uint64		xid = OUTBOX_ID_XID(from + 1);
-	bool		found = false;
+	bool		found = last_since != 0 && from >= last_since_from;
 	int			i;
 
+	*since = found ? last_since : 0;
 	for (i = 0; i < nrecent; i++)
-		if (recent[i].next <= xid && (!found || recent[i].taken > *since))
+		if (recent[i].next + samples_shift <= xid && (!found || recent[i].taken > *since))
 		{
 			*since = recent[i].taken;
 			found = true;
 		}
+	if (found)
+	{
+		last_since = *since;
+		last_since_from = from;
+	}
 	return found;
 }
 
+/*
+ * Keep a sample.  When the ring is full its older half is thinned to every
+ * other sample: recent stretches keep a close bound, and a stretch counted
+ * long after it committed (a catch-up after a burst) still finds one.
+ */
 static void
 remember(uint64 next, TimestampTz taken)
 {
-	if (nrecent < TALLY_RECENT)
-		nrecent++;
-	else
-		memmove(&recent[0], &recent[1], sizeof(recent[0]) * (TALLY_RECENT - 1));
-	recent[nrecent - 1].next = next;
-	recent[nrecent - 1].taken = taken;
+	if (nrecent == TALLY_RECENT)
+	{
+		int			half = TALLY_RECENT / 2;
+		int			j = 0;
+		int			i;
+
+		for (i = 1; i < half; i += 2)
+			recent[j++] = recent[i];
+		memmove(&recent[j], &recent[half], sizeof(recent[0]) * (TALLY_RECENT - half));
+		nrecent = j + TALLY_RECENT - half;
+	}
+	recent[nrecent].next = next;
+	recent[nrecent].taken = taken;
+	nrecent++;
+}
+
+/*
+ * A sample for the since bound, from a round of the worker, at most every
+ * TALLY_SAMPLE_MS.  Needs no transaction.
+ */
+void
+outbox_tally_sample(void)
+{
+	TimestampTz taken = GetCurrentTimestamp();
+
+	if (nrecent > 0 &&
+		!TimestampDifferenceExceeds(recent[nrecent - 1].taken, taken, TALLY_SAMPLE_MS))
+		return;
+	remember(U64FromFullTransactionId(ReadNextFullTransactionId()), taken);
 }
 
 /*
@@ -203,32 +255,38 @@ write_topic_rows(HTAB *topics, TopicTally *all, int64 upto, int64 from,
 	Datum	   *names = palloc(sizeof(Datum) * nrows);
 	Datum	   *los = palloc(sizeof(Datum) * nrows);
 	Datum	   *his = palloc(sizeof(Datum) * nrows);
+	Datum	   *oldest = palloc(sizeof(Datum) * nrows);
 	Datum	   *ids = palloc(sizeof(Datum) * Max(2 * all->n, 1));
 	Datum	   *ats = palloc(sizeof(Datum) * Max(2 * all->n, 1));
-	Datum		args[9];
-	char		nulls[9] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	Datum		args[10];
+	char		nulls[10] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 	HASH_SEQ_STATUS seq;
 	TopicTally *t;
 	int			n = 0,
-				k = 0;
+				k = 0,
+				i;
 
 	if (plan == NULL)
 	{
-		Oid			types[9] = {INT8OID, INT8OID, TIMESTAMPTZOID, TEXTARRAYOID,
+		Oid			types[10] = {INT8OID, INT8OID, TIMESTAMPTZOID, TEXTARRAYOID,
 			INT4ARRAYOID, INT4ARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID,
-		INT8ARRAYOID};
+		INT8ARRAYOID, TIMESTAMPTZARRAYOID};
 
 		plan = outbox_prepare(
-			"INSERT INTO outbox.tally (topic, upto, start, total, ids, enqueued_at, since, open)"
+			"INSERT INTO outbox.tally (topic, upto, start, total, ids, enqueued_at,"
+			" n, first_id, last_id, oldest_at, since, open)"
 			" SELECT s.topic, $1, $2,"
 			"  coalesce((SELECT t.total FROM outbox.tally t"
 			"   WHERE t.topic OPERATOR(pg_catalog.=) s.topic"
 			"   ORDER BY t.upto DESC LIMIT 1), 0)"
 			"  OPERATOR(pg_catalog.+) (s.hi OPERATOR(pg_catalog.-) s.lo OPERATOR(pg_catalog.+) 1),"
-			"  $7[s.lo:s.hi], $8[s.lo:s.hi], $3,"
+			"  $7[s.lo:s.hi], $8[s.lo:s.hi],"
+			"  s.hi OPERATOR(pg_catalog.-) s.lo OPERATOR(pg_catalog.+) 1, $7[s.lo], $7[s.hi],"
+			"  CASE WHEN s.hi OPERATOR(pg_catalog.>=) s.lo THEN s.oldest END, $3,"
 			"  CASE WHEN s.topic OPERATOR(pg_catalog.=) '' THEN $9 END"
 			" FROM ROWS FROM (pg_catalog.unnest($4), pg_catalog.unnest($5),"
-			"  pg_catalog.unnest($6)) AS s(topic, lo, hi)", 9, types);
+			"  pg_catalog.unnest($6), pg_catalog.unnest($10)) AS s(topic, lo, hi, oldest)",
+			10, types);
 	}
 	/* every topic's rows, then the row of topic '' with all the events */
 	hash_seq_init(&seq, topics);
@@ -244,6 +302,12 @@ write_topic_rows(HTAB *topics, TopicTally *all, int64 upto, int64 from,
 		los[n] = Int32GetDatum(k + 1);
 		memcpy(&ids[k], t->ids, sizeof(Datum) * t->n);
 		memcpy(&ats[k], t->ats, sizeof(Datum) * t->n);
+		oldest[n] = TimestampTzGetDatum(0);	/* none: n = 0 */
+		if (t->n > 0)
+			oldest[n] = t->ats[0];
+		for (i = 1; i < t->n; i++)
+			if (DatumGetTimestampTz(t->ats[i]) < DatumGetTimestampTz(oldest[n]))
+				oldest[n] = t->ats[i];
 		k += t->n;
 		his[n++] = Int32GetDatum(k);
 	}
@@ -257,6 +321,7 @@ write_topic_rows(HTAB *topics, TopicTally *all, int64 upto, int64 from,
 	args[6] = outbox_make_array(ids, k, INT8OID);
 	args[7] = outbox_make_array(ats, k, TIMESTAMPTZOID);
 	args[8] = open;
+	args[9] = outbox_make_array(oldest, n, TIMESTAMPTZOID);
 	if (SPI_execute_plan(plan, args, nulls, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "tally insert failed");
 }
@@ -272,7 +337,8 @@ tally_unit(void *arg)
 	static SPIPlanPtr last_plan = NULL;
 	static SPIPlanPtr events_plan = NULL;
 	TimestampTz taken = GetCurrentTimestamp();
-	uint64		next = U64FromFullTransactionId(outbox_shift_xid(ReadNextFullTransactionId()));
+	uint64		next = U64FromFullTransactionId(ReadNextFullTransactionId());
+	uint64		shift = outbox_xid_shift();
 	Snapshot	snap;
 	OutboxSnap *os;
 	int64		from = 0,
@@ -308,6 +374,13 @@ tally_unit(void *arg)
 	snap = RegisterSnapshot(GetLatestSnapshot());
 	os = outbox_snap_from_snapshot(snap);
 	horizon = OUTBOX_XID_FIRST_ID(U64FromFullTransactionId(os->xmax)) - 1;
+	if (shift != samples_shift)
+	{
+		/* a restore: what was sampled before says nothing of the new xids */
+		nrecent = 0;
+		last_since = 0;
+		samples_shift = shift;
+	}
 	remember(next, taken);
 
 	if (SPI_execute_plan(last_plan, NULL, NULL, false, 1) != SPI_OK_SELECT)
@@ -529,30 +602,89 @@ outbox_tally_bounds(Snapshot snap, int64 *start, int64 *upto, int64 **open,
 	return true;
 }
 
-/* the ids and enqueue times of a row, and how many */
+/*
+ * A tally row as a count reads it: its summary, and its ids and enqueue
+ * times only when a range ends inside it or some of its ids are to be
+ * left out (ids NULL otherwise: reading every row's arrays was a third of
+ * what stats cost at 1,000 subscriptions).
+ */
 typedef struct RowIds
 {
 	int			n;
-	int64	   *ids;
+	int64		first;			/* ids[0], ids[n - 1]; when n > 0 */
+	int64		last;
+	TimestampTz oldest_at;		/* the least of ats */
+	int64	   *ids;			/* or NULL */
 	TimestampTz *ats;
 } RowIds;
 
+/*
+ * Columns col .. col + 5 of tup: n, first_id, last_id, oldest_at, ids,
+ * enqueued_at (these two may be NULL).
+ */
 static void
-row_ids(HeapTuple tup, TupleDesc desc, int ids_col, int ats_col, RowIds *r)
+row_ids(HeapTuple tup, TupleDesc desc, int col, RowIds *r)
 {
 	bool		isnull;
-	ArrayType  *a = DatumGetArrayTypePCopy(SPI_getbinval(tup, desc, ids_col, &isnull));
+	Datum		d;
 
-	r->n = ArrayGetNItems(ARR_NDIM(a), ARR_DIMS(a));
-	r->ids = (int64 *) ARR_DATA_PTR(a);
-	r->ats = NULL;
-	if (ats_col > 0)
-	{
-		ArrayType  *t = DatumGetArrayTypePCopy(SPI_getbinval(tup, desc, ats_col, &isnull));
-
-		r->ats = (TimestampTz *) ARR_DATA_PTR(t);
-	}
+	memset(r, 0, sizeof(*r));
+	r->n = DatumGetInt32(SPI_getbinval(tup, desc, col, &isnull));
+	if (r->n == 0)
+		return;
+	r->first = DatumGetInt64(SPI_getbinval(tup, desc, col + 1, &isnull));
+	r->last = DatumGetInt64(SPI_getbinval(tup, desc, col + 2, &isnull));
+	r->oldest_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, col + 3, &isnull));
+	d = SPI_getbinval(tup, desc, col + 4, &isnull);
+	if (!isnull)
+		r->ids = (int64 *) ARR_DATA_PTR(DatumGetArrayTypePCopy(d));
+	d = SPI_getbinval(tup, desc, col + 5, &isnull);
+	if (!isnull)
+		r->ats = (TimestampTz *) ARR_DATA_PTR(DatumGetArrayTypePCopy(d));
 }
+
+/* rows past a that the count reads with its first row, for the oldest */
+#define TALLY_ROWS_AHEAD 3
+
+/* a row past a probe's a, as the count reads it */
+typedef struct AheadRow
+{
+	int64		upto;
+	int64		total;
+	Datum		since;
+	bool		since_null;
+	RowIds		row;
+} AheadRow;
+
+typedef struct AheadRows
+{
+	int			n;
+	AheadRow	rows[TALLY_ROWS_AHEAD];
+} AheadRows;
+
+static int
+cmp_ahead(const void *a, const void *b)
+{
+	int64		x = ((const AheadRow *) a)->upto;
+	int64		y = ((const AheadRow *) b)->upto;
+
+	return (x > y) - (x < y);
+}
+
+/*
+ * SQL: the columns row_ids reads of tally row t, its arrays only if one of
+ * the probe's ends (q.a, q.b) falls inside it or the probe leaves ids out
+ * (q.skip).
+ */
+#define ROW_COLUMNS(t) \
+	t ".n, " t ".first_id, " t ".last_id, " t ".oldest_at," \
+	" CASE WHEN " ROW_NEEDS_ARRAYS(t) " THEN " t ".ids END," \
+	" CASE WHEN " ROW_NEEDS_ARRAYS(t) " THEN " t ".enqueued_at END"
+#define ROW_NEEDS_ARRAYS(t) \
+	"(q.skip OR (q.a OPERATOR(pg_catalog.>=) " t ".first_id" \
+	" AND q.a OPERATOR(pg_catalog.<) " t ".last_id)" \
+	" OR (q.b OPERATOR(pg_catalog.>=) " t ".first_id" \
+	" AND q.b OPERATOR(pg_catalog.<) " t ".last_id))"
 
 /* how many of the row's ids (sorted) are greater than x */
 static int
@@ -561,6 +693,12 @@ ids_after(RowIds *r, int64 x)
 	int			lo = 0,
 				hi = r->n;
 
+	if (r->n == 0 || x < r->first)
+		return r->n;
+	if (x >= r->last)
+		return 0;
+	if (r->ids == NULL)			/* ROW_NEEDS_ARRAYS says otherwise */
+		elog(ERROR, "tally row lacks the ids of a range that ends inside it");
 	while (lo < hi)
 	{
 		int			mid = (lo + hi) / 2;
@@ -579,6 +717,15 @@ row_oldest(OutboxTallyProbe *p, RowIds *r)
 {
 	int			i;
 
+	if (r->n == 0 || r->last <= p->a || r->first > p->b)
+		return;					/* none in (a, b] */
+	if (r->ids == NULL)
+	{
+		/* the whole row is in (a, b], none left out (ROW_NEEDS_ARRAYS) */
+		if (p->oldest == 0 || r->oldest_at < p->oldest)
+			p->oldest = r->oldest_at;
+		return;
+	}
 	for (i = 0; i < r->n; i++)
 	{
 		if (r->ids[i] <= p->a)
@@ -598,6 +745,15 @@ row_oldest(OutboxTallyProbe *p, RowIds *r)
  * (leaving out the ids in skip).  a and b must lie within the bounds read
  * with the same snapshot (outbox_tally_bounds), newest the newest stretch's
  * end.
+ *
+ * One statement reads, per probe, what the count at b takes (the first row
+ * past b, or the last one up to b) and the first TALLY_ROWS_AHEAD rows
+ * past a: the first gives the count at a, and they give the oldest until
+ * a row's since says that nothing from it on is older than what was found.
+ * Only a probe whose oldest is not settled by then reads on, row by row.
+ * (Reading the rows past a one statement at a time cost stats a round of
+ * index lookups per row; a burst of bulk enqueues makes a few rows whose
+ * since is older than their events.)
  */
 void
 outbox_tally_count(OutboxTallyProbe *probes, int n, int64 newest, Snapshot snap)
@@ -608,8 +764,11 @@ outbox_tally_count(OutboxTallyProbe *probes, int n, int64 newest, Snapshot snap)
 	Datum	   *topics = palloc(sizeof(Datum) * Max(n, 1));
 	Datum	   *as = palloc(sizeof(Datum) * Max(n, 1));
 	Datum	   *bs = palloc(sizeof(Datum) * Max(n, 1));
+	Datum	   *skips = palloc(sizeof(Datum) * Max(n, 1));
+	int64	   *cum_b = palloc(sizeof(int64) * Max(n, 1));
 	int64	   *after = palloc(sizeof(int64) * Max(n, 1));
-	Datum		args[5];
+	AheadRows  *ahead = palloc0(sizeof(AheadRows) * Max(n, 1));
+	Datum		args[6];
 	int			i,
 				m;
 	uint64		r;
@@ -618,34 +777,47 @@ outbox_tally_count(OutboxTallyProbe *probes, int n, int64 newest, Snapshot snap)
 		return;
 	if (count_plan == NULL)
 	{
-		Oid			t5[5] = {INT4ARRAYOID, TEXTARRAYOID, INT8ARRAYOID, INT8ARRAYOID, INT8OID};
-		Oid			t3[3] = {INT4ARRAYOID, TEXTARRAYOID, INT8ARRAYOID};
+		Oid			t6[6] = {INT4ARRAYOID, TEXTARRAYOID, INT8ARRAYOID, INT8ARRAYOID, INT8OID,
+		BOOLARRAYOID};
+		Oid			t5n[5] = {INT4ARRAYOID, TEXTARRAYOID, INT8ARRAYOID, INT8ARRAYOID,
+		BOOLARRAYOID};
 
+		/* kind 0: the count at b; kind 1: the rows past a */
 		count_plan = outbox_prepare(
-			"SELECT q.n, fa.upto, fa.total, fa.ids, fa.enqueued_at,"
-			" fb.total, fb.ids, lb.total"
+			"SELECT 0, q.n, fb.upto, fb.total, NULL::pg_catalog.timestamptz, "
+			ROW_COLUMNS("fb") ", lb.total"
 			" FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2),"
-			"  pg_catalog.unnest($3), pg_catalog.unnest($4)) AS q(n, topic, a, b)"
-			" LEFT JOIN LATERAL (SELECT t.upto, t.total, t.ids, t.enqueued_at"
-			"  FROM outbox.tally t WHERE t.topic OPERATOR(pg_catalog.=) q.topic"
-			"  AND t.upto OPERATOR(pg_catalog.>) q.a ORDER BY t.upto LIMIT 1) fa ON true"
+			"  pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($6))"
+			"  AS q(n, topic, a, b, skip)"
 			/* none past the newest stretch ($5): no lookup */
-			" LEFT JOIN LATERAL (SELECT t.total, t.ids"
+			" LEFT JOIN LATERAL (SELECT t.*"
 			"  FROM outbox.tally t WHERE q.b OPERATOR(pg_catalog.<) $5"
 			"  AND t.topic OPERATOR(pg_catalog.=) q.topic"
 			"  AND t.upto OPERATOR(pg_catalog.>) q.b ORDER BY t.upto LIMIT 1) fb ON true"
+			/* and the last row up to b only where there is none past it */
 			" LEFT JOIN LATERAL (SELECT t.total"
-			"  FROM outbox.tally t WHERE t.topic OPERATOR(pg_catalog.=) q.topic"
-			"  AND t.upto OPERATOR(pg_catalog.<=) q.b ORDER BY t.upto DESC LIMIT 1) lb ON true",
-			5, t5);
-		next_plan = outbox_prepare(
-			"SELECT q.n, t.upto, t.ids, t.enqueued_at, t.since"
+			"  FROM outbox.tally t WHERE fb.upto IS NULL"
+			"  AND t.topic OPERATOR(pg_catalog.=) q.topic"
+			"  AND t.upto OPERATOR(pg_catalog.<=) q.b ORDER BY t.upto DESC LIMIT 1) lb ON true"
+			" UNION ALL"
+			" SELECT 1, q.n, fa.upto, fa.total, fa.since, " ROW_COLUMNS("fa") ", NULL"
 			" FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2),"
-			"  pg_catalog.unnest($3)) AS q(n, topic, after)"
-			" JOIN LATERAL (SELECT t.upto, t.ids, t.enqueued_at, t.since"
+			"  pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($6))"
+			"  AS q(n, topic, a, b, skip)"
+			" JOIN LATERAL (SELECT t.*"
 			"  FROM outbox.tally t WHERE t.topic OPERATOR(pg_catalog.=) q.topic"
-			"  AND t.upto OPERATOR(pg_catalog.>) q.after ORDER BY t.upto LIMIT 1) t ON true",
-			3, t3);
+			"  AND t.upto OPERATOR(pg_catalog.>) q.a ORDER BY t.upto"
+			"  LIMIT " CppAsString2(TALLY_ROWS_AHEAD) ") fa ON true",
+			6, t6);
+		next_plan = outbox_prepare(
+			"SELECT q.n, t.upto, t.since, " ROW_COLUMNS("t")
+			" FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2),"
+			"  pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5))"
+			"  AS q(n, topic, a, b, skip)"
+			" JOIN LATERAL (SELECT t.*"
+			"  FROM outbox.tally t WHERE t.topic OPERATOR(pg_catalog.=) q.topic"
+			"  AND t.upto OPERATOR(pg_catalog.>) q.a ORDER BY t.upto LIMIT 1) t ON true",
+			5, t5n);
 	}
 	for (i = 0; i < n; i++)
 	{
@@ -655,6 +827,8 @@ outbox_tally_count(OutboxTallyProbe *probes, int n, int64 newest, Snapshot snap)
 		topics[i] = CStringGetTextDatum(probes[i].topic);
 		as[i] = Int64GetDatum(probes[i].a);
 		bs[i] = Int64GetDatum(probes[i].b);
+		skips[i] = BoolGetDatum(probes[i].skip != NULL);
+		cum_b[i] = -1;
 		after[i] = -1;			/* no more rows to read for the oldest */
 	}
 	args[0] = outbox_make_array(nos, n, INT4OID);
@@ -662,6 +836,7 @@ outbox_tally_count(OutboxTallyProbe *probes, int n, int64 newest, Snapshot snap)
 	args[2] = outbox_make_array(as, n, INT8OID);
 	args[3] = outbox_make_array(bs, n, INT8OID);
 	args[4] = Int64GetDatum(newest);
+	args[5] = outbox_make_array(skips, n, BOOLOID);
 	if (SPI_execute_snapshot(count_plan, args, NULL, snap, InvalidSnapshot,
 							 true, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "tally count failed");
@@ -670,44 +845,72 @@ outbox_tally_count(OutboxTallyProbe *probes, int n, int64 newest, Snapshot snap)
 		HeapTuple	tup = SPI_tuptable->vals[r];
 		TupleDesc	desc = SPI_tuptable->tupdesc;
 		bool		isnull;
-		OutboxTallyProbe *p;
-		int64		upto,
-					cum_a,
-					cum_b;
-		RowIds		fa;
+		int			kind = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
+		Datum		upto;
+		AheadRow   *a;
 
-		i = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
-		p = &probes[i];
-		upto = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
-		if (isnull)
-			continue;			/* no event of the topic past a */
-		row_ids(tup, desc, 4, 5, &fa);
-		cum_a = DatumGetInt64(SPI_getbinval(tup, desc, 3, &isnull)) - ids_after(&fa, p->a);
-		(void) SPI_getbinval(tup, desc, 6, &isnull);
-		if (!isnull)
+		i = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
+		upto = SPI_getbinval(tup, desc, 3, &isnull);
+		if (kind == 0)
 		{
-			RowIds		fb;
+			if (!isnull)
+			{
+				RowIds		fb;
 
-			row_ids(tup, desc, 7, 0, &fb);
-			cum_b = DatumGetInt64(SPI_getbinval(tup, desc, 6, &isnull)) - ids_after(&fb, p->b);
-		}
-		else
-		{
-			cum_b = DatumGetInt64(SPI_getbinval(tup, desc, 8, &isnull));
-			if (isnull)
-				elog(ERROR, "tally of topic \"%s\" has no row up to " INT64_FORMAT,
-					 p->topic, p->b);
-		}
-		p->count = cum_b - cum_a;
-		if (p->count <= 0)
+				row_ids(tup, desc, 6, &fb);
+				cum_b[i] = DatumGetInt64(SPI_getbinval(tup, desc, 4, &isnull)) -
+					ids_after(&fb, probes[i].b);
+			}
+			else
+			{
+				cum_b[i] = DatumGetInt64(SPI_getbinval(tup, desc, 12, &isnull));
+				if (isnull)
+					elog(ERROR, "tally of topic \"%s\" has no row up to " INT64_FORMAT,
+						 probes[i].topic, probes[i].b);
+			}
 			continue;
-		row_oldest(p, &fa);
-		if (upto < p->b)
-			after[i] = upto;
+		}
+		if (ahead[i].n == TALLY_ROWS_AHEAD)
+			elog(ERROR, "tally count read too many rows");
+		a = &ahead[i].rows[ahead[i].n++];
+		a->upto = DatumGetInt64(upto);
+		a->total = DatumGetInt64(SPI_getbinval(tup, desc, 4, &isnull));
+		a->since = SPI_getbinval(tup, desc, 5, &a->since_null);
+		row_ids(tup, desc, 6, &a->row);
 	}
 	SPI_freetuptable(SPI_tuptable);
 
-	/* the oldest: row after row, until no later event can be older */
+	for (i = 0; i < n; i++)
+	{
+		OutboxTallyProbe *p = &probes[i];
+		AheadRows  *ah = &ahead[i];
+		int			k;
+
+		if (ah->n == 0)
+			continue;			/* no event of the topic past a */
+		if (cum_b[i] < 0)
+			elog(ERROR, "tally count at b not read");
+		/* in upto order, whatever order the rows came in */
+		if (ah->n > 1)
+			qsort(ah->rows, ah->n, sizeof(AheadRow), cmp_ahead);
+		p->count = cum_b[i] - (ah->rows[0].total - ids_after(&ah->rows[0].row, p->a));
+		if (p->count <= 0)
+			continue;
+		row_oldest(p, &ah->rows[0].row);
+		for (k = 1; k < ah->n && ah->rows[k - 1].upto < p->b; k++)
+		{
+			/* nothing of this row on was enqueued before what was found */
+			if (p->oldest != 0 && !ah->rows[k].since_null &&
+				DatumGetTimestampTz(ah->rows[k].since) >= p->oldest)
+				break;
+			row_oldest(p, &ah->rows[k].row);
+		}
+		/* all rows read were needed, and there are more up to b */
+		if (k == ah->n && ah->n == TALLY_ROWS_AHEAD && ah->rows[k - 1].upto < p->b)
+			after[i] = ah->rows[k - 1].upto;
+	}
+
+	/* the oldest, where the rows read did not settle it: row after row */
 	for (;;)
 	{
 		m = 0;
@@ -716,7 +919,9 @@ outbox_tally_count(OutboxTallyProbe *probes, int n, int64 newest, Snapshot snap)
 			{
 				nos[m] = Int32GetDatum(i);
 				topics[m] = CStringGetTextDatum(probes[i].topic);
-				as[m++] = Int64GetDatum(after[i]);
+				as[m] = Int64GetDatum(after[i]);
+				bs[m] = Int64GetDatum(probes[i].b);
+				skips[m++] = BoolGetDatum(probes[i].skip != NULL);
 				after[i] = -1;
 			}
 		if (m == 0)
@@ -725,6 +930,8 @@ outbox_tally_count(OutboxTallyProbe *probes, int n, int64 newest, Snapshot snap)
 		args[0] = outbox_make_array(nos, m, INT4OID);
 		args[1] = outbox_make_array(topics, m, TEXTOID);
 		args[2] = outbox_make_array(as, m, INT8OID);
+		args[3] = outbox_make_array(bs, m, INT8OID);
+		args[4] = outbox_make_array(skips, m, BOOLOID);
 		if (SPI_execute_snapshot(next_plan, args, NULL, snap, InvalidSnapshot,
 								 true, false, 0) != SPI_OK_SELECT)
 			elog(ERROR, "tally lookup failed");
@@ -741,11 +948,11 @@ outbox_tally_count(OutboxTallyProbe *probes, int n, int64 newest, Snapshot snap)
 			i = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
 			p = &probes[i];
 			upto = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
-			since = SPI_getbinval(tup, desc, 5, &isnull);
+			since = SPI_getbinval(tup, desc, 3, &isnull);
 			/* nothing of this row on was enqueued before what was found */
 			if (p->oldest != 0 && !isnull && DatumGetTimestampTz(since) >= p->oldest)
 				continue;
-			row_ids(tup, desc, 3, 4, &row);
+			row_ids(tup, desc, 4, &row);
 			row_oldest(p, &row);
 			if (upto < p->b)
 				after[i] = upto;

@@ -26,6 +26,7 @@ typedef struct OutboxTallyProbe
 } OutboxTallyProbe;
 
 extern void outbox_tally(OutboxDbSlot *slot, uint32 activity);
+extern void outbox_tally_sample(void);
 extern bool outbox_tally_bounds(Snapshot snap, int64 *start, int64 *upto,
 								int64 **open, int *nopen);
 extern void outbox_tally_count(OutboxTallyProbe *probes, int n, int64 newest,

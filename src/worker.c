@@ -18,6 +18,7 @@
  */
 #include "shmem.h"
 #include "maintain.h"
+#include "tally.h"
 
 #include "access/xact.h"
 #include "access/htup_details.h"
@@ -362,6 +363,8 @@ outbox_worker_main(Datum arg)
 				exit_no_extension();
 			}
 
+			/* a bound on enqueue times by xid, for stats (tally.c) */
+			outbox_tally_sample();
 			MemoryContextSwitchTo(round_cxt);
 			if (round_of_work(&wake_bits, timed, activity, &next, &round_quiet))
 			{

@@ -10,7 +10,8 @@
 # delayed events (due and not), acks ahead (done markers), retries and
 # dead letters, slices claimed and held open, claims rolled back (holes),
 # a transaction open while the worker counted, subscriptions of every
-# topic, of two topics and ordered ones; and, with the tally, stats fetch
+# topic, of two topics and ordered ones, ranges that start at the first or
+# last id of a row; and, with the tally, stats fetch
 # a small part of the backlog.  Stretches that every chain has passed are
 # deleted, the newest kept.
 
@@ -176,10 +177,47 @@ $held->query_safe('COMMIT');
 $held->quit;
 compare('the held claim committed');
 
+# 3b. Ranges that start at a row's first id or end at its last: a row's
+# ids are read only when a range ends inside it, a row the range covers
+# whole is counted by its summary (n, first_id, last_id, oldest_at)
+$node->safe_psql('postgres', q{SELECT outbox.subscribe('edge', ARRAY['z'])});
+$node->safe_psql('postgres', qq{SELECT outbox.enqueue('z', '{"e": $_}')}) for 1 .. 4;
+wait_for_tally('edges');
+like(compare('a row whole'), qr/^edge\|4\|0\|0\|0\|/m, 'edge: 4 ready');
+for my $n (1, 2, 1)
+{
+	$node->safe_psql('postgres', qq{
+		SELECT outbox.ack('edge', array_agg(event_id)) FROM outbox.claim('edge', $n) c});
+	compare("edge: from the next of a row's ids after claiming $n");
+}
+like(compare('edge drained'), qr/^edge\|0\|0\|0\|0\|-$/m, 'edge: none ready');
+
+# 3c. The oldest ready event five rows on: stats read the first rows past
+# the chain with the count, and row after row past them only while the
+# oldest is not settled; here the first four rows hold nothing ready (all
+# acked ahead)
+$node->safe_psql('postgres', q{SELECT outbox.subscribe('far', ARRAY['y'])});
+for my $r (1 .. 5)
+{
+	$node->safe_psql('postgres', qq{SELECT outbox.enqueue('y', '{"r": $r}') FROM generate_series(1, 3)});
+	wait_for_tally("row $r of topic y");
+}
+is($node->safe_psql('postgres', q{
+	SELECT count(DISTINCT upto) FROM outbox.tally WHERE topic = 'y'}), '5', 'topic y: five rows');
+$node->safe_psql('postgres', q{
+	SELECT outbox.ack('far', array_agg(id)) FROM (
+		SELECT id FROM outbox.event WHERE topic = 'y' ORDER BY id LIMIT 12) e});
+like(compare('the oldest five rows on'), qr/^far\|3\|0\|0\|0\|/m, 'far: 3 ready');
+is($node->safe_psql('postgres', q{
+	SELECT s.oldest_ready_at = (SELECT min(enqueued_at) FROM outbox.event
+								 WHERE topic = 'y' AND payload->>'r' = '5')
+	  FROM outbox.stats s WHERE subscription = 'far'}), 't',
+	'far: the oldest is the first of the fifth row');
+
 # 4. Everything drained: the stretches go, the newest stays
 my $stretches = $node->safe_psql('postgres', q{SELECT count(*) FROM outbox.tally WHERE topic = ''});
 cmp_ok($stretches, '>', 1, "stretches counted ($stretches)");
-drain($node, 'postgres', $_) for qw(one two every keyed held);
+drain($node, 'postgres', $_) for qw(one two every keyed held edge far);
 my $last = compare('drained');
 like($last, qr/^one\|0\|1\|0\|0\|-$/m, 'one: nothing left but the event due in an hour');
 ok($node->poll_query_until('postgres', q{
