@@ -863,10 +863,11 @@ outbox_tally_count(OutboxTallyProbe *probes, int n, int64 newest, Snapshot snap)
 			}
 			else
 			{
-				cum_b[i] = DatumGetInt64(SPI_getbinval(tup, desc, 12, &isnull));
-				if (isnull)
-					elog(ERROR, "tally of topic \"%s\" has no row up to " INT64_FORMAT,
-						 probes[i].topic, probes[i].b);
+				Datum		lb = SPI_getbinval(tup, desc, 12, &isnull);
+
+				/* none: no row of the topic at all up to b (checked below) */
+				if (!isnull)
+					cum_b[i] = DatumGetInt64(lb);
 			}
 			continue;
 		}
@@ -888,8 +889,10 @@ outbox_tally_count(OutboxTallyProbe *probes, int n, int64 newest, Snapshot snap)
 
 		if (ah->n == 0)
 			continue;			/* no event of the topic past a */
+		/* a row past a and none past b: there is one up to b */
 		if (cum_b[i] < 0)
-			elog(ERROR, "tally count at b not read");
+			elog(ERROR, "tally of topic \"%s\" has no row up to " INT64_FORMAT,
+				 p->topic, p->b);
 		/* in upto order, whatever order the rows came in */
 		if (ah->n > 1)
 			qsort(ah->rows, ah->n, sizeof(AheadRow), cmp_ahead);
