@@ -327,20 +327,22 @@ outbox_rotate_and_truncate(void)
  * start in it or before, or whose cursor records a slice it passed there
  * (if that row went, the slice's claim would look rolled back); or that
  * have a batch row in it their cursor has not folded.  Older generations
- * are empty: rotation emptied each before it started the next.
+ * are empty: rotation emptied each before it started the next.  "unite":
+ * UNION or UNION ALL (a yes/no question needs no de-duplication, which
+ * reads both halves whole before any LIMIT).
  */
 static char *
-chain_needers_sql(int64 old)
+chain_needers_sql(int64 old, const char *unite)
 {
 	return psprintf("SELECT c.sub_id FROM outbox.cursor_now c"
 					" JOIN outbox.subscription s ON s.id = c.sub_id"
 					" WHERE c.gen <= " INT64_FORMAT " OR c.scan_gen <= " INT64_FORMAT
 					" OR EXISTS (SELECT 1 FROM unnest(c.held) h"
 					"  WHERE h.batch_no >= 0 AND h.gen <= " INT64_FORMAT ")"
-					" UNION SELECT b.sub_id FROM outbox.batch_%d b"
+					" %s SELECT b.sub_id FROM outbox.batch_%d b"
 					" JOIN outbox.cursor_now c ON c.sub_id = b.sub_id"
 					" AND b.batch_no >= c.scan_from",
-					old, old, old, (int) (old % OUTBOX_CHAIN_PARTS));
+					old, old, old, unite, (int) (old % OUTBOX_CHAIN_PARTS));
 }
 
 /* Is the partition of generation "old" still needed? */
@@ -348,7 +350,7 @@ static bool
 chain_part_needed(int64 old)
 {
 	return int8_result(psprintf("SELECT count(*) FROM (%s LIMIT 1) x",
-								chain_needers_sql(old))) != 0;
+								chain_needers_sql(old, "UNION ALL"))) != 0;
 }
 
 /*
@@ -367,7 +369,7 @@ outbox_chain_stale_subs(void)
 	if (gen < OUTBOX_CHAIN_PARTS - 1)
 		return NIL;				/* no generation was ever emptied yet */
 	if (SPI_execute(psprintf("%s ORDER BY 1",
-							 chain_needers_sql(gen - (OUTBOX_CHAIN_PARTS - 1))),
+							 chain_needers_sql(gen - (OUTBOX_CHAIN_PARTS - 1), "UNION")),
 					true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "stale chains lookup failed");
 	for (i = 0; i < SPI_processed; i++)
