@@ -295,6 +295,335 @@ close_part(Relation rel, Relation index)
 }
 
 /*
+ * Chains read in bulk (outbox.stats, issue 9).  Read one by one, every
+ * subscription's chain costs an index lookup in each generation's cursor,
+ * batch and settle partition, and a relation open for each: half of what
+ * stats cost at 1,000 subscriptions.  Between outbox_chain_prefetch() and
+ * outbox_chain_prefetch_end(), outbox_chain_read() takes its rows from
+ * copies of every partition read once, in the order a single read takes
+ * them: the cursor rows with a snapshot taken once every partition is
+ * locked, the settle and batch rows with a dirty snapshot (each row with
+ * what the scan found of its transactions), then a snapshot that every
+ * chain shares, and the cursor rows again with it.
+ */
+enum
+{
+	PF_CURSOR_FIRST,			/* cursor rows, at first_snap */
+	PF_CURSOR,					/* cursor rows, at snapshot */
+	PF_SETTLE,
+	PF_BATCH,
+	PF_KINDS
+};
+
+/*
+ * More rows than this in all partitions: read chains one by one (a busy
+ * database keeps about four rotations of claims there; copies of all of
+ * them would cost more memory than lookups cost time).
+ */
+#define PREFETCH_MAX_ROWS 50000
+
+typedef struct PrefetchRow
+{
+	int32		sub_id;
+	int64		no;				/* fold_no or batch_no: the index's order */
+	HeapTuple	tup;
+	TransactionId xmin;			/* the dirty snapshot's, as the scan left it */
+	TransactionId xmax;
+} PrefetchRow;
+
+typedef struct PrefetchPart
+{
+	Relation	rel;
+	Relation	index;
+	int			n;
+	PrefetchRow *rows;			/* sorted by sub_id, no */
+} PrefetchPart;
+
+static struct
+{
+	bool		active;
+	int64		gen_now;
+	int64		first;
+	int			nrows;			/* copied so far */
+	Snapshot	first_snap;
+	Snapshot	snapshot;
+	PrefetchPart parts[PF_KINDS][OUTBOX_CHAIN_PARTS];
+}			prefetch;
+
+static const char *const prefetch_table[PF_KINDS] = {"cursor", "cursor", "settle", "batch"};
+
+static int
+cmp_prefetch_row(const void *a, const void *b)
+{
+	const PrefetchRow *x = a;
+	const PrefetchRow *y = b;
+
+	if (x->sub_id != y->sub_id)
+		return x->sub_id < y->sub_id ? -1 : 1;
+	return (x->no > y->no) - (x->no < y->no);
+}
+
+/* Copy a partition's rows; false if there are too many. */
+static bool
+prefetch_part(int kind, int64 g, Snapshot snap)
+{
+	PrefetchPart *pp = &prefetch.parts[kind][g % OUTBOX_CHAIN_PARTS];
+	AttrNumber	no_att = kind == PF_BATCH ? BATCH_NO :
+		kind == PF_SETTLE ? SETTLE_BATCH_NO : CURSOR_FOLD_NO;
+	SysScanDesc scan;
+	HeapTuple	tup;
+	int			max = 0;
+
+	pp->rel = open_part(prefetch_table[kind], g, &pp->index);
+	pp->n = 0;
+	pp->rows = NULL;
+	scan = systable_beginscan(pp->rel, RelationGetRelid(pp->index), true, snap, 0, NULL);
+	while (HeapTupleIsValid(tup = systable_getnext(scan)))
+	{
+		PrefetchRow *r;
+		bool		isnull;
+
+		CHECK_FOR_INTERRUPTS();
+		if (++prefetch.nrows > PREFETCH_MAX_ROWS)
+		{
+			systable_endscan(scan);
+			return false;
+		}
+		if (pp->n == max)
+		{
+			max = Max(64, max * 2);
+			pp->rows = pp->rows ? repalloc(pp->rows, sizeof(PrefetchRow) * max) :
+				palloc(sizeof(PrefetchRow) * max);
+		}
+		r = &pp->rows[pp->n++];
+		r->sub_id = DatumGetInt32(heap_getattr(tup, kind == PF_BATCH ? BATCH_SUB_ID :
+												 kind == PF_SETTLE ? SETTLE_SUB_ID : CURSOR_SUB_ID,
+												 RelationGetDescr(pp->rel), &isnull));
+		r->no = DatumGetInt64(heap_getattr(tup, no_att, RelationGetDescr(pp->rel), &isnull));
+		r->tup = heap_copytuple(tup);
+		r->xmin = snap->snapshot_type == SNAPSHOT_DIRTY ? snap->xmin : InvalidTransactionId;
+		r->xmax = snap->snapshot_type == SNAPSHOT_DIRTY ? snap->xmax : InvalidTransactionId;
+	}
+	systable_endscan(scan);
+	if (pp->n > 1)
+		qsort(pp->rows, pp->n, sizeof(PrefetchRow), cmp_prefetch_row);
+	return true;
+}
+
+/*
+ * Read every chain's partitions now, for outbox_chain_read() to take its
+ * rows from until outbox_chain_prefetch_end().  Falls back to reading
+ * chains one by one (returns quietly) when a partition holds too many
+ * rows to copy.  Wrap the reads in PG_TRY: an error must end it.
+ */
+void
+outbox_chain_prefetch(void)
+{
+	SnapshotData dirty;
+	int64		g;
+	int			kind;
+	bool		ok = true;
+
+	Assert(!prefetch.active);
+	memset(&prefetch, 0, sizeof(prefetch));
+	outbox_lock_event_tables();
+	/* as outbox_chain_read: the current generation's partitions locked */
+	do
+	{
+		prefetch.gen_now = outbox_chain_gen();
+		LockRelationOid(outbox_chain_part("batch", prefetch.gen_now), RowExclusiveLock);
+		LockRelationOid(outbox_chain_part("cursor", prefetch.gen_now), RowExclusiveLock);
+	} while (!outbox_chain_gen_still(prefetch.gen_now));
+	prefetch.first = first_gen(0, prefetch.gen_now);
+	/* every partition locked before the cursors' snapshot (outbox_cursor_read) */
+	for (g = prefetch.first; g <= prefetch.gen_now; g++)
+	{
+		LockRelationOid(outbox_chain_part("cursor", g), AccessShareLock);
+		LockRelationOid(outbox_chain_part("settle", g), AccessShareLock);
+		LockRelationOid(outbox_chain_part("batch", g), AccessShareLock);
+	}
+	prefetch.first_snap = RegisterSnapshot(GetLatestSnapshot());
+	InitDirtySnapshot(dirty);
+	for (kind = 0; kind < PF_KINDS && ok; kind++)
+	{
+		/* settle rows before batch rows, as read_slices */
+		if (kind == PF_CURSOR)
+			continue;
+		for (g = prefetch.first; g <= prefetch.gen_now && ok; g++)
+			ok = prefetch_part(kind, g, kind == PF_CURSOR_FIRST ? prefetch.first_snap : &dirty);
+	}
+	if (ok)
+	{
+		prefetch.snapshot = RegisterSnapshot(GetLatestSnapshot());
+		for (g = prefetch.first; g <= prefetch.gen_now && ok; g++)
+			ok = prefetch_part(PF_CURSOR, g, prefetch.snapshot);
+	}
+	prefetch.active = true;
+	if (!ok)
+		outbox_chain_prefetch_end();
+}
+
+/* After outbox_chain_prefetch(), also on error. */
+void
+outbox_chain_prefetch_end(void)
+{
+	int			kind,
+				p;
+
+	if (!prefetch.active)
+		return;
+	prefetch.active = false;
+	if (prefetch.first_snap != NULL)
+		UnregisterSnapshot(prefetch.first_snap);
+	if (prefetch.snapshot != NULL)
+		UnregisterSnapshot(prefetch.snapshot);
+	for (kind = 0; kind < PF_KINDS; kind++)
+		for (p = 0; p < OUTBOX_CHAIN_PARTS; p++)
+			if (prefetch.parts[kind][p].rel != NULL)
+				close_part(prefetch.parts[kind][p].rel, prefetch.parts[kind][p].index);
+	memset(&prefetch, 0, sizeof(prefetch));
+}
+
+/* On error: the snapshots and relations go with the (sub)transaction. */
+void
+outbox_chain_prefetch_forget(void)
+{
+	memset(&prefetch, 0, sizeof(prefetch));
+}
+
+/*
+ * A scan of one subscription's rows in one partition, in index order (or
+ * backward): of the index, or of the prefetched rows.
+ */
+typedef struct PartScan
+{
+	Relation	rel;
+	Relation	index;
+	SysScanDesc scan;			/* NULL: prefetched */
+	bool		ordered;
+	PrefetchRow *rows;
+	int			i;
+	int			end;
+	bool		backward;
+	Snapshot	dirty;			/* a dirty snapshot, set as the scan would */
+} PartScan;
+
+/*
+ * Begin a scan of "table" in generation g for sub_id's rows with the
+ * second key column (fold_no or batch_no) "strategy" (0: any) "no".
+ * kind: which prefetched copy serves it, or -1 for none.
+ */
+static void
+part_scan_begin(PartScan *ps, int kind, const char *table, int64 g, int32 sub_id,
+				StrategyNumber strategy, int64 no, Snapshot snap, bool backward)
+{
+	memset(ps, 0, sizeof(*ps));
+	ps->backward = backward;
+	if (snap->snapshot_type == SNAPSHOT_DIRTY)
+		ps->dirty = snap;
+	if (kind >= 0 && prefetch.active && g >= prefetch.first && g <= prefetch.gen_now)
+	{
+		PrefetchPart *pp = &prefetch.parts[kind][g % OUTBOX_CHAIN_PARTS];
+		int			lo = 0,
+					hi = pp->n;
+
+		/* the first row of sub_id */
+		while (lo < hi)
+		{
+			int			mid = (lo + hi) / 2;
+
+			if (pp->rows[mid].sub_id < sub_id)
+				lo = mid + 1;
+			else
+				hi = mid;
+		}
+		ps->rows = pp->rows;
+		ps->rel = pp->rel;
+		ps->i = lo;
+		for (ps->end = lo; ps->end < pp->n && pp->rows[ps->end].sub_id == sub_id; ps->end++)
+			;
+		if (strategy == BTEqualStrategyNumber || strategy == BTGreaterEqualStrategyNumber)
+		{
+			while (ps->i < ps->end && pp->rows[ps->i].no < no)
+				ps->i++;
+			if (strategy == BTEqualStrategyNumber)
+			{
+				int			e = ps->i;
+
+				while (e < ps->end && pp->rows[e].no == no)
+					e++;
+				ps->end = e;
+			}
+		}
+		if (backward)
+		{
+			int			t = ps->i;
+
+			ps->i = ps->end - 1;
+			ps->end = t - 1;
+		}
+		return;
+	}
+	{
+		ScanKeyData key[2];
+		int			nkeys = 1;
+		bool		is_cursor = strcmp(table, "cursor") == 0;
+
+		bool		is_batch = strcmp(table, "batch") == 0;
+
+		ps->rel = open_part(table, g, &ps->index);
+		ScanKeyInit(&key[0], is_cursor ? CURSOR_SUB_ID : is_batch ? BATCH_SUB_ID : SETTLE_SUB_ID,
+					BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(sub_id));
+		if (strategy != 0)
+		{
+			ScanKeyInit(&key[1], is_cursor ? CURSOR_FOLD_NO : is_batch ? BATCH_NO : SETTLE_BATCH_NO,
+						strategy, strategy == BTEqualStrategyNumber ? F_INT8EQ : F_INT8GE,
+						Int64GetDatum(no));
+			nkeys = 2;
+		}
+		ps->ordered = backward;
+		if (backward)
+			ps->scan = systable_beginscan_ordered(ps->rel, ps->index, snap, nkeys, key);
+		else
+			ps->scan = systable_beginscan(ps->rel, RelationGetRelid(ps->index), true,
+										  snap, nkeys, key);
+	}
+}
+
+static HeapTuple
+part_scan_next(PartScan *ps)
+{
+	PrefetchRow *r;
+
+	if (ps->scan != NULL)
+		return ps->ordered ?
+			systable_getnext_ordered(ps->scan, BackwardScanDirection) :
+			systable_getnext(ps->scan);
+	if (ps->backward ? ps->i <= ps->end : ps->i >= ps->end)
+		return NULL;
+	r = &ps->rows[ps->i];
+	ps->i += ps->backward ? -1 : 1;
+	if (ps->dirty != NULL)
+	{
+		ps->dirty->xmin = r->xmin;
+		ps->dirty->xmax = r->xmax;
+	}
+	return r->tup;
+}
+
+static void
+part_scan_end(PartScan *ps)
+{
+	if (ps->scan == NULL)
+		return;					/* prefetched: closed at the end */
+	if (ps->ordered)
+		systable_endscan_ordered(ps->scan);
+	else
+		systable_endscan(ps->scan);
+	close_part(ps->rel, ps->index);
+}
+
+/*
  * The per-subscription claim lock: held while a claim reads the chain and
  * writes its slice, released before the claim returns.
  */
@@ -408,20 +737,15 @@ read_settles(int32 sub_id, int64 from, bool exact, int64 first, int64 last,
 	InitDirtySnapshot(dirty);
 	for (g = first; g <= last; g++)
 	{
-		Relation	rel,
-					index;
-		SysScanDesc scan;
-		ScanKeyData key[2];
+		PartScan	ps;
+		Relation	rel;
 		HeapTuple	tup;
 
-		rel = open_part("settle", g, &index);
-		ScanKeyInit(&key[0], SETTLE_SUB_ID, BTEqualStrategyNumber, F_INT4EQ,
-					Int32GetDatum(sub_id));
-		ScanKeyInit(&key[1], SETTLE_BATCH_NO,
-					exact ? BTEqualStrategyNumber : BTGreaterEqualStrategyNumber,
-					exact ? F_INT8EQ : F_INT8GE, Int64GetDatum(from));
-		scan = systable_beginscan(rel, RelationGetRelid(index), true, &dirty, 2, key);
-		while (HeapTupleIsValid(tup = systable_getnext(scan)))
+		part_scan_begin(&ps, PF_SETTLE, "settle", g, sub_id,
+						exact ? BTEqualStrategyNumber : BTGreaterEqualStrategyNumber,
+						from, &dirty, false);
+		rel = ps.rel;
+		while (HeapTupleIsValid(tup = part_scan_next(&ps)))
 		{
 			Datum		values[SETTLE_NATTS];
 			bool		nulls[SETTLE_NATTS];
@@ -443,8 +767,7 @@ read_settles(int32 sub_id, int64 from, bool exact, int64 first, int64 last,
 			r->nids = ArrayGetNItems(ARR_NDIM(arr), ARR_DIMS(arr));
 			r->ids = (int64 *) ARR_DATA_PTR(arr);
 		}
-		systable_endscan(scan);
-		close_part(rel, index);
+		part_scan_end(&ps);
 	}
 	if (n > 1)
 		qsort(rows, n, sizeof(SettleRow), cmp_settle);
@@ -617,33 +940,25 @@ read_held(OutboxChain *chain)
 			SettleRow  *settles;
 			int			nsettles;
 			SnapshotData dirty;
-			Relation	rel,
-						index;
-			SysScanDesc scan;
-			ScanKeyData key[2];
+			PartScan	ps;
 			HeapTuple	tup;
 
 			settles = read_settles(chain->sub_id, h->batch_no, true,
 								   first_gen(h->gen, chain->gen_now),
 								   chain->gen_now, &nsettles);
 			InitDirtySnapshot(dirty);
-			rel = open_part("batch", h->gen, &index);
-			ScanKeyInit(&key[0], BATCH_SUB_ID, BTEqualStrategyNumber, F_INT4EQ,
-						Int32GetDatum(chain->sub_id));
-			ScanKeyInit(&key[1], BATCH_NO, BTEqualStrategyNumber, F_INT8EQ,
-						Int64GetDatum(h->batch_no));
-			scan = systable_beginscan(rel, RelationGetRelid(index), true, &dirty, 2, key);
-			if (HeapTupleIsValid(tup = systable_getnext(scan)))
+			part_scan_begin(&ps, PF_BATCH, "batch", h->gen, chain->sub_id,
+							BTEqualStrategyNumber, h->batch_no, &dirty, false);
+			if (HeapTupleIsValid(tup = part_scan_next(&ps)))
 			{
 				OutboxSlice s;
 
-				slice_from_tuple(&s, rel, tup, &dirty, settles, nsettles);
+				slice_from_tuple(&s, ps.rel, tup, &dirty, settles, nsettles);
 				s.held = true;
 				outbox_chain_add(chain, &s);
 				found = true;
 			}
-			systable_endscan(scan);
-			close_part(rel, index);
+			part_scan_end(&ps);
 		}
 		if (!found)
 			add_hole(chain, h);
@@ -672,28 +987,20 @@ read_slices(OutboxChain *chain)
 	InitDirtySnapshot(dirty);
 	for (g = first; g <= chain->gen_now; g++)
 	{
-		Relation	rel,
-					index;
-		SysScanDesc scan;
-		ScanKeyData key[2];
+		PartScan	ps;
 		HeapTuple	tup;
 
-		rel = open_part("batch", g, &index);
-		ScanKeyInit(&key[0], BATCH_SUB_ID, BTEqualStrategyNumber, F_INT4EQ,
-					Int32GetDatum(chain->sub_id));
 		/* folded rows are below scan_from: never walk them */
-		ScanKeyInit(&key[1], BATCH_NO, BTGreaterEqualStrategyNumber, F_INT8GE,
-					Int64GetDatum(chain->scan_from));
-		scan = systable_beginscan(rel, RelationGetRelid(index), true, &dirty, 2, key);
-		while (HeapTupleIsValid(tup = systable_getnext(scan)))
+		part_scan_begin(&ps, PF_BATCH, "batch", g, chain->sub_id,
+						BTGreaterEqualStrategyNumber, chain->scan_from, &dirty, false);
+		while (HeapTupleIsValid(tup = part_scan_next(&ps)))
 		{
 			OutboxSlice s;
 
-			slice_from_tuple(&s, rel, tup, &dirty, settles, nsettles);
+			slice_from_tuple(&s, ps.rel, tup, &dirty, settles, nsettles);
 			outbox_chain_add(chain, &s);
 		}
-		systable_endscan(scan);
-		close_part(rel, index);
+		part_scan_end(&ps);
 	}
 	read_held(chain);
 
@@ -748,24 +1055,24 @@ read_held_array(OutboxChain *chain, Datum d)
 static bool
 read_cursor_part(OutboxChain *chain, int64 g, Snapshot snapshot)
 {
-	Relation	rel,
-				index;
-	SysScanDesc scan;
-	ScanKeyData key;
+	PartScan	ps;
 	HeapTuple	tup;
 	bool		found = false;
+	int			kind = -1;
 
-	rel = open_part("cursor", g, &index);
-	ScanKeyInit(&key, CURSOR_SUB_ID, BTEqualStrategyNumber, F_INT4EQ,
-				Int32GetDatum(chain->sub_id));
-	scan = systable_beginscan_ordered(rel, index, snapshot, 1, &key);
-	tup = systable_getnext_ordered(scan, BackwardScanDirection);
+	/* the prefetched copy read with this snapshot, if any */
+	if (prefetch.active && snapshot == prefetch.first_snap)
+		kind = PF_CURSOR_FIRST;
+	else if (prefetch.active && snapshot == prefetch.snapshot)
+		kind = PF_CURSOR;
+	part_scan_begin(&ps, kind, "cursor", g, chain->sub_id, 0, 0, snapshot, true);
+	tup = part_scan_next(&ps);
 	if (HeapTupleIsValid(tup))
 	{
 		Datum		values[CURSOR_NATTS];
 		bool		nulls[CURSOR_NATTS];
 
-		deform_columns(tup, RelationGetDescr(rel), values, nulls, CURSOR_NATTS);
+		deform_columns(tup, RelationGetDescr(ps.rel), values, nulls, CURSOR_NATTS);
 		chain->cursor_gen = DatumGetInt64(values[CURSOR_GEN - 1]);
 		chain->fold_no = DatumGetInt64(values[CURSOR_FOLD_NO - 1]);
 		chain->delta = DatumGetInt64(values[CURSOR_DELTA - 1]);
@@ -782,8 +1089,7 @@ read_cursor_part(OutboxChain *chain, int64 g, Snapshot snapshot)
 			read_held_array(chain, values[CURSOR_HELD - 1]);
 		found = true;
 	}
-	systable_endscan_ordered(scan);
-	close_part(rel, index);
+	part_scan_end(&ps);
 	return found;
 }
 
@@ -805,6 +1111,9 @@ outbox_cursor_read(OutboxChain *chain, Snapshot snapshot)
 	int64		k,
 				g;
 
+	/* prefetched: every partition was locked before its snapshot */
+	if (snapshot == NULL && prefetch.active && chain->gen_now == prefetch.gen_now)
+		snapshot = prefetch.first_snap;
 	for (k = chain->gen_now; k >= last; k--)
 	{
 		if (snapshot != NULL)
@@ -871,19 +1180,25 @@ outbox_chain_read(int32 sub_id)
 	int64		fold_no;
 
 	chain->sub_id = sub_id;
-	outbox_lock_event_tables();
-	/* the claim's batch row and a fold's cursor row go into this generation */
-	do
+	if (prefetch.active)
+		chain->gen_now = prefetch.gen_now;	/* locked, as below */
+	else
 	{
-		chain->gen_now = outbox_chain_gen();
-		LockRelationOid(outbox_chain_part("batch", chain->gen_now), RowExclusiveLock);
-		LockRelationOid(outbox_chain_part("cursor", chain->gen_now), RowExclusiveLock);
-	} while (!outbox_chain_gen_still(chain->gen_now));
+		outbox_lock_event_tables();
+		/* the claim's batch row and a fold's cursor row go into this generation */
+		do
+		{
+			chain->gen_now = outbox_chain_gen();
+			LockRelationOid(outbox_chain_part("batch", chain->gen_now), RowExclusiveLock);
+			LockRelationOid(outbox_chain_part("cursor", chain->gen_now), RowExclusiveLock);
+		} while (!outbox_chain_gen_still(chain->gen_now));
+	}
 	if (!outbox_cursor_read(chain, NULL))
 		elog(ERROR, "cursor of subscription %d is missing", sub_id);
 	read_slices(chain);
 
-	chain->snapshot = RegisterSnapshot(GetLatestSnapshot());
+	chain->snapshot = RegisterSnapshot(prefetch.active ? prefetch.snapshot :
+									   GetLatestSnapshot());
 	chain->now = outbox_snap_from_snapshot(chain->snapshot);
 	fold_no = chain->fold_no;
 	if (!outbox_cursor_read(chain, chain->snapshot))

@@ -130,6 +130,9 @@ extern void outbox_taken_arrays(int64 *taken, Datum *keys, bool *key_nulls,
 extern int	outbox_cmp_int64(const void *a, const void *b);
 extern int	outbox_cmp_range(const void *a, const void *b);
 extern OutboxChain *outbox_chain_read(int32 sub_id);
+extern void outbox_chain_prefetch(void);
+extern void outbox_chain_prefetch_end(void);
+extern void outbox_chain_prefetch_forget(void);
 extern void outbox_chain_release(OutboxChain *chain);
 extern List *outbox_chain_segments(OutboxChain *chain);
 extern bool outbox_chain_pending(OutboxChain *chain, uint64 xid, int64 first,

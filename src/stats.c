@@ -42,6 +42,9 @@
 
 PG_FUNCTION_INFO_V1(outbox_stats);
 
+/* from this many subscriptions on, chains are read in bulk */
+#define PREFETCH_MIN_SUBS 2
+
 typedef struct Counts
 {
 	int64		ready;
@@ -1336,21 +1339,35 @@ outbox_stats(PG_FUNCTION_ARGS)
 		now_subs = outbox_find_subs(&nnow);
 		qsort(now_subs, nnow, sizeof(OutboxSub *), cmp_subs);
 		subs = palloc(sizeof(StreamSub) * Max(n, 1));
-		for (i = 0; i < n; i++)
+		/* many chains: read their partitions once for all (chain.c) */
+		if (n >= PREFETCH_MIN_SUBS)
+			outbox_chain_prefetch();
+		PG_TRY();
 		{
-			bool		isnull;
-			char	   *name = TextDatumGetCString(SPI_getbinval(tab->vals[i], tab->tupdesc, 1, &isnull));
-			OutboxSub  *sub = NULL;
-			OutboxSub **found = bsearch(&name, now_subs, nnow, sizeof(OutboxSub *),
-										cmp_sub_name);
+			for (i = 0; i < n; i++)
+			{
+				bool		isnull;
+				char	   *name = TextDatumGetCString(SPI_getbinval(tab->vals[i], tab->tupdesc, 1, &isnull));
+				OutboxSub  *sub = NULL;
+				OutboxSub **found = bsearch(&name, now_subs, nnow, sizeof(OutboxSub *),
+											cmp_sub_name);
 
-			CHECK_FOR_INTERRUPTS();
-			if (found != NULL)
-				sub = *found;
-			if (sub == NULL || !outbox_role_may_consume(caller, sub->id))
-				continue;
-			stats_begin(&subs[nsubs++], sub, now);
+				CHECK_FOR_INTERRUPTS();
+				if (found != NULL)
+					sub = *found;
+				if (sub == NULL || !outbox_role_may_consume(caller, sub->id))
+					continue;
+				stats_begin(&subs[nsubs++], sub, now);
+			}
 		}
+		PG_CATCH();
+		{
+			/* its snapshots and relations go with the transaction */
+			outbox_chain_prefetch_forget();
+			PG_RE_THROW();
+		}
+		PG_END_TRY();
+		outbox_chain_prefetch_end();
 	}
 	count_unordered(subs, nsubs, now);
 	count_tallied(subs, nsubs);

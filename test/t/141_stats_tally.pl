@@ -5,7 +5,8 @@
 # (outbox.tally); stats then take the counts of the stream from it instead
 # of reading the backlog, and read only what the tally has not reached.
 # What must hold: the same counts and oldest_ready_at as reading the
-# stream (the tally's rows deleted, in a transaction rolled back), with
+# stream (the tally's rows deleted, in a transaction rolled back), and as
+# outbox.stats(name) gives each (which reads its chain alone), with
 # everything that makes a stream count differ from a count of events:
 # delayed events (due and not), acks ahead (done markers), retries and
 # dead letters, slices claimed and held open, claims rolled back (holes),
@@ -60,6 +61,12 @@ sub compare
 	my ($what) = @_;
 	my ($tallied, $read) = stats_both();
 	is($tallied, $read, "stats from the tally are those from the stream: $what");
+	# the view reads all chains at once, outbox.stats(name) its own
+	my $each = $node->safe_psql('postgres', q{
+		SELECT x.subscription, x.ready, x.scheduled, x.leased, x.dead,
+			   coalesce(x.oldest_ready_at::text, '-')
+		  FROM outbox.subscription s, outbox.stats(s.name) x ORDER BY 1});
+	is($each, $tallied, "the view's chains read in bulk are each one's: $what");
 	return $tallied;
 }
 
