@@ -363,17 +363,42 @@ cmp_prefetch_row(const void *a, const void *b)
 	return (x->no > y->no) - (x->no < y->no);
 }
 
+/*
+ * The columns of the <table>_sub_idx index of cursor, batch or settle:
+ * sub_id, then fold_no or batch_no.
+ */
+static void
+part_key_columns(const char *table, AttrNumber *sub_att, AttrNumber *no_att)
+{
+	if (strcmp(table, "cursor") == 0)
+	{
+		*sub_att = CURSOR_SUB_ID;
+		*no_att = CURSOR_FOLD_NO;
+	}
+	else if (strcmp(table, "batch") == 0)
+	{
+		*sub_att = BATCH_SUB_ID;
+		*no_att = BATCH_NO;
+	}
+	else
+	{
+		*sub_att = SETTLE_SUB_ID;
+		*no_att = SETTLE_BATCH_NO;
+	}
+}
+
 /* Copy a partition's rows; false if there are too many. */
 static bool
 prefetch_part(int kind, int64 g, Snapshot snap)
 {
 	PrefetchPart *pp = &prefetch.parts[kind][g % OUTBOX_CHAIN_PARTS];
-	AttrNumber	no_att = kind == PF_BATCH ? BATCH_NO :
-		kind == PF_SETTLE ? SETTLE_BATCH_NO : CURSOR_FOLD_NO;
+	AttrNumber	sub_att;
+	AttrNumber	no_att;
 	SysScanDesc scan;
 	HeapTuple	tup;
 	int			max = 0;
 
+	part_key_columns(prefetch_table[kind], &sub_att, &no_att);
 	pp->rel = open_part(prefetch_table[kind], g, &pp->index);
 	pp->n = 0;
 	pp->rows = NULL;
@@ -396,9 +421,7 @@ prefetch_part(int kind, int64 g, Snapshot snap)
 				palloc(sizeof(PrefetchRow) * max);
 		}
 		r = &pp->rows[pp->n++];
-		r->sub_id = DatumGetInt32(heap_getattr(tup, kind == PF_BATCH ? BATCH_SUB_ID :
-												 kind == PF_SETTLE ? SETTLE_SUB_ID : CURSOR_SUB_ID,
-												 RelationGetDescr(pp->rel), &isnull));
+		r->sub_id = DatumGetInt32(heap_getattr(tup, sub_att, RelationGetDescr(pp->rel), &isnull));
 		r->no = DatumGetInt64(heap_getattr(tup, no_att, RelationGetDescr(pp->rel), &isnull));
 		r->tup = heap_copytuple(tup);
 		r->xmin = snap->snapshot_type == SNAPSHOT_DIRTY ? snap->xmin : InvalidTransactionId;
@@ -567,17 +590,16 @@ part_scan_begin(PartScan *ps, int kind, const char *table, int64 g, int32 sub_id
 	{
 		ScanKeyData key[2];
 		int			nkeys = 1;
-		bool		is_cursor = strcmp(table, "cursor") == 0;
+		AttrNumber	sub_att;
+		AttrNumber	no_att;
 
-		bool		is_batch = strcmp(table, "batch") == 0;
-
+		part_key_columns(table, &sub_att, &no_att);
 		ps->rel = open_part(table, g, &ps->index);
-		ScanKeyInit(&key[0], is_cursor ? CURSOR_SUB_ID : is_batch ? BATCH_SUB_ID : SETTLE_SUB_ID,
-					BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(sub_id));
+		ScanKeyInit(&key[0], sub_att, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(sub_id));
 		if (strategy != 0)
 		{
-			ScanKeyInit(&key[1], is_cursor ? CURSOR_FOLD_NO : is_batch ? BATCH_NO : SETTLE_BATCH_NO,
-						strategy, strategy == BTEqualStrategyNumber ? F_INT8EQ : F_INT8GE,
+			ScanKeyInit(&key[1], no_att, strategy,
+						strategy == BTEqualStrategyNumber ? F_INT8EQ : F_INT8GE,
 						Int64GetDatum(no));
 			nkeys = 2;
 		}
